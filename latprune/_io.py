@@ -1,0 +1,85 @@
+"""Atomic file writes, so that a kill at any moment never leaves a half-written result or checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from latprune.errors import LatpruneError
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through a temporary file in the same directory, fsync it, then rename over ``path``.
+
+    ``os.replace`` is atomic on POSIX and Windows, so readers see either the old file or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``."""
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Atomically replace ``path`` with UTF-8 ``text``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (keys kept in insertion order, so diffs stay readable)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` (checkpoints survive a kill -9 mid-write)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Load JSON, turning a missing or corrupt file into one sentence that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatpruneError(f"The {what} '{path}' does not exist; check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LatpruneError(
+            f"The {what} '{path}' is not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')}); "
+            "it may be truncated, so regenerate it."
+        ) from None
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a latprune checkpoint dict, with one clear sentence for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatpruneError(f"The checkpoint '{path}' does not exist; train one with `latprune train` or fix the path.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for truncated/corrupt zip files
+        raise LatpruneError(
+            f"The checkpoint '{path}' cannot be read ({exc.__class__.__name__}); it is truncated or not a "
+            "torch checkpoint, so retrain or copy it again."
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise LatpruneError(f"The checkpoint '{path}' holds a {type(ckpt).__name__}, not a latprune checkpoint dict.")
+    return ckpt

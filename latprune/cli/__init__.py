@@ -1,0 +1,55 @@
+"""The `latprune` console script: a thin layer that parses flags, builds a config and calls one library function.
+
+Each subcommand group lives in its own module (``latprune/cli/_<group>.py``) exposing
+``register(subparsers)``; that module adds its parsers and sets ``func`` on each, a callable taking the
+parsed ``argparse.Namespace`` and returning an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from latprune._version import __version__
+from latprune.errors import LatpruneError
+
+# The order here is the order `latprune --help` lists the groups in.
+_COMMAND_MODULES: tuple[str, ...] = ("_models",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser (also used by tests to check every flag has help text)."""
+    parser = argparse.ArgumentParser(
+        prog="latprune",
+        description="Prune CNNs for real, measured CPU latency: search, retrain, compile to sparse kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"latprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"latprune.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. User errors print one sentence and exit 2; bugs keep their traceback."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except LatpruneError as exc:
+        print(f"latprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"latprune {args.command}: interrupted; rerun with --resume to continue where it stopped.", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Allow ``python -m latprune.cli``."""
+
+import sys
+
+from latprune.cli import main
+
+sys.exit(main())

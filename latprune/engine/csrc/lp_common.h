@@ -1,0 +1,64 @@
+/* latprune engine: declarations shared by every kernel and by the generated model code.
+ * Kernels compute ONE image in NCHW layout (C x H x W, row-major); the generated code loops over the batch.
+ * LP_LANES (floats per vector register) is defined by the code generator for the target ISA before this header. */
+#ifndef LP_COMMON_H
+#define LP_COMMON_H
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#ifndef LP_LANES
+#define LP_LANES 16
+#endif
+
+/* GCC/Clang vector extension: one generator targets AVX-512 (16 lanes), AVX2 (8) and NEON (4). */
+typedef float lp_vf __attribute__((vector_size(LP_LANES * 4), aligned(4)));
+
+#define LP_RESTRICT __restrict__
+#define LP_INLINE static inline __attribute__((always_inline))
+
+/* Activations fused into every kernel's epilogue. */
+enum { LP_ACT_NONE = 0, LP_ACT_RELU = 1, LP_ACT_RELU6 = 2, LP_ACT_HARDSWISH = 3 };
+
+/* The shape of one convolution (a linear layer is a 1x1 convolution on a 1x1 image). */
+typedef struct {
+    int c_in, h, w;          /* input image */
+    int c_out, h_out, w_out; /* output image */
+    int kh, kw;              /* kernel */
+    int stride_h, stride_w;
+    int pad_h, pad_w;
+    int groups;
+} lp_conv_shape;
+
+LP_INLINE float lp_act(float x, int act) {
+    switch (act) {
+    case LP_ACT_RELU: return x > 0.f ? x : 0.f;
+    case LP_ACT_RELU6: return x < 0.f ? 0.f : (x > 6.f ? 6.f : x);
+    case LP_ACT_HARDSWISH: {
+        float r = x + 3.f;
+        r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
+        return x * r * (1.f / 6.f);
+    }
+    default: return x;
+    }
+}
+
+LP_INLINE lp_vf lp_vload(const float *p) { lp_vf v; memcpy(&v, p, sizeof v); return v; }
+LP_INLINE void lp_vstore(float *p, lp_vf v) { memcpy(p, &v, sizeof v); }
+LP_INLINE lp_vf lp_vsplat(float x) { return (lp_vf){0} + x; }
+
+LP_INLINE lp_vf lp_vact(lp_vf x, int act) {
+    const lp_vf zero = lp_vsplat(0.f), six = lp_vsplat(6.f);
+    switch (act) {
+    case LP_ACT_RELU: return x > zero ? x : zero;
+    case LP_ACT_RELU6: { lp_vf y = x > zero ? x : zero; return y < six ? y : six; }
+    case LP_ACT_HARDSWISH: {
+        lp_vf r = x + 3.f; r = r > zero ? r : zero; r = r < six ? r : six;
+        return x * r * (1.f / 6.f);
+    }
+    default: return x;
+    }
+}
+
+#endif /* LP_COMMON_H */

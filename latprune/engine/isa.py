@@ -1,0 +1,63 @@
+"""Host instruction-set detection: which SIMD width the generated C targets."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Isa:
+    """A code-generation target: name, float lanes per vector register, and compiler flags."""
+
+    name: str  # "avx512", "avx2", "neon" or "generic"
+    lanes: int  # float32 lanes of one vector register
+    cflags: tuple[str, ...]
+    registers: int  # architectural vector registers (bounds the accumulator tile)
+
+
+ISAS: dict[str, Isa] = {
+    "avx512": Isa("avx512", 16, ("-mavx512f", "-mavx512vl", "-mavx2", "-mfma"), 32),
+    "avx2": Isa("avx2", 8, ("-mavx2", "-mfma"), 16),
+    "neon": Isa("neon", 4, (), 32),  # aarch64 always has NEON; -march is left to the cross toolchain
+    "generic": Isa("generic", 4, (), 16),
+}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@functools.cache
+def host_isa() -> Isa:
+    """The best ISA the host CPU supports."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return ISAS["neon"]
+    flags = _cpu_flags()
+    if {"avx512f", "avx512vl"} <= flags:
+        return ISAS["avx512"]
+    if {"avx2", "fma"} <= flags:
+        return ISAS["avx2"]
+    return ISAS["generic"]
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name (part of the device fingerprint of latency profiles)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,85 @@
+"""The model zoo: plain PyTorch CNN definitions behind a decorator registry (``register_model``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from latprune.errors import ModelError
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows about a model: its builder and the defaults it was published with."""
+
+    name: str
+    builder: ModelBuilder
+    default_input_size: int
+    default_num_classes: int
+    description: str
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str, *, default_input_size: int, default_num_classes: int, description: str
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder ``f(num_classes, in_channels, input_size, width_mult) -> nn.Module`` under ``name``."""
+
+    def deco(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is already registered")
+        _REGISTRY[name] = ModelInfo(name, builder, default_input_size, default_num_classes, description)
+        return builder
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``, or one sentence listing the valid names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"Unknown model '{name}'; choose one of: {', '.join(list_models())}.") from None
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    input_size: int | None = None,
+    width_mult: float = 1.0,
+) -> nn.Module:
+    """Build a zoo model for ``input_size`` x ``input_size`` images with ``in_channels`` channels.
+
+    Small inputs (≤ 64 px, e.g. CIFAR or Fashion-MNIST) keep more resolution in the stem, the usual
+    adaptation of ImageNet models; the layer list, and so the parameter count, stays the published one
+    except for ResNet18/34, whose 7x7 stem becomes a 3x3.
+    """
+    info = model_info(name)
+    if num_classes < 1 or in_channels < 1:
+        raise ModelError(f"Model '{name}' needs num_classes ≥ 1 and in_channels ≥ 1, got {num_classes}, {in_channels}.")
+    if width_mult <= 0:
+        raise ModelError(f"Model '{name}' needs a positive width multiplier, got {width_mult}.")
+    size = info.default_input_size if input_size is None else input_size
+    if size < 8:
+        raise ModelError(f"Model '{name}' needs an input of at least 8x8 pixels, got {size}.")
+    return info.builder(num_classes=num_classes, in_channels=in_channels, input_size=size, width_mult=width_mult)
+
+
+# Importing the definitions registers them.
+from latprune.models import mobilenet as _mobilenet  # noqa: E402, F401
+from latprune.models import resnet as _resnet  # noqa: E402, F401
+
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
