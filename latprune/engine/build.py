@@ -16,6 +16,7 @@ from latprune._version import __version__
 from latprune.engine.isa import Isa, host_isa
 from latprune.errors import EngineError
 
+CSRC_DIR = Path(__file__).parent / "csrc"
 BASE_CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp")
 
 
@@ -61,9 +62,12 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
     The cache key covers the source, compiler, flags and latprune version, so a hit is always safe;
     the library is built in a temporary file and renamed, so concurrent builds never see half a file.
     """
-    flags = cflags(isa)
+    flags = [*cflags(isa), f"-I{CSRC_DIR}"]
     cc = find_compiler()
-    key = hashlib.sha256("\0".join([source, *cc, compiler_version(), *flags, __version__]).encode()).hexdigest()[:24]
+    # Kernel sources and headers are #included from CSRC_DIR, so their contents are part of the key.
+    csrc = [f.read_text() for f in sorted(CSRC_DIR.glob("*.[ch]"))]
+    key = hashlib.sha256("\0".join([source, *csrc, *cc, compiler_version(), *flags, __version__]).encode())
+    key = key.hexdigest()[:24]
     lib = cache_dir() / f"lp_{key}.so"
     if lib.exists():
         return lib

@@ -46,15 +46,21 @@ LP_INLINE float lp_act(float x, int act) {
 
 LP_INLINE lp_vf lp_vload(const float *p) { lp_vf v; memcpy(&v, p, sizeof v); return v; }
 LP_INLINE void lp_vstore(float *p, lp_vf v) { memcpy(p, &v, sizeof v); }
-LP_INLINE lp_vf lp_vsplat(float x) { return (lp_vf){0} + x; }
+/* x - 0 (not x + 0, which is not exact for -0.f) so the compiler folds it to a bare broadcast. */
+LP_INLINE lp_vf lp_vsplat(float x) { return x - (lp_vf){0}; }
+
+/* C (unlike C++) has no vector ?:, so max/min select through the comparison's lane mask. */
+typedef int32_t lp_vi __attribute__((vector_size(LP_LANES * 4), aligned(4)));
+LP_INLINE lp_vf lp_vmax(lp_vf a, lp_vf b) { lp_vi m = a > b; return (lp_vf)(((lp_vi)a & m) | ((lp_vi)b & ~m)); }
+LP_INLINE lp_vf lp_vmin(lp_vf a, lp_vf b) { lp_vi m = a < b; return (lp_vf)(((lp_vi)a & m) | ((lp_vi)b & ~m)); }
 
 LP_INLINE lp_vf lp_vact(lp_vf x, int act) {
     const lp_vf zero = lp_vsplat(0.f), six = lp_vsplat(6.f);
     switch (act) {
-    case LP_ACT_RELU: return x > zero ? x : zero;
-    case LP_ACT_RELU6: { lp_vf y = x > zero ? x : zero; return y < six ? y : six; }
+    case LP_ACT_RELU: return lp_vmax(x, zero);
+    case LP_ACT_RELU6: return lp_vmin(lp_vmax(x, zero), six);
     case LP_ACT_HARDSWISH: {
-        lp_vf r = x + 3.f; r = r > zero ? r : zero; r = r < six ? r : six;
+        lp_vf r = lp_vmin(lp_vmax(x + 3.f, zero), six);
         return x * r * (1.f / 6.f);
     }
     default: return x;
