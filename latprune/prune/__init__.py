@@ -1,0 +1,72 @@
+"""Pruning: channel selection, weight-sparsity scheme masks, physical shrink and replayable plans."""
+
+from latprune.prune.apply import (
+    WeightMask,
+    apply_plan,
+    attach_masks,
+    bake_masks,
+    build_pruned,
+    count_params,
+    load_pruned,
+    model_spec_from_checkpoint,
+    save_pruned,
+    weight_masks,
+)
+from latprune.prune.channels import CRITERIA, group_importance, select_channels
+from latprune.prune.plan import (
+    PLAN_VERSION,
+    GroupPlan,
+    LayerPlan,
+    ModelSpec,
+    PruningPlan,
+    dense_plan,
+    plan_from_arch,
+    uniform_plan,
+)
+from latprune.prune.run import PruneResult, UniformPlanConfig, make_uniform_plan, prune_checkpoint
+from latprune.prune.schemes import (
+    PATTERNS_3x3,
+    Scheme,
+    SchemeParams,
+    get_scheme,
+    list_schemes,
+    make_mask,
+    mask_sparsity,
+    register_scheme,
+)
+
+__all__ = [
+    "CRITERIA",
+    "PLAN_VERSION",
+    "GroupPlan",
+    "LayerPlan",
+    "ModelSpec",
+    "PATTERNS_3x3",
+    "PruneResult",
+    "PruningPlan",
+    "Scheme",
+    "SchemeParams",
+    "UniformPlanConfig",
+    "WeightMask",
+    "apply_plan",
+    "attach_masks",
+    "bake_masks",
+    "build_pruned",
+    "count_params",
+    "dense_plan",
+    "get_scheme",
+    "group_importance",
+    "list_schemes",
+    "load_pruned",
+    "make_mask",
+    "make_uniform_plan",
+    "mask_sparsity",
+    "model_spec_from_checkpoint",
+    "plan_from_arch",
+    "prune_checkpoint",
+    "register_scheme",
+    "save_pruned",
+    "select_channels",
+    "uniform_plan",
+    "weight_masks",
+]

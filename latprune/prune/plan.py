@@ -1,0 +1,295 @@
+"""PruningPlan: the kept channels, scheme and sparsity of every layer, serialisable and replayable on a fresh model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from latprune._io import atomic_write_json, read_json
+from latprune.errors import PlanError
+from latprune.graph import ChannelGraph, build_graph
+from latprune.models import create_model
+from latprune.prune.channels import CRITERIA, Criterion, group_importance, select_channels
+from latprune.prune.schemes import SchemeParams, get_scheme
+from latprune.space import Arch, SearchSpace, SpaceBounds, kept_channels
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild the zoo model a plan applies to (the checkpoint's "model" and "model_kwargs")."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    width_mult: float = 1.0
+
+    def build(self) -> nn.Module:
+        return create_model(
+            self.name,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            input_size=self.input_size,
+            width_mult=self.width_mult,
+        )
+
+    def describe(self) -> str:
+        """Short human form, e.g. "resnet20 (10 classes, 1x28x28 input, width 0.5)"."""
+        size = f"{self.in_channels}x{self.input_size}x{self.input_size}"
+        return f"{self.name} ({self.num_classes} classes, {size} input, width {self.width_mult:g})"
+
+    def kwargs(self) -> dict[str, Any]:
+        """The checkpoint's "model_kwargs" dict."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The channels a coupled group keeps (indices into its full ``channels``, sorted ascending)."""
+
+    name: str
+    channels: int
+    keep: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's weight sparsity and the groups its output / input channels come from."""
+
+    name: str
+    scheme: str
+    sparsity: float
+    params: SchemeParams = SchemeParams()  # noqa: RUF009 - frozen dataclass, safe as a default
+    out_group: str | None = None
+    in_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Everything needed to shrink and sparsify a model the same way again, as plain data."""
+
+    model: ModelSpec | None  # None for a model that is not in the zoo (apply_plan still works on it)
+    input_size: tuple[int, int]
+    in_channels: int
+    groups: tuple[GroupPlan, ...]
+    layers: tuple[LayerPlan, ...]
+    importance: str = "l1"
+    version: int = PLAN_VERSION
+
+    def __post_init__(self) -> None:
+        for g in self.groups:
+            if not g.keep:
+                raise PlanError(f"Group '{g.name}' keeps no channel; keep at least one (raise its width).")
+            if list(g.keep) != sorted(set(g.keep)) or g.keep[0] < 0 or g.keep[-1] >= g.channels:
+                raise PlanError(
+                    f"Group '{g.name}' keeps channels {list(g.keep)[:8]}..., which are not sorted unique indices "
+                    f"in [0, {g.channels}); regenerate the plan."
+                )
+        for ly in self.layers:
+            if not 0.0 <= ly.sparsity < 1.0:
+                raise PlanError(f"Layer '{ly.name}' has sparsity {ly.sparsity}; use a value in [0, 1).")
+            get_scheme(ly.scheme)  # unknown names fail here with the list of valid ones
+
+    def group(self, name: str) -> GroupPlan:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise PlanError(f"The plan has no channel group named '{name}'.")
+
+    def layer(self, name: str) -> LayerPlan:
+        for ly in self.layers:
+            if ly.name == name:
+                return ly
+        raise PlanError(f"The plan has no layer named '{name}'.")
+
+    def kept_out_channels(self, layer: str) -> tuple[int, ...] | None:
+        """Kept output-channel indices of ``layer`` (None: all kept, e.g. the classifier)."""
+        ly = self.layer(layer)
+        return None if ly.out_group is None else self.group(ly.out_group).keep
+
+    def layer_schemes(self) -> dict[str, str]:
+        """Scheme of every sparse layer by name (what ``latprune.engine.compile(schemes=...)`` takes)."""
+        return {ly.name: ly.scheme for ly in self.layers if ly.sparsity > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "model": None if self.model is None else dataclasses.asdict(self.model),
+            "input_size": list(self.input_size),
+            "in_channels": self.in_channels,
+            "importance": self.importance,
+            "groups": [{"name": g.name, "channels": g.channels, "keep": list(g.keep)} for g in self.groups],
+            "layers": [
+                {
+                    "name": ly.name,
+                    "scheme": ly.scheme,
+                    "sparsity": ly.sparsity,
+                    "params": dataclasses.asdict(ly.params),
+                    "out_group": ly.out_group,
+                    "in_groups": list(ly.in_groups),
+                }
+                for ly in self.layers
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
+        if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
+            found = d.get("version") if isinstance(d, dict) else type(d).__name__
+            raise PlanError(f"The pruning plan has version {found}, but this latprune reads version {PLAN_VERSION}.")
+        try:
+            return cls(
+                model=None if d["model"] is None else ModelSpec(**d["model"]),
+                input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
+                in_channels=int(d["in_channels"]),
+                groups=tuple(GroupPlan(g["name"], int(g["channels"]), tuple(g["keep"])) for g in d["groups"]),
+                layers=tuple(
+                    LayerPlan(
+                        ly["name"],
+                        ly["scheme"],
+                        float(ly["sparsity"]),
+                        SchemeParams(**ly["params"]),
+                        ly["out_group"],
+                        tuple(ly["in_groups"]),
+                    )
+                    for ly in d["layers"]
+                ),
+                importance=d.get("importance", "l1"),
+            )
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise PlanError(f"The pruning plan is missing or has a bad field ({exc!r}); regenerate it.") from None
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
+        return cls.from_dict(read_json(path, "pruning plan"))
+
+
+def _layer_groups(graph: ChannelGraph) -> dict[str, tuple[str | None, tuple[str, ...]]]:
+    names = [g.name for g in graph.groups]
+    return {
+        info.name: (
+            None if info.out_group is None else names[info.out_group],
+            tuple(names[g] for g, _ in info.in_parts),
+        )
+        for info in graph.layers
+    }
+
+
+def _check_space_matches(space: SearchSpace, graph: ChannelGraph) -> None:
+    model_groups = [(g.name, g.channels) for g in graph.groups]
+    space_groups = [(g.name, g.channels) for g in space.groups]
+    if model_groups != space_groups or [ly.name for ly in space.layers] != [ly.name for ly in graph.layers]:
+        raise PlanError("The search space was built for another model (its groups or layers differ); rebuild it.")
+
+
+def plan_from_arch(
+    model: nn.Module,
+    space: SearchSpace,
+    arch: Arch,
+    *,
+    importance: Criterion = "l1",
+    params: SchemeParams = SchemeParams(),  # noqa: B008 - frozen dataclass, safe as a default
+    model_spec: ModelSpec | None = None,
+) -> PruningPlan:
+    """The plan of ``arch``: each group keeps its ``kept_channels`` most important channels (by ``importance``
+    on ``model``'s current weights), each layer gets the space's scheme at the arch's sparsity."""
+    space.encode(arch)  # validates the grid (not the search bounds: any point of the grid can be pruned to)
+    graph = build_graph(model, space.input_size, space.in_channels)
+    _check_space_matches(space, graph)
+    keep = [kept_channels(w, g.channels, g.multiple) for w, g in zip(arch.widths, space.groups, strict=True)]
+    sparsities = [s if ly.sparse else 0.0 for s, ly in zip(arch.sparsities, space.layers, strict=True)]
+    schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
+    return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
+
+
+def uniform_plan(
+    model: nn.Module,
+    input_size: int | tuple[int, int],
+    in_channels: int,
+    width: float,
+    sparsity: float,
+    scheme: str = "group4",
+    *,
+    bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
+    importance: Criterion = "l1",
+    params: SchemeParams = SchemeParams(),  # noqa: B008
+    model_spec: ModelSpec | None = None,
+) -> PruningPlan:
+    """One width and one sparsity for the whole model, except where a layer's role bounds it tighter.
+
+    Residual-coupled and strided groups keep at least ``bounds.min_width_residual`` / ``min_width_strided``;
+    first/last and strided layers take at most ``bounds.max_sparsity_first_last`` / ``max_sparsity_strided``
+    (the same roles the search space bounds). Fixed groups (grouped convs) keep every channel.
+    """
+    if not 0.0 < width <= 1.0:
+        raise PlanError(f"The width {width} leaves no channel or is above 1; use a value in (0, 1].")
+    if not 0.0 <= sparsity < 1.0:
+        raise PlanError(f"The sparsity {sparsity} is outside [0, 1); use e.g. 0.5.")
+    if scheme == "dense" and sparsity > 0:
+        raise PlanError(
+            f"The dense scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
+        )
+    role_bounds = dataclasses.replace(bounds, min_width=0.0, max_sparsity=1.0)
+    graph = build_graph(model, input_size, in_channels)
+    space = SearchSpace.from_model(model, input_size, in_channels, scheme=scheme, bounds=role_bounds, graph=graph)
+    keep = [kept_channels(max(width, g.min_width), g.channels, g.multiple) for g in space.groups]
+    sparsities = [min(sparsity, ly.max_sparsity) if ly.sparse else 0.0 for ly in space.layers]
+    schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
+    for ly, s in zip(space.layers, sparsities, strict=True):
+        if ly.scheme == "nm24" and 0.0 < s < 0.5:
+            raise PlanError(f"Layer '{ly.name}' would get nm24 sparsity {s}; 2:4 needs at least 0.5 (or 0.0).")
+    return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
+
+
+def _make_plan(
+    model: nn.Module,
+    graph: ChannelGraph,
+    keep_counts: list[int],
+    schemes: list[str],
+    sparsities: list[float],
+    importance: Criterion,
+    params: SchemeParams,
+    model_spec: ModelSpec | None,
+) -> PruningPlan:
+    if importance not in CRITERIA:
+        raise PlanError(f"Unknown channel importance '{importance}'; choose one of: {', '.join(CRITERIA)}.")
+    groups = []
+    for g, k in zip(graph.groups, keep_counts, strict=True):
+        if g.fixed:
+            kept = tuple(range(g.channels))
+        else:
+            kept = select_channels(group_importance(model, g, importance), k, g.name)
+        groups.append(GroupPlan(g.name, g.channels, kept))
+    links = _layer_groups(graph)
+    layers = tuple(
+        LayerPlan(info.name, scheme, round(float(s), 6), params, *links[info.name])
+        for info, scheme, s in zip(graph.layers, schemes, sparsities, strict=True)
+    )
+    return PruningPlan(model_spec, graph.input_size, graph.in_channels, tuple(groups), layers, importance)
+
+
+def dense_plan(model: nn.Module, input_size: int | tuple[int, int], in_channels: int) -> PruningPlan:
+    """The identity plan (every channel kept, no sparsity): a baseline and a test fixture."""
+    return uniform_plan(model, input_size, in_channels, 1.0, 0.0, "dense")
+
+
+__all__ = [
+    "PLAN_VERSION",
+    "GroupPlan",
+    "LayerPlan",
+    "ModelSpec",
+    "PruningPlan",
+    "dense_plan",
+    "plan_from_arch",
+    "uniform_plan",
+]

@@ -1,0 +1,483 @@
+"""The search vocabulary: a width per coupled channel group and a sparsity per layer, encoded as integer vectors."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch.nn as nn
+
+from latprune.errors import PlanError
+from latprune.graph import ChannelGraph, LayerKind, build_graph
+
+#: JCW's candidate list for channel width ratios and weight sparsities.
+WIDTH_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+SPARSITY_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+_WIDTHS = np.asarray(WIDTH_CHOICES)
+_SPARSITIES = np.asarray(SPARSITY_CHOICES)
+
+#: Schemes whose packed formats group 4 output channels (or 4 rows), so kept counts are rounded to 4.
+_BLOCKED_SCHEMES = ("group4", "block_punched", "block_fc", "nm24")
+SPACE_SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
+Mode = Literal["joint", "weight-only", "channel-only"]
+
+
+@dataclass(frozen=True)
+class SpaceBounds:
+    """Lower bounds on width and upper bounds on sparsity, as the official JCW search uses.
+
+    Very thin or very sparse layers lose accuracy that fine-tuning cannot win back, and residual-coupled
+    groups or strided layers feed many later layers, so they get tighter bounds than the rest.
+    """
+
+    min_width: float = 0.5
+    min_width_residual: float = 0.7
+    min_width_strided: float = 0.6
+    max_sparsity: float = 0.7
+    max_sparsity_strided: float = 0.6
+    max_sparsity_first_last: float = 0.5
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A conv or linear layer of the space (full sizes; ``in_group``/``out_group`` index ``SearchSpace.groups``).
+
+    ``in_group`` is None when the input is not exactly one group (the image, or a concatenation: then
+    ``in_parts`` lists ``(group, repeat)`` and ``in_fixed`` the channels of no group; ``layer_dims`` uses those).
+    """
+
+    name: str
+    kind: LayerKind
+    c_in: int
+    c_out: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    in_hw: tuple[int, int]
+    in_group: int | None
+    out_group: int | None
+    scheme: str = "group4"
+    sparse: bool = True
+    in_parts: tuple[tuple[int, int], ...] = ()
+    in_fixed: int = 0
+    max_sparsity: float = 1.0  # the role bound (first/last, strided, SpaceBounds.max_sparsity), not on the grid
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One width variable: channels that must keep the same indices in every member layer."""
+
+    name: str
+    channels: int
+    members: tuple[str, ...]
+    min_width: float
+    fixed: bool
+    multiple: int = 1  # kept channel counts are rounded to this (4 where a member layer packs groups of 4)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: a width ratio per group and a sparsity per layer (0.0 where not sparse)."""
+
+    widths: tuple[float, ...]
+    sparsities: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"widths": list(self.widths), "sparsities": list(self.sparsities)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Arch:
+        try:
+            return cls(tuple(float(w) for w in d["widths"]), tuple(float(s) for s in d["sparsities"]))
+        except (KeyError, TypeError, ValueError):
+            raise PlanError("The architecture dict needs 'widths' and 'sparsities' lists of numbers.") from None
+
+
+def kept_channels(width: float, channels: int, multiple: int = 1) -> int:
+    """Channels kept at ``width``: rounded to a multiple of ``multiple``, at least ``multiple``, never 0.
+
+    Width 1.0 keeps every channel (the dense model) even when ``channels`` is not a multiple.
+    """
+    return int(kept_channels_array(np.asarray([width]), channels, multiple)[0])
+
+
+def kept_channels_array(widths: np.ndarray, channels: int, multiple: int = 1) -> np.ndarray:
+    """Vectorised ``kept_channels`` over an array of widths (same rounding, so search and pruning agree)."""
+    widths = np.asarray(widths, dtype=np.float64)
+    k = np.round(widths * channels / multiple + 1e-9) * multiple  # +eps: round half up, 0.5 * 12 / 4 -> 2
+    k = np.minimum(np.maximum(k, multiple), channels)
+    k = np.where(widths >= 1.0 - 1e-9, channels, k)
+    return np.maximum(k, 1).astype(np.int64)
+
+
+def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
+    i = int(np.argmin(np.abs(np.asarray(choices) - value)))
+    if abs(choices[i] - value) > 1e-6:
+        raise PlanError(f"The {what} {value} is not one of the candidates {list(choices)}; pick one of those.")
+    return i
+
+
+def _scheme_for(kind: LayerKind, kernel: tuple[int, int], scheme: str) -> str:
+    """The scheme a layer uses when the space asks for ``scheme`` (NPAS mixes them the same way).
+
+    Depthwise convs stay dense; pattern needs 3x3, so other convs fall back to block-punched and linear
+    layers to block-based FC; block_fc is for linear layers, so convs use block-punched.
+    """
+    if kind == "depthwise":
+        return "dense"
+    if kind == "linear":
+        return "block_fc" if scheme in ("pattern", "block_punched") else scheme
+    if scheme == "pattern" and kernel != (3, 3):
+        return "block_punched"
+    return "block_punched" if scheme == "block_fc" else scheme
+
+
+class SearchSpace:
+    """Integer-encoded space: variables are one width index per group, then one sparsity index per layer.
+
+    ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``
+    and ``SPARSITY_CHOICES``. The search only ever sees these integer vectors.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[GroupSpec],
+        layers: Sequence[LayerSpec],
+        input_size: tuple[int, int],
+        in_channels: int,
+        num_classes: int,
+        scheme: str,
+        xl: np.ndarray,
+        xu: np.ndarray,
+    ) -> None:
+        self.groups = tuple(groups)
+        self.layers = tuple(layers)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.in_channels = int(in_channels)
+        self.num_classes = int(num_classes)
+        self.scheme = scheme
+        self.xl = np.asarray(xl, dtype=np.int64).copy()
+        self.xu = np.asarray(xu, dtype=np.int64).copy()
+        if self.xl.shape != (self.n_var,) or self.xu.shape != (self.n_var,) or (self.xl > self.xu).any():
+            raise PlanError(f"The space bounds need {self.n_var} values each with xl <= xu; rebuild the space.")
+        self._build_index()
+
+    # -- construction -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        input_size: int | tuple[int, int],
+        in_channels: int = 3,
+        scheme: str = "group4",
+        bounds: SpaceBounds = SpaceBounds(),
+        graph: ChannelGraph | None = None,
+    ) -> SearchSpace:
+        """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds."""
+        if scheme not in SPACE_SCHEMES:
+            raise PlanError(f"Unknown sparsity scheme '{scheme}'; choose one of: {', '.join(SPACE_SCHEMES)}.")
+        graph = graph if graph is not None else build_graph(model, input_size, in_channels)
+        layers = _layer_specs(graph, scheme, bounds)
+        groups = _group_specs(graph, layers, bounds)
+        xl, xu = _variable_bounds(groups, layers)
+        num_classes = graph.layers[-1].c_out if graph.layers else 0
+        return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu)
+
+    def _build_index(self) -> None:
+        """Precompute the matrices that make ``layer_dims`` a few vectorised numpy operations."""
+        g, n = len(self.groups), len(self.layers)
+        self._out_onehot = np.zeros((g, n), dtype=np.int64)  # kept (N, G) @ this -> c_out of grouped layers
+        self._out_fixed = np.zeros(n, dtype=np.int64)
+        self._in_mat = np.zeros((g, n), dtype=np.int64)
+        self._in_fixed = np.zeros(n, dtype=np.int64)
+        for li, ly in enumerate(self.layers):
+            if ly.out_group is None:
+                self._out_fixed[li] = ly.c_out
+            else:
+                self._out_onehot[ly.out_group, li] = 1
+            parts = ly.in_parts or (((ly.in_group, 1),) if ly.in_group is not None else ())
+            for gi, rep in parts:
+                self._in_mat[gi, li] += rep
+            self._in_fixed[li] = ly.in_fixed if ly.in_parts or ly.in_group is not None else ly.c_in
+        self._channels = np.asarray([gr.channels for gr in self.groups], dtype=np.int64)
+        self._multiples = np.asarray([gr.multiple for gr in self.groups], dtype=np.int64)
+        self._sparse = np.asarray([ly.sparse for ly in self.layers], dtype=bool)
+
+    # -- basic facts -----------------------------------------------------------------------------------
+
+    @property
+    def n_var(self) -> int:
+        return len(self.groups) + len(self.layers)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+    def group_index(self, name: str) -> int:
+        for i, g in enumerate(self.groups):
+            if g.name == name:
+                return i
+        raise PlanError(f"The space has no channel group named '{name}'; group names end in '.out'.")
+
+    def layer_index(self, name: str) -> int:
+        for i, ly in enumerate(self.layers):
+            if ly.name == name:
+                return i
+        raise PlanError(f"The space has no layer named '{name}'; check the module path.")
+
+    # -- encoding ------------------------------------------------------------------------------------------
+
+    def encode(self, arch: Arch) -> np.ndarray:
+        """Integer vector of ``arch`` (PlanError if a value is off the candidate grid).
+
+        Bounds are not enforced here, so the dense model and other reference points can always be encoded
+        (the latency predictor needs them); ``check`` also enforces the bounds.
+        """
+        if len(arch.widths) != self.n_groups or len(arch.sparsities) != len(self.layers):
+            raise PlanError(
+                f"The architecture has {len(arch.widths)} widths and {len(arch.sparsities)} sparsities but the "
+                f"space needs {self.n_groups} and {len(self.layers)}; it was made for another model."
+            )
+        x = np.empty(self.n_var, dtype=np.int64)
+        for i, w in enumerate(arch.widths):
+            x[i] = _choice_index(w, WIDTH_CHOICES, f"width of group '{self.groups[i].name}'")
+        for i, s in enumerate(arch.sparsities):
+            x[self.n_groups + i] = _choice_index(s, SPARSITY_CHOICES, f"sparsity of layer '{self.layers[i].name}'")
+        return x
+
+    def check(self, arch: Arch) -> np.ndarray:
+        """``encode(arch)``, raising PlanError naming the first width or sparsity outside the space's bounds."""
+        x = self.encode(arch)
+        bad = np.flatnonzero((x < self.xl) | (x > self.xu))
+        if bad.size:
+            j = int(bad[0])
+            what, value = self._describe(j, x[j])
+            lo, hi = self._describe(j, self.xl[j])[1], self._describe(j, self.xu[j])[1]
+            raise PlanError(f"The {what} is {value}, outside the space's bounds [{lo}, {hi}]; choose a value inside.")
+        return x
+
+    def decode(self, x: np.ndarray) -> Arch:
+        """Architecture of integer vector ``x`` (shape ``(n_var,)``)."""
+        x = np.asarray(x)
+        if x.shape != (self.n_var,):
+            raise PlanError(f"An encoded architecture needs shape ({self.n_var},), got {x.shape}.")
+        g = self.n_groups
+        widths = tuple(WIDTH_CHOICES[int(i)] for i in x[:g])
+        sparsities = tuple(SPARSITY_CHOICES[int(i)] if self.layers[j].sparse else 0.0 for j, i in enumerate(x[g:]))
+        return Arch(widths, sparsities)
+
+    def _describe(self, j: int, idx: int) -> tuple[str, float]:
+        if j < self.n_groups:
+            return f"width of group '{self.groups[j].name}'", WIDTH_CHOICES[int(idx)]
+        return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[Arch]:
+        """``n`` architectures drawn uniformly within the bounds (integers, so every one is on the grid)."""
+        return [self.decode(x) for x in self.sample_x(rng, n)]
+
+    def sample_x(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` encoded architectures, shape (n, n_var), drawn uniformly within the bounds."""
+        return rng.integers(self.xl, self.xu + 1, size=(n, self.n_var))
+
+    def dense_arch(self) -> Arch:
+        """The unpruned model: every width 1.0, every sparsity 0.0."""
+        return Arch((1.0,) * self.n_groups, (0.0,) * len(self.layers))
+
+    # -- restriction ---------------------------------------------------------------------------------------
+
+    def restrict(self, mode: Mode) -> SearchSpace:
+        """A copy searching only weights ("weight-only": widths fixed at 1.0), only channels ("channel-only":
+        sparsities fixed at 0), or both ("joint")."""
+        xl, xu = self.xl.copy(), self.xu.copy()
+        g = self.n_groups
+        if mode == "weight-only":
+            xl[:g] = xu[:g] = len(WIDTH_CHOICES) - 1
+        elif mode == "channel-only":
+            xl[g:] = xu[g:] = 0
+        elif mode != "joint":
+            raise PlanError(f"Unknown search mode '{mode}'; choose joint, weight-only or channel-only.")
+        return self._with_bounds(xl, xu)
+
+    def fix(self, name: str, value: float) -> SearchSpace:
+        """A copy with group ``name``'s width, or layer ``name``'s sparsity, fixed at ``value``.
+
+        Fixing a layer's sparsity at 0.0 also marks it not sparse (e.g. "never prune the first conv").
+        """
+        xl, xu = self.xl.copy(), self.xu.copy()
+        if any(g.name == name for g in self.groups):
+            j = self.group_index(name)
+            xl[j] = xu[j] = _choice_index(value, WIDTH_CHOICES, f"width for group '{name}'")
+            return self._with_bounds(xl, xu)
+        li = self.layer_index(name)
+        if not self.layers[li].sparse and value != 0.0:
+            raise PlanError(f"Layer '{name}' ({self.layers[li].kind}) takes no weight sparsity; fix it at 0.0.")
+        j = self.n_groups + li
+        xl[j] = xu[j] = _choice_index(value, SPARSITY_CHOICES, f"sparsity for layer '{name}'")
+        space = self._with_bounds(xl, xu)
+        if value == 0.0:
+            layers = list(space.layers)
+            layers[li] = dataclasses.replace(layers[li], sparse=False, max_sparsity=0.0)
+            space = SearchSpace(
+                space.groups, layers, space.input_size, space.in_channels, space.num_classes, space.scheme, xl, xu
+            )
+        return space
+
+    def _with_bounds(self, xl: np.ndarray, xu: np.ndarray) -> SearchSpace:
+        return SearchSpace(
+            self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu
+        )
+
+    # -- vectorised dimensions ---------------------------------------------------------------------------
+
+    def kept(self, X: np.ndarray) -> np.ndarray:
+        """Kept channels per group, shape (n, G), for encoded architectures ``X`` of shape (n, n_var)."""
+        X = np.atleast_2d(np.asarray(X))
+        widths = _WIDTHS[X[:, : self.n_groups]]  # (n, G)
+        k = np.round(widths * self._channels / self._multiples + 1e-9) * self._multiples
+        k = np.minimum(np.maximum(k, self._multiples), self._channels)
+        k = np.where(widths >= 1.0 - 1e-9, self._channels, k)
+        return np.maximum(k, 1).astype(np.int64)
+
+    def layer_dims(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(c_in, c_out, sparsity) of every layer, each shape (n, L), for encoded architectures ``X`` (n, n_var).
+
+        Uses the same rounding as ``kept_channels`` and ``apply_plan``; depthwise layers report c_in == c_out.
+        """
+        X = np.atleast_2d(np.asarray(X))
+        kept = self.kept(X)  # (n, G)
+        c_out = kept @ self._out_onehot + self._out_fixed  # (n, L)
+        c_in = kept @ self._in_mat + self._in_fixed  # (n, L)
+        sparsity = np.where(self._sparse, _SPARSITIES[X[:, self.n_groups :]], 0.0)  # (n, L)
+        return c_in, c_out, sparsity
+
+    # -- serialisation -------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size),
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "scheme": self.scheme,
+            "groups": [dataclasses.asdict(g) for g in self.groups],
+            "layers": [dataclasses.asdict(ly) for ly in self.layers],
+            "xl": self.xl.tolist(),
+            "xu": self.xu.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
+        try:
+            groups = [GroupSpec(**{**g, "members": tuple(g["members"])}) for g in d["groups"]]
+            layers = [_layer_from_dict(ly) for ly in d["layers"]]
+            return cls(
+                groups, layers, tuple(d["input_size"]), d["in_channels"], d["num_classes"], d["scheme"],
+                np.asarray(d["xl"]), np.asarray(d["xu"]),
+            )  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            raise PlanError(f"The search-space dict is missing or has a bad field ({exc}); regenerate it.") from None
+
+    def __repr__(self) -> str:
+        return (
+            f"SearchSpace({self.n_groups} groups, {len(self.layers)} layers, scheme={self.scheme!r}, "
+            f"input={self.in_channels}x{self.input_size[0]}x{self.input_size[1]})"
+        )
+
+
+def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
+    """One LayerSpec per conv/linear, with its per-layer scheme and its role's sparsity cap."""
+    layers = []
+    for info in graph.layers:
+        single = len(info.in_parts) == 1 and info.in_parts[0][1] == 1 and info.in_fixed == 0
+        layer_scheme = _scheme_for(info.kind, info.kernel, scheme)
+        sparse = layer_scheme != "dense" and info.kind != "depthwise"
+        layers.append(
+            LayerSpec(
+                info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
+                info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
+                layer_scheme, sparse, info.in_parts, info.in_fixed,
+            )
+        )  # fmt: skip
+    n = len(layers)
+    return [dataclasses.replace(ly, max_sparsity=_sparsity_cap(i, ly, n, bounds)) for i, ly in enumerate(layers)]
+
+
+def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBounds) -> list[GroupSpec]:
+    """One GroupSpec per coupled group: residual and strided-output groups get the higher width bounds."""
+    strided = {ly.out_group for ly in layers if max(ly.stride) > 1 and ly.out_group is not None}
+    groups = []
+    for gi, g in enumerate(graph.groups):
+        members = [ly for ly in layers if ly.out_group == gi or gi in (p for p, _ in ly.in_parts)]
+        min_width = bounds.min_width
+        if g.residual:
+            min_width = max(min_width, bounds.min_width_residual)
+        if gi in strided:
+            min_width = max(min_width, bounds.min_width_strided)
+        multiple = 4 if any(ly.sparse and ly.scheme in _BLOCKED_SCHEMES for ly in members) else 1
+        names = tuple(ly.name for ly in members)
+        groups.append(GroupSpec(g.name, g.channels, names, 1.0 if g.fixed else min_width, g.fixed, multiple))
+    return groups
+
+
+def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap."""
+    g = len(groups)
+    xl = np.zeros(g + len(layers), dtype=np.int64)
+    xu = np.zeros(g + len(layers), dtype=np.int64)
+    for gi, group in enumerate(groups):
+        xl[gi], xu[gi] = _ceil_index(group.min_width, WIDTH_CHOICES), len(WIDTH_CHOICES) - 1
+    half = SPARSITY_CHOICES.index(0.5)
+    for li, ly in enumerate(layers):
+        if not ly.sparse:
+            continue
+        xu[g + li] = _floor_index(ly.max_sparsity, SPARSITY_CHOICES)
+        if ly.scheme == "nm24":  # 2:4 zeroes at least half the weights: 0.5 and up, or dense where capped below
+            xl[g + li] = half if xu[g + li] >= half else 0
+            xu[g + li] = xu[g + li] if xu[g + li] >= half else 0
+    return xl, xu
+
+
+def _sparsity_cap(index: int, layer: LayerSpec, n_layers: int, bounds: SpaceBounds) -> float:
+    """Highest sparsity layer ``index`` may take: first/last and strided layers are capped tighter."""
+    if not layer.sparse:
+        return 0.0
+    cap = bounds.max_sparsity
+    if index in (0, n_layers - 1):
+        cap = min(cap, bounds.max_sparsity_first_last)
+    if max(layer.stride) > 1:
+        cap = min(cap, bounds.max_sparsity_strided)
+    return cap
+
+
+def _layer_from_dict(d: dict[str, Any]) -> LayerSpec:
+    tuples = ("kernel", "stride", "padding", "in_hw")
+    fields = {k: (tuple(v) if k in tuples else v) for k, v in d.items()}
+    fields["in_parts"] = tuple(tuple(p) for p in d.get("in_parts", ()))
+    return LayerSpec(**fields)
+
+
+def _ceil_index(value: float, choices: Sequence[float]) -> int:
+    """Index of the smallest choice >= value."""
+    return int(np.searchsorted(np.asarray(choices), value - 1e-9))
+
+
+def _floor_index(value: float, choices: Sequence[float]) -> int:
+    """Index of the largest choice <= value."""
+    return int(np.searchsorted(np.asarray(choices), value + 1e-9) - 1)
+
+
+__all__ = [
+    "SPARSITY_CHOICES",
+    "WIDTH_CHOICES",
+    "Arch",
+    "GroupSpec",
+    "LayerSpec",
+    "SearchSpace",
+    "SpaceBounds",
+    "kept_channels",
+    "kept_channels_array",
+]

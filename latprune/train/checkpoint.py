@@ -1,0 +1,61 @@
+"""Rebuilding a zoo model from a latprune checkpoint, and the metadata that makes that possible."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from latprune._io import load_checkpoint
+from latprune.data import DataConfig
+from latprune.errors import ModelError
+from latprune.train.config import ModelSpec
+from latprune.train.loop import CHECKPOINT_NAME
+
+REQUIRED_KEYS = ("model", "model_kwargs", "state_dict", "epoch", "metrics")
+
+
+def checkpoint_meta(spec: ModelSpec, data: DataConfig | None = None) -> dict[str, Any]:
+    """The checkpoint keys that let :func:`load_model_from_checkpoint` rebuild the model (and its data split)."""
+    meta: dict[str, Any] = {"model": spec.name, "model_kwargs": spec.kwargs()}
+    if data is not None:
+        meta["data"] = asdict(data)
+    return meta
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """Accept a checkpoint file or a run folder (then its ``checkpoint.pt``)."""
+    path = Path(path)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def load_model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the zoo model a checkpoint was trained from and load its weights; returns (model, checkpoint).
+
+    ``path`` is a checkpoint file or a run folder. The model is returned in eval mode on ``map_location``.
+    """
+    path = resolve_checkpoint_path(path)
+    ckpt = load_checkpoint(path, map_location=map_location)
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ModelError(
+            f"The checkpoint '{path}' lacks {', '.join(missing)}; it was not written by `latprune train`; retrain it."
+        )
+    kwargs = dict(ckpt["model_kwargs"])
+    spec = ModelSpec(
+        ckpt["model"], kwargs["num_classes"], kwargs["in_channels"], kwargs["input_size"], kwargs.get("width_mult", 1.0)
+    )
+    model = spec.build()
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise ModelError(
+            f"The checkpoint '{path}' has weights that do not fit a fresh '{spec.name}' (a pruned or masked model?); "
+            "load it with the tool that wrote it."
+        ) from None
+    return model.to(map_location).eval(), ckpt

@@ -1,0 +1,101 @@
+"""Typed, frozen training configuration and the zoo-model description stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from latprune.errors import LatpruneError
+from latprune.models import create_model
+
+SCHEDULES = ("cosine", "onecycle")
+DEVICES = ("cpu", "cuda")
+# Fields that may differ between a run and its resumption without changing the result's meaning.
+RESUMABLE_FIELDS = frozenset({"device", "threads", "eval_batch_size"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training run (SGD with Nesterov momentum, per-step LR schedule)."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    eval_batch_size: int = 1000
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs", "at least 1"),
+            (self.batch_size >= 1, "batch_size", "at least 1"),
+            (self.eval_batch_size >= 1, "eval_batch_size", "at least 1"),
+            (self.lr > 0, "lr", "positive"),
+            (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay", "≥ 0"),
+            (self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs", "in [0, epochs)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
+            (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
+            (self.threads is None or self.threads >= 1, "threads", "at least 1 (or unset)"),
+            (not (self.nesterov and self.momentum == 0), "momentum", "positive when nesterov is on"),
+        ]
+        for ok, name, need in checks:
+            if not ok:
+                raise LatpruneError(f"Training setting {name}={getattr(self, name)!r} is invalid; it must be {need}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild from a checkpoint's ``config``, ignoring keys a newer/older latprune added."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def resolve_device(self) -> torch.device:
+        """The torch device, with a clear sentence when CUDA is asked for but this torch build cannot use it."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise LatpruneError(
+                "--device cuda was asked for but this torch has no usable GPU; install a CUDA build of torch "
+                "(see README, 'Using a GPU') or use --device cpu."
+            )
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a zoo model: stored as a checkpoint's ``model`` and ``model_kwargs``."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    width_mult: float = 1.0
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "width_mult": self.width_mult,
+        }
+
+    def build(self, seed: int | None = None) -> nn.Module:
+        """Create the model; with ``seed`` its initial weights are reproducible without touching global RNG state."""
+        if seed is None:
+            return create_model(self.name, **self.kwargs())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(self.name, **self.kwargs())
