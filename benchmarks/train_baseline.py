@@ -20,23 +20,13 @@ from pathlib import Path
 import torch
 
 from latprune._io import atomic_write_json
+from latprune.engine.isa import cpu_model
 from latprune.train import BASELINE_DIR, BASELINE_PRESETS, train_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_baseline.json"
 TARGET_ACC = 0.935
 MAX_EPOCHS = 30
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

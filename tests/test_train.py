@@ -259,3 +259,20 @@ def test_every_train_flag_has_help():
         for action in subparsers.choices[name]._actions:
             if action.dest != "help":
                 assert action.help and action.help.endswith((".", ")")), f"{name} {action.option_strings}"
+
+
+def test_pruned_checkpoint_loads_for_eval(tmp_path):
+    from latprune.models import ModelSpec
+    from latprune.prune import apply_plan, save_pruned, uniform_plan
+    from latprune.train import load_model_from_checkpoint
+
+    spec = ModelSpec("resnet20", 10, 1, 16, 0.5)
+    model = spec.build(seed=0).eval()
+    plan = uniform_plan(model, 16, 1, 0.6, 0.5, model_spec=spec)
+    apply_plan(model, plan)
+    path = save_pruned(tmp_path / "pruned.pt", model, plan, extra={"epoch": 0, "metrics": {}})
+    loaded, ckpt = load_model_from_checkpoint(path)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+    assert "plan" in ckpt

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn as nn
 
 from latprune.errors import ModelError
@@ -78,8 +81,45 @@ def create_model(
     return info.builder(num_classes=num_classes, in_channels=in_channels, input_size=size, width_mult=width_mult)
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a zoo model; checkpoints store it as "model" (the name) and "model_kwargs" (the rest)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    width_mult: float = 1.0
+
+    def kwargs(self) -> dict[str, Any]:
+        """The checkpoint's "model_kwargs" dict."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        return cls(
+            str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), int(d["input_size"]), float(d["width_mult"])
+        )
+
+    def describe(self) -> str:
+        """Short human form, e.g. "resnet20 (10 classes, 1x28x28 input, width 0.5)"."""
+        size = f"{self.in_channels}x{self.input_size}x{self.input_size}"
+        return f"{self.name} ({self.num_classes} classes, {size} input, width {self.width_mult:g})"
+
+    def build(self, seed: int | None = None) -> nn.Module:
+        """Create the model; with ``seed`` its initial weights are reproducible without touching global RNG state."""
+        if seed is None:
+            return create_model(self.name, **self.kwargs())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(self.name, **self.kwargs())
+
+
 # Importing the definitions registers them.
 from latprune.models import mobilenet as _mobilenet  # noqa: E402, F401
 from latprune.models import resnet as _resnet  # noqa: E402, F401
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "ModelSpec", "create_model", "list_models", "model_info", "register_model"]

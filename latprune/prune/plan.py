@@ -13,41 +13,12 @@ import torch.nn as nn
 from latprune._io import atomic_write_json, read_json
 from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
-from latprune.models import create_model
+from latprune.models import ModelSpec
 from latprune.prune.channels import CRITERIA, Criterion, group_importance, select_channels
 from latprune.prune.schemes import SchemeParams, get_scheme
 from latprune.space import Arch, SearchSpace, SpaceBounds, kept_channels
 
 PLAN_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to rebuild the zoo model a plan applies to (the checkpoint's "model" and "model_kwargs")."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    input_size: int
-    width_mult: float = 1.0
-
-    def build(self) -> nn.Module:
-        return create_model(
-            self.name,
-            num_classes=self.num_classes,
-            in_channels=self.in_channels,
-            input_size=self.input_size,
-            width_mult=self.width_mult,
-        )
-
-    def describe(self) -> str:
-        """Short human form, e.g. "resnet20 (10 classes, 1x28x28 input, width 0.5)"."""
-        size = f"{self.in_channels}x{self.input_size}x{self.input_size}"
-        return f"{self.name} ({self.num_classes} classes, {size} input, width {self.width_mult:g})"
-
-    def kwargs(self) -> dict[str, Any]:
-        """The checkpoint's "model_kwargs" dict."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
 
 @dataclass(frozen=True)

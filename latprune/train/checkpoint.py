@@ -50,6 +50,12 @@ def load_model_from_checkpoint(
     spec = ModelSpec(
         ckpt["model"], kwargs["num_classes"], kwargs["in_channels"], kwargs["input_size"], kwargs.get("width_mult", 1.0)
     )
+    if ckpt.get("plan") is not None:
+        # A pruned checkpoint (latprune prune --apply, finetune): rebuild the zoo model, then replay its plan.
+        from latprune.prune import PruningPlan, build_pruned
+
+        model = build_pruned(PruningPlan.from_dict(ckpt["plan"]), ckpt["state_dict"])
+        return model.to(map_location).eval(), ckpt
     model = spec.build()
     try:
         model.load_state_dict(ckpt["state_dict"])

@@ -6,10 +6,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from latprune.errors import LatpruneError
-from latprune.models import create_model
+from latprune.models import ModelSpec
 
 SCHEDULES = ("cosine", "onecycle")
 DEVICES = ("cpu", "cuda")
@@ -74,28 +73,4 @@ class TrainConfig:
         return torch.device(self.device)
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to rebuild a zoo model: stored as a checkpoint's ``model`` and ``model_kwargs``."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    input_size: int
-    width_mult: float = 1.0
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "input_size": self.input_size,
-            "width_mult": self.width_mult,
-        }
-
-    def build(self, seed: int | None = None) -> nn.Module:
-        """Create the model; with ``seed`` its initial weights are reproducible without touching global RNG state."""
-        if seed is None:
-            return create_model(self.name, **self.kwargs())
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return create_model(self.name, **self.kwargs())
+__all__ = ["ModelSpec", "TrainConfig"]
