@@ -1,0 +1,299 @@
+"""`latprune search`: JCW's NSGA-II search over a trained model, with a device profile and a super-net estimator."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from latprune._io import read_json
+from latprune.errors import DataError, ModelError, ProfileError, SearchError
+from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, SearchResult, get_preset, run_search
+from latprune.search.interfaces import AccuracyEstimator, LatencyPredictor, SpaceLike
+
+_UNITS_TO_MS = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
+
+
+def parse_latency(text: str) -> float:
+    """'2.5ms', '2.5', '2500us' or '0.0025s' -> milliseconds (a bare number is milliseconds)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*", text)
+    if not m or float(m.group(1)) <= 0:
+        raise SearchError(f"The latency budget '{text}' is not a positive duration; write it like 2.5ms or 2500us.")
+    return float(m.group(1)) * _UNITS_TO_MS[m.group(2) or "ms"]
+
+
+def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
+    """The preset's config with every flag the user set applied on top."""
+    preset = get_preset(args.preset)
+    flags = {
+        "population": args.population,
+        "generations": args.generations,
+        "selection": args.selection,
+        "latency_targets": args.latency_targets,
+        "mode": args.mode,
+        "seed": args.seed,
+        "crossover_prob": args.crossover_prob,
+        "crossover_eta": args.crossover_eta,
+        "mutation_eta": args.mutation_eta,
+        "sequential_channel_share": args.sequential_share,
+        "sequential_widths": args.sequential_widths,
+        "latency_budget_ms": parse_latency(args.latency_budget) if args.latency_budget else None,
+    }
+    return dataclasses.replace(preset.search_config(), **{k: v for k, v in flags.items() if v is not None})
+
+
+def _completed_calls(out_dir: Path) -> int:
+    """Estimator calls a run directory has completed (generation files up to the saved state)."""
+    state_file = out_dir / "state.json"
+    if not state_file.exists():
+        return 0
+    last = int(read_json(state_file, what="search state")["gen"])
+    return sum(1 for p in out_dir.glob("gen_*.json") if int(p.stem.split("_")[1]) <= last)
+
+
+def build_search_inputs(
+    args: argparse.Namespace, config: SearchConfig
+) -> tuple[SpaceLike, LatencyPredictor, AccuracyEstimator, dict[str, Any]]:
+    """Glue: checkpoint -> model and its search space, profile -> latency predictor, data -> super-net estimator."""
+    from latprune.data import DataConfig, load_splits
+    from latprune.data.datasets import canonical_name
+    from latprune.latency.predictor import LatencyPredictor as ProfilePredictor
+    from latprune.latency.profile import load_profile
+    from latprune.space import SearchSpace
+    from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
+    from latprune.train import load_model_from_checkpoint
+
+    model, ckpt = load_model_from_checkpoint(args.checkpoint)
+    if args.model and ckpt["model"] != args.model:
+        raise ModelError(
+            f"The checkpoint '{args.checkpoint}' holds a {ckpt['model']}, not a {args.model}; fix --model."
+        )
+    profile = load_profile(args.profile, force=args.force_profile)
+    if profile.model.name != ckpt["model"]:
+        raise ProfileError(
+            f"The latency profile '{args.profile}' is for {profile.model.name}, not {ckpt['model']}; "
+            f"profile it with `latprune profile --model {ckpt['model']}`."
+        )
+    kwargs = ckpt["model_kwargs"]
+    space = SearchSpace.from_model(model, kwargs["input_size"], kwargs["in_channels"], scheme=profile.scheme)
+    predictor = ProfilePredictor(profile, space)
+
+    # The parent was trained without its validation split, so the super-net must rank on that same split.
+    if isinstance(ckpt.get("data"), dict):
+        data_cfg = DataConfig(**ckpt["data"])
+    elif args.data:
+        data_cfg = DataConfig(name=args.data)
+    else:
+        raise DataError(f"The checkpoint '{args.checkpoint}' does not record its dataset; pass --data NAME.")
+    if args.data and canonical_name(args.data) != canonical_name(data_cfg.name):
+        raise DataError(
+            f"The checkpoint '{args.checkpoint}' was trained on {data_cfg.name}, not {args.data}; fix --data."
+        )
+    splits = load_splits(data_cfg)
+    supernet_cfg = SupernetConfig.preset(get_preset(args.preset).supernet_preset).override(
+        channel_epochs=args.supernet_channel_epochs,
+        weight_epochs=args.supernet_weight_epochs,
+        classes=args.supernet_classes,
+        train_per_class=args.supernet_train_per_class,
+        val_per_class=args.supernet_val_per_class,
+        batch_size=args.supernet_batch_size,
+        lr=args.supernet_lr,
+        bn_images=args.bn_images,
+    )
+    estimator = SupernetEstimator(
+        model, space, SupernetData(splits.train, splits.val, splits.info), supernet_cfg, config.seed, device=args.device
+    )
+    if args.resume:
+        # The estimator seeds each call from its call counter; continue the count so a resumed search trains
+        # exactly the super-nets an uninterrupted one would.
+        estimator.calls = _completed_calls(Path(args.out))
+    meta = {
+        "model": ckpt["model"],
+        "model_kwargs": dict(kwargs),
+        "checkpoint": str(Path(args.checkpoint).resolve()),
+        "profile": str(Path(args.profile).resolve()),
+        "data": dataclasses.asdict(data_cfg),
+        "preset": args.preset,
+        "supernet": supernet_cfg.to_dict(),
+    }
+    return space, predictor, estimator, meta
+
+
+def _search(args: argparse.Namespace) -> int:
+    from latprune.report import front_table, plot_search
+
+    config = search_config_from_args(args)
+    out_dir = Path(args.out)
+    space, predictor, estimator, meta = build_search_inputs(args, config)
+    result: SearchResult = run_search(space, predictor, estimator, config, out_dir, resume=args.resume, meta=meta)
+    png = plot_search(out_dir, result=result, title=f"{meta.get('model', 'search')}: {config.mode}, {config.selection}")
+    print(front_table(result))
+    print(f"\nPareto front of {len(result.front)} candidates after {result.generations + 1} generations.")
+    if result.best_under_budget is not None:
+        b = result.best_under_budget
+        print(
+            f"Best under {config.latency_budget_ms:g} ms: {b.latency_ms:.4f} ms predicted, "
+            f"{100 * b.error:.2f}% estimated error."
+        )
+    elif result.budget_note:
+        print(result.budget_note)
+    print(f"Wrote {out_dir}/front.json, {png.name}, and one gen_XXXX.json per generation.")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    desc = (
+        "Search pruned architectures of a trained model for the best latency/accuracy trade-offs (JCW): NSGA-II "
+        "over per-group widths and per-layer weight sparsities, latency from a device profile, accuracy from a "
+        "super-net retrained every generation."
+    )
+    p = sub.add_parser("search", help="Search the latency/accuracy Pareto front of pruned models.", description=desc)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--checkpoint",
+        required=True,
+        help="Trained parent model (a checkpoint file or a `latprune train` "
+        "run folder); every candidate inherits its weights.",
+    )
+    io.add_argument("--model", default=None, help="Zoo model name, checked against the checkpoint (e.g. resnet20).")
+    io.add_argument(
+        "--data",
+        default=None,
+        help="Dataset name or folder, checked against the checkpoint's "
+        "(e.g. fashion-mnist); the search ranks on its validation split, never the test set.",
+    )
+    io.add_argument("--profile", required=True, help="Latency profile JSON of this device from `latprune profile`.")
+    io.add_argument(
+        "--force-profile",
+        action="store_true",
+        help="Use a profile measured on another device or engine build anyway (predictions will describe that device).",
+    )
+    io.add_argument("--out", required=True, help="Run directory for gen_XXXX.json, front.json and front.png.")
+    io.add_argument(
+        "--resume",
+        action="store_true",
+        help="Continue the search in --out after its last completed generation (e.g. after a kill).",
+    )
+    io.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the super-net trains.")
+
+    s = p.add_argument_group("search")
+    s.add_argument(
+        "--preset",
+        default="quick",
+        choices=list(PRESETS),
+        help="Budget: 'quick' (~10 min for "
+        "ResNet20 / Fashion-MNIST here) or 'paper' (JCW: population 64, 128 generations, 10+20 epochs).",
+    )
+    s.add_argument(
+        "--mode",
+        default=None,
+        choices=list(MODES),
+        help="What to prune: joint channels + weights "
+        "(default), weight-only (widths 1.0), channel-only (no sparsity), or sequential (channels, then "
+        "weights with those widths).",
+    )
+    s.add_argument(
+        "--population",
+        type=int,
+        default=None,
+        help="Population size n; each generation evaluates 2n candidates (default: the preset's, "
+        + ", ".join(f"{p.population} {p.name}" for p in PRESETS.values())
+        + ").",
+    )
+    s.add_argument(
+        "--generations",
+        type=int,
+        default=None,
+        help="Evolution steps after the initial population (default: the preset's, "
+        + ", ".join(f"{p.generations} {p.name}" for p in PRESETS.values())
+        + ").",
+    )
+    s.add_argument(
+        "--selection",
+        default=None,
+        choices=list(SELECTIONS),
+        help="Survival: 'uniform' (JCW: keep "
+        "good models across the whole latency range) or 'standard' (NSGA-II rank and crowding).",
+    )
+    s.add_argument(
+        "--latency-targets",
+        type=int,
+        default=None,
+        help="Number of evenly spaced latency targets N "
+        "of uniform selection (default 4, as the official JCW configuration).",
+    )
+    s.add_argument(
+        "--latency-budget",
+        default=None,
+        help="Also report the most accurate candidate at or under "
+        "this predicted latency, e.g. 2.5ms (the search itself is unchanged).",
+    )
+    s.add_argument(
+        "--seed", type=int, default=None, help="Seed of the search and the super-net (same seed, same front)."
+    )
+    s.add_argument(
+        "--crossover-prob",
+        type=float,
+        default=None,
+        help="Probability that SBX crossover is applied to a pair of parents (default 0.9).",
+    )
+    s.add_argument(
+        "--crossover-eta",
+        type=float,
+        default=None,
+        help="SBX distribution index: larger keeps children closer to their parents (default 15).",
+    )
+    s.add_argument(
+        "--mutation-eta",
+        type=float,
+        default=None,
+        help="Polynomial-mutation distribution index: larger makes smaller mutations (default 20).",
+    )
+    s.add_argument(
+        "--sequential-share",
+        type=float,
+        default=None,
+        help="Sequential mode: share of the generations spent on the channel stage (default 0.5).",
+    )
+    s.add_argument(
+        "--sequential-widths",
+        type=int,
+        default=None,
+        help="Sequential mode: how many width vectors "
+        "of the channel stage's front the weight stage chooses among (default 4).",
+    )
+
+    n = p.add_argument_group("super-net estimator (defaults come from the preset)")
+    n.add_argument(
+        "--supernet-channel-epochs",
+        type=int,
+        default=None,
+        help="Super-net epochs per generation with channel masks only (JCW: 10).",
+    )
+    n.add_argument(
+        "--supernet-weight-epochs",
+        type=int,
+        default=None,
+        help="Super-net epochs per generation with weight-sparsity masks too (JCW: 20).",
+    )
+    n.add_argument("--supernet-classes", type=int, default=None, help="Classes in the super-net's training subset.")
+    n.add_argument(
+        "--supernet-train-per-class", type=int, default=None, help="Training images per class for the super-net."
+    )
+    n.add_argument(
+        "--supernet-val-per-class",
+        type=int,
+        default=None,
+        help="Validation images per class used to estimate each candidate's error.",
+    )
+    n.add_argument("--supernet-batch-size", type=int, default=None, help="Super-net training batch size.")
+    n.add_argument("--supernet-lr", type=float, default=None, help="Super-net peak learning rate.")
+    n.add_argument(
+        "--bn-images",
+        type=int,
+        default=None,
+        help="Images used to recompute each candidate's BatchNorm statistics before it is evaluated (JCW: 1280).",
+    )
+    p.set_defaults(func=_search)
