@@ -48,7 +48,14 @@ def _histogram(latency: np.ndarray, edges: np.ndarray) -> list[int]:
 
 
 def fig7(
-    make_inputs: Any, base: SearchConfig, generations: int, seeds: tuple[int, ...], out: Path, label: str, literal: bool
+    make_inputs: Any,
+    base: SearchConfig,
+    generations: int,
+    seeds: tuple[int, ...],
+    out: Path,
+    results: Path,
+    label: str,
+    literal: bool,
 ) -> dict:
     """Population latency after ``generations`` steps: standard vs uniform selection (N = 4, the official setting)
     and, with ``literal``, uniform with N = population size (the literal reading of eq. 9)."""
@@ -73,7 +80,7 @@ def fig7(
     every = np.concatenate(list(lat.values()))
     edges = np.linspace(every.min(), every.max(), 11)
     png = plot_latency_histograms(
-        lat, out / f"fig7_{label}.png",
+        lat, results / f"fig7_{label}.png",
         title=f"{label.upper()}: population latency after {generations} generations ({len(seeds)} seeds pooled)",
     )  # fmt: skip
     rows = {
@@ -159,7 +166,14 @@ def synthetic(args: argparse.Namespace) -> dict:
         "source": "SYNTHETIC: toy latency/error functions, not a real model",
         "noise_std": args.noise,
         "fig7": fig7(
-            make_inputs, base, args.fig7_generations, tuple(range(args.seeds)), Path(args.results), "synthetic", True
+            make_inputs,
+            base,
+            args.fig7_generations,
+            tuple(range(args.seeds)),
+            out,
+            Path(args.results),
+            "synthetic",
+            True,
         ),
         "table3": table3(make_inputs, base, dense_ms, problem.true_error, out, "synthetic"),
     }
@@ -196,7 +210,9 @@ def real(args: argparse.Namespace) -> dict:
         if args.finetune_epochs > 0:
             report["table3"]["finetuned"] = finetune_and_measure(ns, report["table3"], args, out)
     if args.only in ("all", "fig7") and args.fig7_generations:
-        report["fig7"] = fig7(make_inputs, base, args.fig7_generations, (base.seed,), Path(args.results), "real", False)
+        report["fig7"] = fig7(
+            make_inputs, base, args.fig7_generations, (base.seed,), out, Path(args.results), "real", False
+        )
     return report
 
 
