@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
@@ -36,31 +35,11 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _write_idx(path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-def _fake_fashion_mnist(root, per_class: int = 40) -> None:
-    """4 classes of 28x28 images (a bright quadrant each, plus noise) in Fashion-MNIST's IDX files."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for prefix, n in (("train", per_class), ("t10k", 5)):
-        labels = np.repeat(np.arange(4), n)
-        images = rng.integers(0, 80, size=(len(labels), 28, 28))
-        for c in range(4):
-            r, q = divmod(c, 2)
-            images[labels == c, r * 14 : r * 14 + 14, q * 14 : q * 14 + 14] += 150
-        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-
-
 @pytest.fixture(scope="module")
-def search_dir(tmp_path_factory):
+def search_dir(tmp_path_factory, fake_fashion_mnist):
     """A search run directory as `latprune search` writes it, with errors from a real super-net call."""
     base = tmp_path_factory.mktemp("validate")
-    _fake_fashion_mnist(base / "data")
+    fake_fashion_mnist(base / "data", n_train=160, n_test=20, classes=4, gz=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("LATPRUNE_DATA", str(base / "data"))
     data_cfg = DataConfig(name="fashion-mnist", val_per_class=10)

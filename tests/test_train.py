@@ -204,21 +204,8 @@ def test_unknown_baseline_preset():
         train_baseline("huge")
 
 
-def write_fashion_mnist_like(folder: Path, n_train: int, n_test: int) -> None:
-    """Tiny 28x28 IDX files under Fashion-MNIST's file names (raw, not gzipped)."""
-    folder.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = (torch.arange(n) % 10).to(torch.uint8)
-        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
-        for kind, arr in (("images-idx3", images), ("labels-idx1", labels)):
-            dims = b"".join(d.to_bytes(4, "big") for d in arr.shape)
-            header = bytes([0, 0, 0x08, arr.dim()]) + dims
-            (folder / f"{prefix}-{kind}-ubyte").write_bytes(header + arr.numpy().tobytes())
-
-
-def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
-    write_fashion_mnist_like(tmp_path / "data", n_train=40, n_test=20)
+def test_cli_train_then_eval(tmp_path, monkeypatch, capsys, fake_fashion_mnist):
+    fake_fashion_mnist(tmp_path / "data", n_train=40, n_test=20)
     monkeypatch.setenv("LATPRUNE_DATA", str(tmp_path / "data"))
     out = tmp_path / "runs" / "cli"
     args = ["train", "--data", "fashion-mnist", "--epochs", "1", "--out", str(out), "--width-mult", "0.25"]
@@ -233,12 +220,12 @@ def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
     assert "pass --resume" in capsys.readouterr().err
 
 
-def test_train_baseline_preset_runs_and_resumes(tmp_path, monkeypatch, capsys):
+def test_train_baseline_preset_runs_and_resumes(tmp_path, monkeypatch, capsys, fake_fashion_mnist):
     """`latprune demo` calls train_baseline: it trains, prints a table and the paths, and a rerun resumes."""
     import latprune.train.baseline as baseline_mod
     from latprune.data import DataConfig
 
-    write_fashion_mnist_like(tmp_path / "data", n_train=30, n_test=10)
+    fake_fashion_mnist(tmp_path / "data", n_train=30, n_test=10)
     monkeypatch.setenv("LATPRUNE_DATA", str(tmp_path / "data"))
     tiny = baseline_mod.BaselinePreset(
         "resnet20", DataConfig("fashion-mnist", val_per_class=1), replace(CONFIG, epochs=1), tmp_path / "demo"
