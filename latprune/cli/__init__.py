@@ -16,7 +16,16 @@ from latprune._version import __version__
 from latprune.errors import LatpruneError
 
 # The order here is the order `latprune --help` lists the groups in.
-_COMMAND_MODULES: tuple[str, ...] = ("_models",)
+_COMMAND_MODULES: tuple[str, ...] = (
+    "_demo",
+    "_models",
+    "_train",
+    "_prune",
+    "_latency",
+    "_search",
+    "_supernet",
+    "_engine",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,166 @@
+"""`latprune bench`, `latprune compile` and `latprune export`: run, save and export models with the sparse engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from latprune.engine.export import TARGETS
+from latprune.errors import EngineError
+
+
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
+    """The model to compile: from --checkpoint, or a zoo model with random weights; plus (channels, size)."""
+    if args.checkpoint:
+        from latprune.train.checkpoint import load_model_from_checkpoint
+
+        model, ckpt = load_model_from_checkpoint(args.checkpoint)
+        kw = ckpt["model_kwargs"]
+        return model, int(kw.get("in_channels", 3)), int(args.input_size or kw["input_size"])
+    if not args.model:
+        raise EngineError("Name a model with --model NAME (see `latprune models`) or pass --checkpoint PATH.")
+    from latprune.models import create_model, model_info
+
+    info = model_info(args.model)
+    size = args.input_size or info.default_input_size
+    with torch.random.fork_rng():  # random weights, but the same ones for the same --seed
+        torch.manual_seed(args.seed)
+        model = create_model(
+            args.model, num_classes=info.default_num_classes, input_size=size, width_mult=args.width_mult
+        )
+    return model.eval(), 3, size
+
+
+def _maybe_sparsify(model: nn.Module, args: argparse.Namespace) -> None:
+    if args.sparsity:
+        from latprune.engine.bench import sparsify_model
+
+        n = sparsify_model(model, args.scheme, args.sparsity, args.layers)
+        print(f"sparsified {n} convs to {args.sparsity:.0%} with the {args.scheme} scheme")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from latprune.engine.bench import BenchConfig, benchmark_model, format_result
+    from latprune.models import model_info
+
+    if not args.model:
+        raise EngineError("Name the model to benchmark with --model NAME (see `latprune models`).")
+    size = args.input_size or model_info(args.model).default_input_size
+    cfg = BenchConfig(
+        model=args.model,
+        input_size=size,
+        width_mult=args.width_mult,
+        sparsity=args.sparsity,
+        scheme=args.scheme,
+        layers=args.layers,
+        threads=args.threads,
+        batch=args.batch,
+        warmup=args.warmup,
+        runs=args.runs,
+        seed=args.seed,
+        autotune=args.autotune,
+        onnxruntime=not args.no_onnxruntime,
+        torch_eager=not args.no_torch,
+    )
+    result = benchmark_model(cfg)
+    print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    from latprune.engine import compile
+
+    model, channels, size = _load_model(args)
+    _maybe_sparsify(model, args)
+    cm = compile(model, torch.zeros(1, channels, size, size), threads=args.threads, autotune=args.autotune)
+    out = cm.save(args.out)
+    print(cm.summary())
+    print(f"engine latency {cm.latency() * 1e3:.3f} ms (batch 1, {args.threads} thread(s)); saved to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from latprune.engine.export import export_c
+
+    model, channels, size = _load_model(args)
+    _maybe_sparsify(model, args)
+    out = export_c(model, torch.zeros(1, channels, size, size), args.c, target=args.target)
+    cross = TARGETS[args.target][1]
+    print(f"wrote the C project to {out}; build it with `make -C {out} CC={cross}` and run ./model weights.bin")
+    return 0
+
+
+def _add_model_flags(p: argparse.ArgumentParser, checkpoint: bool) -> None:
+    p.add_argument(
+        "--model",
+        help="Zoo model name (see `latprune models`); its weights are random unless "
+        + ("--checkpoint is given." if checkpoint else "you only measure speed."),
+    )
+    if checkpoint:
+        p.add_argument("--checkpoint", help="A checkpoint written by `latprune train` to compile instead of --model.")
+    p.add_argument("--input-size", type=int, default=None, help="Square input size in pixels (default: the model's).")
+    p.add_argument("--width-mult", type=float, default=1.0, help="Channel width multiplier of the zoo model.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of the random weights, so runs are repeatable.")
+    p.add_argument("--sparsity", type=float, default=0.0, help="Fraction of weights to zero, e.g. 0.9 (default 0).")
+    p.add_argument(
+        "--scheme",
+        default="group4",
+        help="Sparsity scheme of the zeroed weights (group4, block_punched, pattern, unstructured, nm24).",
+    )
+    p.add_argument(
+        "--layers",
+        default="auto",
+        choices=("auto", "pointwise", "kxk", "all"),
+        help="Which convs to sparsify: auto = 1x1 convs of MobileNets, kxk convs of ResNets.",
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="Time a model on the engine vs ONNX Runtime and PyTorch.",
+        description="Compile a zoo model with random (optionally sparse) weights and print the median "
+        "latency of the engine, ONNX Runtime (dense) and PyTorch eager, and the ratios.",
+    )
+    _add_model_flags(p, checkpoint=False)
+    p.add_argument("--threads", type=int, default=1, help="Threads for every runtime (default 1).")
+    p.add_argument("--batch", type=int, default=1, help="Images per forward pass (default 1).")
+    p.add_argument("--runs", type=int, default=50, help="Timed runs; the median is reported (default 50).")
+    p.add_argument("--warmup", type=int, default=10, help="Untimed runs before timing (default 10).")
+    p.add_argument("--autotune", action="store_true", help="Time each layer's kernel variants and keep the fastest.")
+    p.add_argument("--no-onnxruntime", action="store_true", help="Skip the ONNX Runtime baseline.")
+    p.add_argument("--no-torch", action="store_true", help="Skip the PyTorch eager baseline.")
+    p.add_argument("--json", action="store_true", help="Print the result as JSON instead of a table.")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "compile",
+        help="Compile a model with the engine and save it to a folder.",
+        description="Compile a model to generated C, print the kernel chosen for each layer and its "
+        "latency, and save it so CompiledModel.load(DIR) runs it without a compiler.",
+    )
+    _add_model_flags(p, checkpoint=True)
+    p.add_argument("--threads", type=int, default=1, help="Threads the compiled model runs with (default 1).")
+    p.add_argument("--autotune", action="store_true", help="Time each layer's kernel variants and keep the fastest.")
+    p.add_argument("--out", required=True, help="Folder to save the compiled model in.")
+    p.set_defaults(func=_compile)
+
+    p = sub.add_parser(
+        "export",
+        help="Write a model as a stand-alone C project (e.g. for a phone).",
+        description="Write the generated C, the engine's kernel sources, the weights, a main.c and a "
+        "Makefile, ready to cross-compile for the target.",
+    )
+    _add_model_flags(p, checkpoint=True)
+    p.add_argument("--c", required=True, type=Path, metavar="DIR", help="Folder to write the C project into.")
+    p.add_argument(
+        "--target",
+        default="host",
+        choices=tuple(TARGETS),
+        help="CPU the code is generated for: aarch64 (ARM NEON), x86_64 (AVX2), x86_64-avx512, or host.",
+    )
+    p.set_defaults(func=_export)

@@ -1,0 +1,6 @@
+"""The sparse inference engine: compile a (pruned) PyTorch CNN to generated C with weight-sparse kernels."""
+
+from latprune.engine.export import export_c
+from latprune.engine.runtime import CompiledModel, CompiledSpec, LayerChoice, compile
+
+__all__ = ["CompiledModel", "CompiledSpec", "LayerChoice", "compile", "export_c"]

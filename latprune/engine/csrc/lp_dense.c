@@ -1,0 +1,612 @@
+/* latprune engine: dense convolution kernels (register-blocked GEMM over an input "grid", depthwise, linear).
+ * Hand-written source, packed by latprune/engine/kernels/dense.py (pack_dense_conv, pack_depthwise, pack_linear).
+ *
+ * The input grid, shared with lp_group4.c: a k x k convolution with stride (sh, sw) and padding is turned into
+ * shifted reads of ONE buffer. The input is padded and split into sh*sw phase planes (plane (ry, rx) holds padded
+ * pixel (y*sh + ry, x*sw + rx)), each Hq x Wq. Output pixel (oy, ox) is grid column j = oy*Wq + ox, and kernel
+ * tap (ci, ky, kx) reads plane[ci][ky%sh][kx%sw] at j + (ky/sh)*Wq + kx/sw: a fixed offset per tap, so a tile of
+ * consecutive grid columns is a contiguous vector load for every tap and every stride. Columns ox >= w_out are junk
+ * (computed, never stored). A 1x1 stride-1 unpadded layer with >= 16 pixels reads the input directly ("direct").
+ *
+ * Calling contract (beyond lp_common.h): out must not alias in or residual, because the last tile of a row may be
+ * shifted to overlap the previous one (recomputing, and rewriting, a few outputs); scratch holds at least
+ * KernelSpec.scratch_floats(meta) floats; buffers need no alignment (64-byte alignment is faster). */
+#ifndef LP_DENSE_C
+#define LP_DENSE_C
+#include "lp_common.h"
+
+#define LP_MAXNV 4 /* widest tile, in vectors */
+#define LP_DENSE_MR 8 /* output rows per weight panel (must match kernels/dense.py) */
+
+/* Keep a vector live in a register. After the last FMA that reads an input vector, GCC likes to overwrite the input
+ * instead of the accumulator (vfmadd132ps) and then copies the result back at the loop edge: 4-5 extra register
+ * moves per 16 FMAs, on the FMA ports. Marking the inputs as still used forces the accumulator form. */
+#if defined(__x86_64__) || defined(__i386__)
+#define LP_KEEP(x) __asm__ volatile("" ::"v"(x))
+#elif defined(__aarch64__)
+#define LP_KEEP(x) __asm__ volatile("" ::"w"(x))
+#else
+#define LP_KEEP(x) ((void)(x))
+#endif
+
+typedef struct {
+    const float *src; /* tap offsets are relative to this */
+    int n;            /* grid columns: h_out * wq */
+    int wq;           /* grid row width */
+    int w_out;        /* valid columns per grid row */
+    int hw_out;       /* output pixels per channel */
+    int direct;       /* grid column == output pixel and src is the input itself */
+} lp_grid;
+
+/* Direct when the input can be read in place: a 1x1 stride-1 unpadded layer with at least 16 pixels (so a vector
+ * tile fits). Copying unaligned channels (h*w not a multiple of 16) to aligned rows was measured: slower. */
+LP_INLINE int lp_grid_is_direct(const lp_conv_shape *s) {
+    return s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && s->pad_h == 0 && s->pad_w == 0 &&
+           s->h * s->w >= 16;
+}
+
+LP_INLINE int lp_grid_hq(const lp_conv_shape *s) { return (s->h + 2 * s->pad_h + s->stride_h - 1) / s->stride_h; }
+LP_INLINE int lp_grid_wq(const lp_conv_shape *s) { return (s->w + 2 * s->pad_w + s->stride_w - 1) / s->stride_w; }
+
+/* Floats from one input channel's phase planes to the next's: rounded up to 16 floats (64 bytes). */
+LP_INLINE size_t lp_grid_chan(const lp_conv_shape *s) {
+    return ((size_t)s->stride_h * s->stride_w * lp_grid_hq(s) * lp_grid_wq(s) + 15) & ~(size_t)15;
+}
+
+LP_INLINE lp_grid lp_grid_make(const float *in, const float *scratch, const lp_conv_shape *s) {
+    lp_grid g;
+    g.direct = lp_grid_is_direct(s);
+    g.src = g.direct ? in : scratch;
+    g.wq = g.direct ? s->w : lp_grid_wq(s);
+    g.n = s->h_out * g.wq;
+    g.w_out = s->w_out;
+    g.hw_out = s->h_out * s->w_out;
+    return g;
+}
+
+/* Lanes [a, a + len) of v to dst[0 .. len), and the matching masked load: one masked instruction on AVX-512
+ * (masked-off lanes never fault, so dst - a may point before the buffer), a scalar loop elsewhere. */
+#if LP_LANES == 16 && defined(__AVX512F__)
+#include <immintrin.h>
+LP_INLINE void lp_store_lanes(float *dst, lp_vf v, int a, int len) {
+    const __mmask16 m = (__mmask16)(((1u << len) - 1u) << a);
+    _mm512_mask_storeu_ps(dst - a, m, (__m512)v);
+}
+LP_INLINE lp_vf lp_load_lanes(const float *src, int a, int len) {
+    const __mmask16 m = (__mmask16)(((1u << len) - 1u) << a);
+    return (lp_vf)_mm512_maskz_loadu_ps(m, src - a);
+}
+#else
+LP_INLINE void lp_store_lanes(float *dst, lp_vf v, int a, int len) {
+    for (int t = 0; t < len; t++) dst[t] = v[a + t];
+}
+LP_INLINE lp_vf lp_load_lanes(const float *src, int a, int len) {
+    lp_vf v = lp_vsplat(0.f);
+    for (int t = 0; t < len; t++) v[a + t] = src[t];
+    return v;
+}
+#endif
+
+/* Small copies and fills, inline: the grid's rows are often a few floats long (7x7 maps), where a memcpy/memset
+ * call per row costs more than the data. */
+LP_INLINE void lp_copy_floats(float *LP_RESTRICT dst, const float *LP_RESTRICT src, int n) {
+    int i = 0;
+    for (; i + LP_LANES <= n; i += LP_LANES) lp_vstore(dst + i, lp_vload(src + i));
+    if (i < n) lp_store_lanes(dst + i, lp_load_lanes(src + i, 0, n - i), 0, n - i);
+}
+LP_INLINE void lp_zero_floats(float *dst, int n) {
+    int i = 0;
+    for (; i + LP_LANES <= n; i += LP_LANES) lp_vstore(dst + i, lp_vsplat(0.f));
+    if (i < n) lp_store_lanes(dst + i, lp_vsplat(0.f), 0, n - i);
+}
+
+/* dst[i] = src[2i] for i < n (a stride-2 phase plane row): two masked loads and one lane shuffle per LP_LANES
+ * outputs, never reading past src[2n - 2]. */
+#if LP_LANES == 16
+#define LP_EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#elif LP_LANES == 8
+#define LP_EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14
+#else
+#define LP_EVEN_IDX 0, 2, 4, 6
+#endif
+#if defined(__clang__) /* same lane shuffle, each compiler's spelling */
+#define LP_EVEN_LANES(a, b) __builtin_shufflevector(a, b, LP_EVEN_IDX)
+#else
+#define LP_EVEN_LANES(a, b) __builtin_shuffle(a, b, (lp_vi){LP_EVEN_IDX})
+#endif
+LP_INLINE void lp_copy_even_floats(float *LP_RESTRICT dst, const float *LP_RESTRICT src, int n) {
+    for (int i = 0; i < n; i += LP_LANES) {
+        const int m = n - i < LP_LANES ? n - i : LP_LANES; /* outputs in this chunk */
+        const int span = 2 * m - 1;                       /* input floats they need */
+        const float *p = src + 2 * i;
+        const lp_vf v0 = span >= LP_LANES ? lp_vload(p) : lp_load_lanes(p, 0, span);
+        const lp_vf v1 = span > LP_LANES ? lp_load_lanes(p + LP_LANES, 0, span - LP_LANES) : lp_vsplat(0.f);
+        const lp_vf ev = LP_EVEN_LANES(v0, v1);
+        if (m == LP_LANES)
+            lp_vstore(dst + i, ev);
+        else
+            lp_store_lanes(dst + i, ev, 0, m);
+    }
+}
+
+/* Write input channel ci's padded phase planes into scratch. */
+static void lp_grid_prep_channel(const float *in, float *scratch, const lp_conv_shape *s, int ci) {
+    const int sh = s->stride_h, sw = s->stride_w, hq = lp_grid_hq(s), wq = lp_grid_wq(s);
+    const float *src = in + (size_t)ci * s->h * s->w;
+    float *dst = scratch + (size_t)ci * lp_grid_chan(s);
+    for (int ry = 0; ry < sh; ry++)
+        for (int rx = 0; rx < sw; rx++) {
+            float *plane = dst + (size_t)(ry * sw + rx) * hq * wq;
+            /* plane column x holds input column x*sw + rx - pad_w: valid for x in [lo, hi) */
+            int lo = (s->pad_w - rx + sw - 1) / sw, hi = (s->w + s->pad_w - rx + sw - 1) / sw;
+            if (lo > wq) lo = wq;
+            if (hi > wq) hi = wq;
+            if (hi < lo) hi = lo;
+            const int x0 = lo * sw + rx - s->pad_w; /* input column of plane column lo */
+            for (int y = 0; y < hq; y++) {
+                float *row = plane + (size_t)y * wq;
+                const int iy = y * sh + ry - s->pad_h;
+                if (iy < 0 || iy >= s->h) {
+                    lp_zero_floats(row, wq);
+                    continue;
+                }
+                const float *srow = src + (size_t)iy * s->w + x0;
+                lp_zero_floats(row, lo);
+                if (sw == 1) {
+                    lp_copy_floats(row + lo, srow, hi - lo);
+                } else if (sw == 2) {
+                    lp_copy_even_floats(row + lo, srow, hi - lo);
+                } else {
+                    for (int x = 0; x < hi - lo; x++) row[lo + x] = srow[x * sw];
+                }
+                lp_zero_floats(row + hi, wq - hi);
+            }
+        }
+}
+
+/* Zero the slack after the planes, which the last (partial) tiles read as junk columns. */
+LP_INLINE void lp_grid_zero_slack(float *scratch, const lp_conv_shape *s) {
+    memset(scratch + (size_t)s->c_in * lp_grid_chan(s), 0, sizeof(float) * (size_t)(lp_grid_wq(s) + 512));
+}
+
+
+/* Finish a rows x (nv * LP_LANES) accumulator tile at grid column j: bias, residual, activation, store.
+ * acc is row-major [rows][LP_MAXNV]; out/residual/bias point at the tile's first output channel. */
+LP_INLINE void lp_tile_finish(lp_vf acc[][LP_MAXNV], int rows, const int nv, int j, const lp_grid *g,
+                              const float *bias, const float *residual, float *out, int act) {
+    const size_t hw = (size_t)g->hw_out;
+    if (g->wq == g->w_out && j + nv * LP_LANES <= g->n) { /* no junk columns: grid column == output pixel */
+        for (int r = 0; r < rows; r++) {
+            const lp_vf b = lp_vsplat(bias[r]);
+            for (int v = 0; v < nv; v++) {
+                lp_vf x = acc[r][v] + b;
+                if (residual) x += lp_vload(residual + r * hw + j + v * LP_LANES);
+                lp_vstore(out + r * hw + j + v * LP_LANES, lp_vact(x, act));
+            }
+        }
+        return;
+    }
+    /* Each vector's lanes split into runs of valid columns (a grid row's w_out pixels) separated by junk lanes.
+     * (oy, ox) of column c is tracked incrementally: one division per tile, not one per run. */
+    int c = j, oy = j / g->wq, ox = j - oy * g->wq;
+    for (int v = 0; v < nv; v++) {
+        const int c0 = j + v * LP_LANES;
+        const int cend = c0 + LP_LANES < g->n ? c0 + LP_LANES : g->n;
+        int run_a[LP_LANES], run_len[LP_LANES], nruns = 0;
+        size_t run_o[LP_LANES];
+        while (c < cend) {
+            if (ox >= g->w_out) { /* junk columns up to the next grid row */
+                c += g->wq - ox;
+                ox = 0;
+                oy++;
+                continue;
+            }
+            int len = g->w_out - ox;
+            if (c + len > cend) len = cend - c;
+            run_a[nruns] = c - c0;
+            run_len[nruns] = len;
+            run_o[nruns++] = (size_t)oy * g->w_out + ox;
+            c += len;
+            ox += len;
+        }
+        for (int r = 0; r < rows; r++) {
+            lp_vf x = acc[r][v] + lp_vsplat(bias[r]);
+            if (residual) {
+                lp_vf res = lp_vsplat(0.f);
+                for (int k = 0; k < nruns; k++)
+                    res += lp_load_lanes(residual + r * hw + run_o[k], run_a[k], run_len[k]);
+                x += res;
+            }
+            x = lp_vact(x, act);
+            for (int k = 0; k < nruns; k++) lp_store_lanes(out + r * hw + run_o[k], x, run_a[k], run_len[k]);
+        }
+    }
+}
+
+/* Column tiles of the grid: full tiles of nv vectors, then at most two narrower ones for the remainder, so a 14x14
+ * image (196 columns) costs 13 vectors rather than 16. In direct mode a tile never reads past the input: the
+ * remainder tile is shifted left to end at the last column (recomputing a few columns, same values); in grid mode
+ * it reads junk columns from the zeroed slack. When 1-3 columns are left over in direct mode (7x7 = 3 vectors + 1
+ * column), they form a "column tail" tile (nv 0) computed one column at a time with the rows in the vector lanes,
+ * instead of a whole vector tile for one column. lp_tile_count / lp_tile_at enumerate tiles without a table. */
+#define LP_COL_TAIL_MAX 3
+LP_INLINE int lp_col_tail(const lp_grid *g) {
+    const int t = g->n % LP_LANES;
+    return (g->direct && g->n >= LP_LANES && t <= LP_COL_TAIL_MAX) ? t : 0;
+}
+
+LP_INLINE int lp_tile_count(const lp_grid *g, int nv) {
+    const int tail = lp_col_tail(g), n = g->n - tail;
+    const int nr = nv * LP_LANES, full = n / nr, r = n - full * nr;
+    const int extra = tail > 0;
+    if (r == 0) return full + extra;
+    const int v = (r + LP_LANES - 1) / LP_LANES;
+    if (!g->direct || n >= v * LP_LANES) return full + 1 + extra;
+    return full + 1 + (r % LP_LANES != 0) + extra; /* no full tile and n < v lanes: floor(r/L) vectors + a shifted one */
+}
+
+/* Tile t: its first grid column *j and width *tnv in vectors (0: the column tail, columns *j .. n-1). */
+LP_INLINE void lp_tile_at(const lp_grid *g, int nv, int t, int *j, int *tnv) {
+    const int tail = lp_col_tail(g), n = g->n - tail;
+    if (tail && t == lp_tile_count(g, nv) - 1) {
+        *j = n;
+        *tnv = 0;
+        return;
+    }
+    const int nr = nv * LP_LANES, full = n / nr, r = n - full * nr;
+    if (t < full) {
+        *j = t * nr;
+        *tnv = nv;
+        return;
+    }
+    const int v = (r + LP_LANES - 1) / LP_LANES;
+    if (!g->direct) {
+        *j = full * nr;
+        *tnv = v;
+    } else if (n >= v * LP_LANES) {
+        *j = n - v * LP_LANES;
+        *tnv = v;
+    } else if (t == full) {
+        *j = 0;
+        *tnv = r / LP_LANES;
+    } else {
+        *j = n - LP_LANES;
+        *tnv = 1;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Dense convolution (any kernel, stride, padding, groups): per group a GEMM of the (Mg x K) weight, packed in
+ * panels of LP_DENSE_MR rows stored k-major (K x MR), with the K shifted grid rows of the input.
+ * Packed arrays: w (groups * panels * K * MR floats), off (groups * K int32 tap offsets into the grid). */
+LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K,
+                             int j, int rows, const float *bias, const float *residual, float *out, int act,
+                             const int nv) {
+    lp_vf acc[LP_DENSE_MR][LP_MAXNV];
+    for (int r = 0; r < LP_DENSE_MR; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = lp_vsplat(0.f);
+    const float *src = g->src + j;
+    for (int k = 0; k < K; k++) {
+        const float *p = src + off[k];
+        lp_vf b[LP_MAXNV];
+        for (int v = 0; v < nv; v++) b[v] = lp_vload(p + v * LP_LANES);
+        const float *wk = w + (size_t)k * LP_DENSE_MR;
+        for (int r = 0; r < LP_DENSE_MR; r++) {
+            const lp_vf a = lp_vsplat(wk[r]);
+            for (int v = 0; v < nv; v++) acc[r][v] += a * b[v];
+            LP_KEEP(a);
+        }
+        for (int v = 0; v < nv; v++) LP_KEEP(b[v]);
+    }
+    if (rows == LP_DENSE_MR) /* constant row count: the finish is unrolled and acc never leaves the registers */
+        lp_tile_finish(acc, LP_DENSE_MR, nv, j, g, bias, residual, out, act);
+    else
+        lp_tile_finish(acc, rows, nv, j, g, bias, residual, out, act);
+}
+
+static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
+                              const float *bias, const float *residual, float *out, int act) {
+    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 1);
+}
+static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
+                              const float *bias, const float *residual, float *out, int act) {
+    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 2);
+}
+static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
+                              const float *bias, const float *residual, float *out, int act) {
+    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 3);
+}
+
+/* Column tail (direct mode, 1-3 columns): the panel's 8 rows in the lanes of one 8-float vector per column. */
+typedef float lp_v8 __attribute__((vector_size(32), aligned(4)));
+static void lp_dense_cols(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K, int j,
+                          int rows, const float *bias, const float *residual, float *out, int act) {
+    for (int c = j; c < g->n; c++) {
+        lp_v8 acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}; /* four chains hide the FMA latency */
+        const float *src = g->src + c;
+        int k = 0;
+        for (; k + 4 <= K; k += 4) {
+            lp_v8 w0, w1, w2, w3;
+            memcpy(&w0, w + (size_t)k * LP_DENSE_MR, sizeof w0);
+            memcpy(&w1, w + (size_t)(k + 1) * LP_DENSE_MR, sizeof w1);
+            memcpy(&w2, w + (size_t)(k + 2) * LP_DENSE_MR, sizeof w2);
+            memcpy(&w3, w + (size_t)(k + 3) * LP_DENSE_MR, sizeof w3);
+            acc += w0 * (src[off[k]] - (lp_v8){0});
+            acc1 += w1 * (src[off[k + 1]] - (lp_v8){0});
+            acc2 += w2 * (src[off[k + 2]] - (lp_v8){0});
+            acc3 += w3 * (src[off[k + 3]] - (lp_v8){0});
+        }
+        for (; k < K; k++) {
+            lp_v8 wk;
+            memcpy(&wk, w + (size_t)k * LP_DENSE_MR, sizeof wk);
+            acc += wk * (src[off[k]] - (lp_v8){0});
+        }
+        acc += (acc1 + acc2) + acc3;
+        for (int r = 0; r < rows; r++) {
+            const size_t o = (size_t)r * g->hw_out + c;
+            out[o] = lp_act(acc[r] + bias[r] + (residual ? residual[o] : 0.f), act);
+        }
+    }
+}
+
+LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
+                                  const float *bias, const float *residual, float *out, int act, int nv) {
+    if (nv == 0)
+        lp_dense_cols(g, off, w, K, j, rows, bias, residual, out, act);
+    else if (nv >= 3)
+        lp_dense_tile_nv3(g, off, w, K, j, rows, bias, residual, out, act);
+    else if (nv == 2)
+        lp_dense_tile_nv2(g, off, w, K, j, rows, bias, residual, out, act);
+    else
+        lp_dense_tile_nv1(g, off, w, K, j, rows, bias, residual, out, act);
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Channel-major tiles for small outputs (<= 64 pixels, e.g. 7x7): a pixel-major tile of a 7x7 map wastes a third of
+ * its lanes (49 pixels in 64 lanes, 63 with the grid's junk columns). Here the lanes hold LP_CM = 32 output
+ * channels and the registers hold up to LP_CM_NP pixels of one output row (no junk, no tail): per tap, 32/LANES
+ * weight vectors and one broadcast per pixel. Weights are then packed k-major in panels of 32 channels (K x 32). */
+#define LP_CM 32
+#define LP_CM_NV (LP_CM / LP_LANES)
+#if LP_LANES == 16
+#define LP_CM_NP 12 /* 24 accumulators + 2 weights + 1 broadcast of 32 zmm */
+#elif LP_LANES == 8
+#define LP_CM_NP 2 /* 8 accumulators of 16 ymm */
+#else
+#define LP_CM_NP 3 /* 24 accumulators of 32 NEON registers */
+#endif
+
+/* Must match uses_channel_major() in kernels/dense.py, which packs the weights for it (the override exists only
+ * for A/B timing of the two tile shapes in a C driver). */
+#ifndef LP_CM_MAX_PIXELS
+#define LP_CM_MAX_PIXELS 64
+#endif
+/* Only k x k layers: a 1x1 layer's pixel-major tiles waste nothing (direct grid + column tail) and reuse each weight
+ * over 48 pixels instead of <= 12 (measured: channel-major 1.2x slower on 1024x1024 7x7 1x1, 1.5x faster on
+ * 512x512 7x7 3x3; slower again at 14x14). */
+LP_INLINE int lp_dense_use_cm(const lp_conv_shape *s) {
+    return s->groups == 1 && s->kh * s->kw > 1 && s->h_out * s->w_out <= LP_CM_MAX_PIXELS;
+}
+
+/* Output row segments of at most LP_CM_NP pixels, balanced (14 -> 7 + 7). */
+LP_INLINE int lp_cm_segs_per_row(const lp_conv_shape *s) { return (s->w_out + LP_CM_NP - 1) / LP_CM_NP; }
+LP_INLINE void lp_cm_segment(const lp_conv_shape *s, int t, int *oy, int *ox, int *np) {
+    const int nseg = lp_cm_segs_per_row(s), k = t % nseg, base = s->w_out / nseg, rem = s->w_out % nseg;
+    *oy = t / nseg;
+    *ox = k * base + (k < rem ? k : rem);
+    *np = base + (k < rem);
+}
+
+LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K,
+                          int co, int c_out, size_t hw, size_t o0, const float *bias, const float *residual, float *out,
+                          int act, const int np) {
+    lp_vf acc[12][LP_CM_NV];
+    for (int q = 0; q < np; q++)
+        for (int v = 0; v < LP_CM_NV; v++) acc[q][v] = lp_vsplat(0.f);
+    for (int k = 0; k < K; k++) {
+        const float *p = src + off[k];
+        lp_vf wv[LP_CM_NV];
+        for (int v = 0; v < LP_CM_NV; v++) wv[v] = lp_vload(w + (size_t)k * LP_CM + v * LP_LANES);
+        for (int q = 0; q < np; q++) {
+            const lp_vf x = lp_vsplat(p[q]);
+            for (int v = 0; v < LP_CM_NV; v++) acc[q][v] += wv[v] * x;
+            LP_KEEP(x);
+        }
+        for (int v = 0; v < LP_CM_NV; v++) LP_KEEP(wv[v]);
+    }
+    float buf[12 * LP_CM];
+    for (int q = 0; q < np; q++)
+        for (int v = 0; v < LP_CM_NV; v++) lp_vstore(buf + q * LP_CM + v * LP_LANES, acc[q][v]);
+    const int lanes = c_out - co < LP_CM ? c_out - co : LP_CM;
+    for (int l = 0; l < lanes; l++) {
+        const size_t o = (size_t)(co + l) * hw + o0;
+        for (int q = 0; q < np; q++) {
+            float y = buf[q * LP_CM + l] + bias[co + l];
+            if (residual) y += residual[o + q];
+            out[o + q] = lp_act(y, act);
+        }
+    }
+}
+
+#define LP_CM_CASE(n)                                                                                                \
+    case n: lp_cm_tile(src, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n); break;
+static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w, int K, int co, int c_out, size_t hw,
+                           size_t o0, const float *bias, const float *residual, float *out, int act, int np) {
+    switch (np) {
+        LP_CM_CASE(1) LP_CM_CASE(2) LP_CM_CASE(3)
+#if LP_CM_NP > 3
+        LP_CM_CASE(4) LP_CM_CASE(5) LP_CM_CASE(6) LP_CM_CASE(7) LP_CM_CASE(8) LP_CM_CASE(9) LP_CM_CASE(10)
+        LP_CM_CASE(11) LP_CM_CASE(12)
+#endif
+    default: break;
+    }
+}
+#undef LP_CM_CASE
+
+/* Dense convolution with channel-major tiles; variant >= 3 puts the pixel segment outermost. */
+static void lp_dense_conv_cm(const float *in, float *out, const float *bias, const float *residual, float *scratch,
+                             const lp_conv_shape *s, int act, int variant, int nthreads, const float *w,
+                             const int32_t *off) {
+    const lp_grid g = lp_grid_make(in, scratch, s);
+    const int K = s->c_in * s->kh * s->kw, panels = (s->c_out + LP_CM - 1) / LP_CM;
+    const int segs = s->h_out * lp_cm_segs_per_row(s), seg_outer = variant >= 3;
+    const long items = (long)panels * segs;
+    const size_t hw = (size_t)g.hw_out;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        if (!g.direct) {
+#pragma omp for schedule(static)
+            for (int ci = 0; ci < s->c_in; ci++) lp_grid_prep_channel(in, scratch, s, ci);
+#pragma omp single
+            lp_grid_zero_slack(scratch, s);
+        }
+#pragma omp for schedule(static)
+        for (long it = 0; it < items; it++) {
+            const int p = (int)(seg_outer ? it % panels : it / segs), t = (int)(seg_outer ? it / panels : it % segs);
+            int oy, ox, np;
+            lp_cm_segment(s, t, &oy, &ox, &np);
+            lp_cm_tile_any(g.src + (size_t)oy * g.wq + ox, off, w + (size_t)p * K * LP_CM, K, p * LP_CM, s->c_out, hw,
+                           (size_t)oy * s->w_out + ox, bias, residual, out, act, np);
+        }
+    }
+}
+
+/* Small k x k outputs (<= 64 pixels, groups == 1) use the channel-major tiles above. Otherwise
+ * variant: tile width 3, 2 or 1 vectors (0, 1, 2) with the weight panel outermost (it stays in L1 while the
+ * thread sweeps the columns); 3, 4, 5: the same widths with the column tile outermost. */
+void lp_dense_conv(const float *in, float *out, const float *bias, const float *residual, float *scratch,
+                   const lp_conv_shape *s, int act, int variant, int nthreads, const float *w, const int32_t *off) {
+    if (lp_dense_use_cm(s)) {
+        lp_dense_conv_cm(in, out, bias, residual, scratch, s, act, variant, nthreads, w, off);
+        return;
+    }
+    static const int widths[3] = {3, 2, 1};
+    const lp_grid g = lp_grid_make(in, scratch, s);
+    const int nv = widths[variant % 3], col_outer = variant >= 3;
+    const int groups = s->groups, mg = s->c_out / groups;
+    const int K = (s->c_in / groups) * s->kh * s->kw;
+    const int panels = (mg + LP_DENSE_MR - 1) / LP_DENSE_MR;
+    const int tiles = lp_tile_count(&g, nv);
+    const long gp_count = (long)groups * panels, items = gp_count * tiles;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        if (!g.direct) {
+#pragma omp for schedule(static)
+            for (int ci = 0; ci < s->c_in; ci++) lp_grid_prep_channel(in, scratch, s, ci);
+#pragma omp single
+            lp_grid_zero_slack(scratch, s);
+        }
+#pragma omp for schedule(static)
+        for (long it = 0; it < items; it++) {
+            const int t = (int)(col_outer ? it / gp_count : it % tiles);
+            const int gp = (int)(col_outer ? it % gp_count : it / tiles);
+            const int grp = gp / panels, p = gp % panels;
+            const int co = grp * mg + p * LP_DENSE_MR;
+            const int rows = mg - p * LP_DENSE_MR < LP_DENSE_MR ? mg - p * LP_DENSE_MR : LP_DENSE_MR;
+            int j, tnv;
+            lp_tile_at(&g, nv, t, &j, &tnv);
+            const float *wp = w + (size_t)(grp * panels + p) * K * LP_DENSE_MR;
+            const float *res = residual ? residual + (size_t)co * g.hw_out : NULL;
+            lp_dense_tile_any(&g, off + (size_t)grp * K, wp, K, j, rows, bias + co, res,
+                              out + (size_t)co * g.hw_out, act, tnv);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Depthwise convolution (c_in == c_out == groups, any kernel/stride/padding): per channel, pad + phase-split it
+ * into its own scratch planes (still hot in cache), then every tile of grid columns sums kh*kw shifted loads.
+ * Packed arrays: w (C x kh*kw floats), off (kh*kw int32 tap offsets within one channel's planes). */
+LP_INLINE void lp_dw_tile(const lp_grid *g, const int32_t *off, const float *w, int taps, int j,
+                          const float *bias, const float *residual, float *out, int act, const int nv) {
+    lp_vf acc[1][LP_MAXNV];
+    for (int v = 0; v < nv; v++) acc[0][v] = lp_vsplat(0.f);
+    const float *src = g->src + j;
+    for (int k = 0; k < taps; k++) {
+        const lp_vf a = lp_vsplat(w[k]);
+        const float *p = src + off[k];
+        for (int v = 0; v < nv; v++) acc[0][v] += a * lp_vload(p + v * LP_LANES);
+    }
+    lp_tile_finish(acc, 1, nv, j, g, bias, residual, out, act);
+}
+
+static void lp_dw_channel(const lp_grid *g, const int32_t *off, const float *w, int taps, const float *bias,
+                          const float *residual, float *out, int act, int nv) {
+    const int tiles = lp_tile_count(g, nv);
+    for (int t = 0; t < tiles; t++) {
+        int j, tnv;
+        lp_tile_at(g, nv, t, &j, &tnv);
+        switch (tnv) {
+        case 4: lp_dw_tile(g, off, w, taps, j, bias, residual, out, act, 4); break;
+        case 3: lp_dw_tile(g, off, w, taps, j, bias, residual, out, act, 3); break;
+        case 2: lp_dw_tile(g, off, w, taps, j, bias, residual, out, act, 2); break;
+        case 1: lp_dw_tile(g, off, w, taps, j, bias, residual, out, act, 1); break;
+        default: /* column tail */
+            for (int c = j; c < g->n; c++) {
+                float acc = bias[0] + (residual ? residual[c] : 0.f);
+                for (int k = 0; k < taps; k++) acc += w[k] * g->src[off[k] + c];
+                out[c] = lp_act(acc, act);
+            }
+            break;
+        }
+    }
+}
+
+/* variant: 0 -> tiles 4 vectors wide, 1 -> 2, 2 -> 1, 3 -> 3. */
+void lp_dense_depthwise(const float *in, float *out, const float *bias, const float *residual, float *scratch,
+                        const lp_conv_shape *s, int act, int variant, int nthreads, const float *w,
+                        const int32_t *off) {
+    static const int widths[4] = {4, 2, 1, 3};
+    const lp_grid g0 = lp_grid_make(in, scratch, s);
+    const int taps = s->kh * s->kw, nv = widths[variant & 3];
+    const size_t chan = lp_grid_chan(s);
+    if (!g0.direct) lp_grid_zero_slack(scratch, s);
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int c = 0; c < s->c_out; c++) {
+        lp_grid g = g0;
+        if (!g.direct) {
+            lp_grid_prep_channel(in, scratch, s, c);
+            g.src = scratch + c * chan;
+        } else {
+            g.src = in + (size_t)c * s->h * s->w;
+        }
+        const float *res = residual ? residual + (size_t)c * g.hw_out : NULL;
+        lp_dw_channel(&g, off, w + (size_t)c * taps, taps, bias + c, res, out + (size_t)c * g.hw_out, act, nv);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Dense linear (a 1x1 convolution on a 1x1 image): out = W x, four rows at a time, vectorised along c_in.
+ * Packed arrays: w (c_out x c_in floats, row-major). */
+LP_INLINE float lp_hsum(lp_vf v) {
+    float t = 0.f;
+    for (int i = 0; i < LP_LANES; i++) t += v[i];
+    return t;
+}
+
+void lp_dense_linear(const float *in, float *out, const float *bias, const float *residual, float *scratch,
+                     const lp_conv_shape *s, int act, int variant, int nthreads, const float *w) {
+    (void)scratch;
+    (void)variant;
+    const int n = s->c_in, m = s->c_out, blocks = (m + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int bl = 0; bl < blocks; bl++) {
+        const int r0 = bl * 4, rows = m - r0 < 4 ? m - r0 : 4;
+        lp_vf acc[4] = {lp_vsplat(0.f), lp_vsplat(0.f), lp_vsplat(0.f), lp_vsplat(0.f)};
+        float tail[4] = {0.f, 0.f, 0.f, 0.f};
+        int k = 0;
+        for (; k + LP_LANES <= n; k += LP_LANES) {
+            const lp_vf x = lp_vload(in + k);
+            for (int r = 0; r < rows; r++) acc[r] += x * lp_vload(w + (size_t)(r0 + r) * n + k);
+        }
+        for (; k < n; k++)
+            for (int r = 0; r < rows; r++) tail[r] += in[k] * w[(size_t)(r0 + r) * n + k];
+        for (int r = 0; r < rows; r++) {
+            float y = lp_hsum(acc[r]) + tail[r] + bias[r0 + r];
+            if (residual) y += residual[r0 + r];
+            out[r0 + r] = lp_act(y, act);
+        }
+    }
+}
+
+#endif /* LP_DENSE_C */

@@ -1,0 +1,287 @@
+"""Scheme detection: which sparsity structure a weight's zeros have, and which engine kernel should run the layer.
+
+Every packer in the kernel table is exact for any weight (a zero the format cannot skip is stored and multiplied),
+so the choice is only about speed: each candidate kernel's cost is estimated from the work its packed format
+really does (its *effective density*: the union of the structure over the zeros, padding included) and from how
+fast it does that work relative to the dense kernel. The constants below come from ``time_layer`` runs on
+MobileNetV1 / ResNet18 layer shapes at 50-90 % sparsity (AVX-512, 1 thread, on a busy machine); they are rough,
+which is fine: autotune and the latency profiler measure, this only has to avoid bad choices without measuring.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from latprune.engine.isa import host_isa
+from latprune.engine.kernels import SCHEMES, ConvMeta, KernelSpec, kernels_for
+from latprune.engine.kernels.npas import BLOCK_IN, BLOCK_OUT, FULL_PATTERN, PATTERNS_3x3, is_fc_layer, kernel_patterns
+from latprune.errors import EngineError
+
+#: A weight "has" a scheme's structure when the zeros inside the entries the structure keeps are at most this
+#: fraction of all its zeros (trained weights are almost never exactly zero by chance, random zeros are).
+STRUCTURE_TOLERANCE = 0.02
+
+#: Useful-MAC throughput of each sparse kernel relative to the dense kernel: 1 / slope of (time / dense time) against
+#: effective density, fitted over MobileNetV1 1x1 and ResNet18 3x3 layer shapes (stride 1 and 2) at 50 / 80 / 90 %
+#: sparsity, best variant each, 1 thread, AVX-512 (time_layer; the fit's worst residual is ~0.25 of the dense time).
+#: group4 and block-punched reuse every loaded input vector for 4 filters; pattern (filter-major) and unstructured load
+#: one vector per multiply-add (load bound); the column-ordered pattern kernel shares each loaded kernel's inputs
+#: between the filters that keep it; block_fc gathers its inputs once per block of 4 rows.
+EFFICIENCY: dict[str, float] = {
+    "group4_conv": 0.86,
+    "npas_block_punched": 0.8,
+    "npas_pattern3x3": 0.43,
+    "npas_pattern3x3_cols": 0.5,  # ~25 % faster than npas_pattern3x3 from 256 filters up, equal on narrow layers
+    "npas_unstructured": 0.31,
+    "npas_nm24": 0.31,
+}
+#: The same on linear layers (batch-1 matrix-vector products): the conv kernels' pixel tiles hold one pixel there.
+FC_EFFICIENCY: dict[str, float] = {
+    "npas_block_fc": 0.6,
+    "group4_conv": 0.3,
+    "npas_unstructured": 0.08,
+    "npas_nm24": 0.08,
+}
+#: Efficiency assumed for a sparse kernel not in EFFICIENCY (a kernel family added later): conservative.
+DEFAULT_EFFICIENCY = 0.25
+#: Fixed cost of a sparse conv kernel as a fraction of the dense layer's time (padding copy, epilogue, indices);
+#: the same fit gives 0.06-0.14 depending on the kernel.
+SPARSE_OVERHEAD = 0.08
+
+#: Schemes checked by ``detect_scheme``, most specific first (block-punched 4x4 zeros also have group4 structure).
+DETECTION_ORDER = ("pattern", "block_punched", "block_fc", "group4", "nm24", "unstructured")
+
+
+def scheme_applies(scheme: str, meta: ConvMeta) -> bool:
+    """Whether ``scheme`` is defined for this layer (shared vocabulary: depthwise convs get no weight sparsity)."""
+    if scheme in ("dense", "unstructured"):
+        return True
+    if meta.is_depthwise:
+        return False
+    if scheme == "pattern":
+        return not meta.is_linear and meta.kh == meta.kw == 3
+    if scheme == "block_punched":
+        return not meta.is_linear
+    if scheme == "block_fc":
+        return is_fc_layer(meta)
+    return scheme in ("group4", "nm24")
+
+
+def _check(weight: np.ndarray, meta: ConvMeta) -> np.ndarray:
+    weight = np.asarray(weight, dtype=np.float32)
+    expected = (meta.c_out, meta.c_in // meta.groups, meta.kh, meta.kw)
+    if weight.shape != expected:
+        raise EngineError(
+            f"The weight has shape {weight.shape} but layer {meta} needs {expected}; pass the matching one."
+        )
+    return weight
+
+
+def _row_union(nz: np.ndarray, rows: int) -> np.ndarray:
+    """(c_out, ...) bool -> (ceil(c_out/rows), ...) bool: which entries any row of each block of ``rows`` keeps."""
+    nb = -(-nz.shape[0] // rows)
+    padded = np.zeros((nb * rows, *nz.shape[1:]), dtype=bool)
+    padded[: nz.shape[0]] = nz
+    return padded.reshape(nb, rows, *nz.shape[1:]).any(axis=1)
+
+
+def _block_union(nz: np.ndarray) -> np.ndarray:
+    """(c_out, cpg, kh, kw) bool -> (ceil(c_out/4), ceil(cpg/4), kh, kw): kept positions of each 4x4 block."""
+    co, ci, kh, kw = nz.shape
+    nbo, nbi = -(-co // BLOCK_OUT), -(-ci // BLOCK_IN)
+    padded = np.zeros((nbo * BLOCK_OUT, nbi * BLOCK_IN, kh, kw), dtype=bool)
+    padded[:co, :ci] = nz
+    return padded.reshape(nbo, BLOCK_OUT, nbi, BLOCK_IN, kh, kw).any(axis=(1, 3))
+
+
+def scheme_mask(weight: np.ndarray, meta: ConvMeta, scheme: str) -> np.ndarray:
+    """The smallest mask with ``scheme``'s structure that keeps every nonzero (bool, the weight's shape).
+
+    For nm24 (a limit, not a covering) this is the nonzeros themselves; ``fits_scheme`` checks the limit.
+    """
+    w = _check(weight, meta)
+    nz = w != 0
+    co = meta.c_out
+    if scheme == "dense":
+        return np.ones_like(nz)
+    if scheme in ("unstructured", "nm24"):
+        return nz
+    if scheme in ("group4", "block_fc"):
+        return _row_union(nz, 4).repeat(4, axis=0)[:co]
+    if scheme == "block_punched":
+        return _block_union(nz).repeat(BLOCK_OUT, axis=0).repeat(BLOCK_IN, axis=1)[:co, : nz.shape[1]]
+    if scheme == "pattern":
+        if (meta.kh, meta.kw) != (3, 3):
+            raise EngineError(f"The pattern scheme needs 3x3 kernels; layer {meta} has {meta.kh}x{meta.kw}.")
+        pid = kernel_patterns(w)  # (c_out, cpg)
+        table = np.zeros((FULL_PATTERN + 2, 9), dtype=bool)  # row 0: removed kernel, 1..8 patterns, 9: full
+        for i, p in enumerate(PATTERNS_3x3):
+            table[i + 1, list(p)] = True
+        table[FULL_PATTERN + 1] = True
+        return table[pid + 1].reshape(nz.shape)
+    raise EngineError(f"Unknown sparsity scheme '{scheme}'; choose one of: {', '.join(SCHEMES)}.")
+
+
+def _nm24_ok(nz: np.ndarray) -> bool:
+    """At most 2 nonzeros in every 4 consecutive input channels at a fixed (co, kh, kw)."""
+    co, ci, kh, kw = nz.shape
+    padded = np.zeros((co, -(-ci // 4) * 4, kh, kw), dtype=bool)
+    padded[:, :ci] = nz
+    return bool((padded.reshape(co, -1, 4, kh, kw).sum(axis=2) <= 2).all())
+
+
+def structure_violation(weight: np.ndarray, meta: ConvMeta, scheme: str) -> float:
+    """Zeros inside the entries ``scheme``'s structure keeps, as a fraction of all zeros (0 = a perfect fit)."""
+    w = _check(weight, meta)
+    zeros = int(w.size - np.count_nonzero(w))
+    if zeros == 0:
+        return 0.0
+    if scheme == "nm24":
+        return 0.0 if _nm24_ok(w != 0) else 1.0
+    kept = int(scheme_mask(w, meta, scheme).sum())
+    return (kept - (w.size - zeros)) / zeros
+
+
+def fits_scheme(weight: np.ndarray, meta: ConvMeta, scheme: str) -> bool:
+    """Whether the zeros of ``weight`` have ``scheme``'s structure (within STRUCTURE_TOLERANCE)."""
+    if not scheme_applies(scheme, meta):
+        return False
+    return structure_violation(weight, meta, scheme) <= STRUCTURE_TOLERANCE
+
+
+def detect_scheme(weight: np.ndarray, meta: ConvMeta) -> str:
+    """The most specific scheme whose structure the zeros have: "dense" when there are none."""
+    w = _check(weight, meta)
+    if np.count_nonzero(w) == w.size:
+        return "dense"
+    for scheme in DETECTION_ORDER:
+        if fits_scheme(w, meta, scheme):
+            return scheme
+    return "unstructured"  # unreachable: unstructured always fits
+
+
+def effective_density(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> float:
+    """Multiply-adds the kernel's packed format performs, as a fraction of the dense layer's (padding included)."""
+    w = _check(weight, meta)
+    nz = w != 0
+    if spec.scheme == "dense":
+        return 1.0
+    if spec.scheme in ("group4", "block_fc"):
+        return float(_row_union(nz.reshape(meta.c_out, -1), 4).sum()) * 4 / w.size
+    if spec.scheme == "block_punched":
+        return float(_block_union(nz).sum()) * BLOCK_OUT * BLOCK_IN / w.size
+    if spec.scheme == "pattern":
+        pid = kernel_patterns(w)
+        return float(4 * np.count_nonzero((pid >= 0) & (pid < FULL_PATTERN)) + 9 * np.count_nonzero(pid == 8)) / w.size
+    return float(np.count_nonzero(nz)) / w.size
+
+
+def estimated_cost(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> float:
+    """Estimated time of ``spec`` on this layer relative to the dense kernel (1.0)."""
+    if spec.scheme == "dense":
+        return 1.0
+    # Relative to the dense kernel, which tiles pixels too, so small images do not change the ratio much
+    # (measured: the 7x7 ResNet18 layers gave the sparse kernels their best ratios).
+    efficiency = (FC_EFFICIENCY if is_fc_layer(meta) else EFFICIENCY).get(spec.name, DEFAULT_EFFICIENCY)
+    return SPARSE_OVERHEAD + effective_density(spec, weight, meta) / efficiency
+
+
+def dense_kernel(meta: ConvMeta) -> KernelSpec:
+    """The dense kernel for ``meta``: the specialised one (depthwise, linear) where it applies."""
+    specs = kernels_for("dense", meta)
+    if not specs:
+        raise EngineError(f"No dense engine kernel handles layer {meta}; this is a gap in the engine.")
+    special = [
+        s for s in specs if ("depthwise" in s.name, "linear" in s.name) == (meta.is_depthwise, is_fc_layer(meta))
+    ]
+    return (special or specs)[0]
+
+
+#: NPAS conv variants 0..2: (vectors per pixel tile, throughput relative to the widest tile).
+_TILES = {0: (4, 1.0), 1: (2, 0.88), 2: (1, 0.6)}
+
+
+def _tile_waste(meta: ConvMeta, variant: int) -> float:
+    """Computed pixels per useful output pixel of an NPAS conv variant (row padding plus the last, partial tile)."""
+    lanes = host_isa().lanes
+    tile = _TILES[variant % 3][0] * lanes
+    wide = meta.h_out * -(-(meta.w + 2 * meta.pad_w) // meta.stride_w)  # pixels incl. the garbage columns
+    return -(-wide // tile) * tile / (meta.h_out * meta.w_out)
+
+
+def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1) -> int:
+    """A sensible variant without measuring (autotune measures): for the NPAS conv kernels, the tile width that
+    wastes least of the last pixel tile, weighing narrower tiles' lower throughput; index 0 for other kernels.
+    Pixel-outer order (variants 0..2) keeps the input tile in cache across filters; every variant splits its
+    (filter, tile) work items evenly over ``nthreads``, so the count does not change the pick."""
+    if spec.source != "lp_npas.c" or len(spec.variants) != 6:
+        return 0
+    cost = {v: _tile_waste(meta, v) / rel for v, (_, rel) in _TILES.items()}
+    return min(cost, key=cost.__getitem__)
+
+
+def _implied(scheme: str, meta: ConvMeta) -> tuple[str, ...]:
+    """``scheme`` and the schemes its structure implies, whose kernels then run the weight with no wasted work:
+    4x4 block-punched zeros are group4 zeros, and on a linear layer group4 and block_fc are the same structure."""
+    if scheme == "block_punched":
+        return ("block_punched", "group4")
+    if scheme in ("group4", "block_fc") and is_fc_layer(meta):
+        return ("block_fc", "group4")
+    return (scheme,)
+
+
+def _candidates(weight: np.ndarray, meta: ConvMeta, declared: str | None) -> list[KernelSpec]:
+    dense = dense_kernel(meta)
+    if meta.is_depthwise or declared == "dense":
+        return [dense]
+    if declared is not None and scheme_applies(declared, meta) and kernels_for(declared, meta):
+        violation = structure_violation(weight, meta, declared)
+        if violation > STRUCTURE_TOLERANCE:
+            raise EngineError(
+                f"Layer {meta} is declared '{declared}' but its zeros do not have that structure ({violation:.0%} of "
+                f"its zeros fall inside kept blocks); re-prune it with '{declared}' or declare 'unstructured'."
+            )
+        return [dense, *(s for scheme in _implied(declared, meta) for s in kernels_for(scheme, meta))]
+    # Nothing declared (or a scheme that does not apply to this layer): every kernel is exact on any weight.
+    sparse = [s for scheme in SCHEMES if scheme != "dense" for s in kernels_for(scheme, meta)]
+    return [dense, *sparse]
+
+
+def choose_kernel(
+    weight: np.ndarray, meta: ConvMeta, declared_scheme: str | None = None, nthreads: int = 1
+) -> tuple[KernelSpec, int]:
+    """Pick the kernel expected to be fastest for this layer's weight, and its variant.
+
+    ``declared_scheme`` restricts the choice to the kernels of that scheme and of the schemes its structure implies
+    (block-punched zeros are group4 zeros), or dense when the weight is too dense for them to pay off, and raises
+    EngineError when the zeros violate its structure. A scheme that is not defined
+    for the layer (pattern on a 1x1 conv, any scheme on a depthwise conv) is ignored: depthwise convs run dense,
+    other layers are chosen from their zeros.
+    """
+    if declared_scheme is not None and declared_scheme not in SCHEMES:
+        raise EngineError(f"Unknown sparsity scheme '{declared_scheme}'; choose one of: {', '.join(SCHEMES)}.")
+    w = _check(weight, meta)
+    candidates = _candidates(w, meta, declared_scheme)
+    costs = [estimated_cost(spec, w, meta) for spec in candidates]
+    best = candidates[int(np.argmin(costs))]  # ties keep the earlier candidate: dense first
+    return best, default_variant(best, meta, nthreads)
+
+
+__all__ = [
+    "DEFAULT_EFFICIENCY",
+    "DETECTION_ORDER",
+    "EFFICIENCY",
+    "FC_EFFICIENCY",
+    "SPARSE_OVERHEAD",
+    "STRUCTURE_TOLERANCE",
+    "choose_kernel",
+    "default_variant",
+    "dense_kernel",
+    "detect_scheme",
+    "effective_density",
+    "estimated_cost",
+    "fits_scheme",
+    "scheme_applies",
+    "scheme_mask",
+    "structure_violation",
+]

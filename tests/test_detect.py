@@ -1,0 +1,249 @@
+"""Scheme detection from the zeros, declared-scheme validation, and the kernel choice (which must run correctly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latprune.engine.detect import (
+    choose_kernel,
+    default_variant,
+    dense_kernel,
+    detect_scheme,
+    effective_density,
+    fits_scheme,
+    scheme_applies,
+    scheme_mask,
+)
+from latprune.engine.kernels import SCHEMES, ConvMeta, get_kernel
+from latprune.engine.kernels.npas import PATTERNS_3x3
+from latprune.engine.layer import run_layer
+from latprune.engine.reference import conv_reference
+from latprune.errors import EngineError
+
+CONV1 = ConvMeta(32, 32, 8, 8)
+CONV3 = ConvMeta(32, 32, 8, 8, 3, 3, 1, 1, 1, 1)
+FC = ConvMeta(64, 40, 1, 1, is_linear=True)
+DEPTHWISE = ConvMeta(16, 16, 8, 8, 3, 3, 1, 1, 1, 1, groups=16)
+
+
+# ------------------------------------------------------------------ masks from the shared structure definitions
+
+
+def group4_mask(rng, shape, sparsity):
+    """Output channels in groups of 4 (last may be smaller) keep or remove each (ci, kh, kw) together."""
+    co = shape[0]
+    return (rng.random((-(-co // 4), *shape[1:])) >= sparsity).repeat(4, 0)[:co]
+
+
+def block_punched_mask(rng, shape, sparsity, bo=4, bi=4):
+    """Blocks of bo filters x bi channels remove a kernel position for the whole block."""
+    co, ci, kh, kw = shape
+    return (rng.random((-(-co // bo), -(-ci // bi), kh, kw)) >= sparsity).repeat(bo, 0).repeat(bi, 1)[:co, :ci]
+
+
+def pattern_mask(rng, shape, sparsity):
+    """Each 3x3 kernel is removed or keeps one of the 8 four-entry patterns."""
+    co, ci, _, _ = shape
+    taps = np.array(PATTERNS_3x3)
+    mask = np.zeros((co, ci, 9), dtype=bool)
+    mask[np.arange(co)[:, None, None], np.arange(ci)[None, :, None], taps[rng.integers(0, 8, (co, ci))]] = True
+    mask &= (rng.random((co, ci)) < min(1.0, (1 - sparsity) * 9 / 4))[..., None]
+    return mask.reshape(co, ci, 3, 3)
+
+
+def block_fc_mask(rng, shape, sparsity):
+    """Rows in blocks of 4 keep or remove each column together."""
+    co, ci = shape[:2]
+    return (rng.random((-(-co // 4), ci)) >= sparsity).repeat(4, 0)[:co, :, None, None]
+
+
+def nm24_mask(rng, shape):
+    co, ci, kh, kw = shape
+    order = rng.random((co, ci // 4, 4, kh, kw)).argsort(axis=2)
+    return (order < 2).reshape(co, ci, kh, kw)
+
+
+def unstructured_mask(rng, shape, sparsity):
+    return rng.random(shape) >= sparsity
+
+
+def weight(rng, meta, mask=None):
+    w = rng.standard_normal((meta.c_out, meta.c_in // meta.groups, meta.kh, meta.kw)).astype(np.float32)
+    return w if mask is None else w * mask
+
+
+def shape_of(meta):
+    return (meta.c_out, meta.c_in // meta.groups, meta.kh, meta.kw)
+
+
+# ------------------------------------------------------------------ detection
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(sparsity=st.floats(0.3, 0.95), seed=st.integers(0, 2**16))
+def test_detects_each_structure(sparsity, seed):
+    rng = np.random.default_rng(seed)
+    s3, s1, sf = shape_of(CONV3), shape_of(CONV1), shape_of(FC)
+    assert detect_scheme(weight(rng, CONV3, pattern_mask(rng, s3, sparsity)), CONV3) == "pattern"
+    assert detect_scheme(weight(rng, CONV3, block_punched_mask(rng, s3, sparsity)), CONV3) == "block_punched"
+    assert detect_scheme(weight(rng, CONV1, block_punched_mask(rng, s1, sparsity)), CONV1) == "block_punched"
+    assert detect_scheme(weight(rng, CONV3, group4_mask(rng, s3, sparsity)), CONV3) == "group4"
+    assert detect_scheme(weight(rng, CONV1, group4_mask(rng, s1, sparsity)), CONV1) == "group4"
+    assert detect_scheme(weight(rng, FC, block_fc_mask(rng, sf, sparsity)), FC) == "block_fc"
+    assert detect_scheme(weight(rng, CONV3, nm24_mask(rng, s3)), CONV3) == "nm24"
+    # (Above ~90 % random zeros satisfy the 2:4 limit by chance: that is a correct nm24 detection.)
+    assert detect_scheme(weight(rng, CONV3, unstructured_mask(rng, s3, min(sparsity, 0.6))), CONV3) == "unstructured"
+
+
+def test_dense_and_larger_blocks():
+    rng = np.random.default_rng(0)
+    assert detect_scheme(weight(rng, CONV3), CONV3) == "dense"
+    # 8x8 block-punched blocks are also 4x4 block-punched; an odd channel count pads the last block.
+    meta = ConvMeta(30, 22, 6, 6, 3, 3, 1, 1, 1, 1)
+    w = weight(rng, meta, block_punched_mask(rng, shape_of(meta), 0.7, bo=8, bi=8))
+    assert detect_scheme(w, meta) == "block_punched"
+    assert fits_scheme(w, meta, "group4") and not fits_scheme(w, meta, "pattern")
+
+
+def test_a_chance_zero_inside_a_kept_block_still_fits():
+    rng = np.random.default_rng(1)
+    w = weight(rng, CONV3, group4_mask(rng, shape_of(CONV3), 0.7))
+    kept = np.argwhere(w != 0)
+    w[tuple(kept[0])] = 0.0  # one trained weight that happens to be exactly zero
+    assert fits_scheme(w, CONV3, "group4")
+    assert not fits_scheme(weight(rng, CONV3, unstructured_mask(rng, shape_of(CONV3), 0.7)), CONV3, "group4")
+
+
+def test_scheme_mask_covers_the_nonzeros_with_the_structure():
+    rng = np.random.default_rng(2)
+    w = weight(rng, CONV3, unstructured_mask(rng, shape_of(CONV3), 0.8))
+    for scheme in ("group4", "block_punched", "pattern", "unstructured"):
+        mask = scheme_mask(w, CONV3, scheme)
+        assert mask.shape == w.shape and mask[w != 0].all()
+        filled = np.where(mask, 1.0 + rng.random(w.shape), 0.0).astype(np.float32)  # nonzero wherever kept
+        assert fits_scheme(filled, CONV3, scheme)
+    group = scheme_mask(w, CONV3, "group4").reshape(8, 4, -1)  # (groups, 4 rows, positions)
+    assert (group == group[:, :1]).all()
+
+
+def test_schemes_apply_only_where_defined():
+    assert scheme_applies("pattern", CONV3) and not scheme_applies("pattern", CONV1)
+    assert scheme_applies("block_fc", FC) and not scheme_applies("block_fc", CONV3)
+    assert not scheme_applies("block_punched", FC)
+    assert all(not scheme_applies(s, DEPTHWISE) for s in SCHEMES if s not in ("dense", "unstructured"))
+
+
+# ------------------------------------------------------------------ the kernel choice
+
+
+def _check_runs(spec, variant, w, meta, rng):
+    x = rng.standard_normal((meta.c_in, meta.h, meta.w)).astype(np.float32)
+    b = rng.standard_normal(meta.c_out).astype(np.float32)
+    got = run_layer(spec, w, b, x, meta, act=1, variant=variant)
+    ref = conv_reference(w, b, x, meta, 1)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max() + 1e-6
+
+
+def test_dense_weights_get_the_dense_kernel():
+    rng = np.random.default_rng(3)
+    for meta in (CONV1, CONV3, FC, DEPTHWISE):
+        spec, variant = choose_kernel(weight(rng, meta), meta)
+        assert spec.scheme == "dense" and spec == dense_kernel(meta)
+        _check_runs(spec, variant, weight(rng, meta), meta, rng)
+    assert "depthwise" in dense_kernel(DEPTHWISE).name and "linear" in dense_kernel(FC).name
+
+
+@pytest.mark.parametrize(
+    ("meta", "make_mask", "declared", "expected_scheme"),
+    [
+        (CONV3, block_punched_mask, "block_punched", ("block_punched", "group4")),  # both run it exactly
+        (CONV3, pattern_mask, "pattern", ("pattern",)),
+        (CONV3, pattern_mask, None, ("pattern",)),
+        (CONV1, group4_mask, "group4", ("group4",)),
+        (CONV3, unstructured_mask, None, ("unstructured",)),
+        (FC, block_fc_mask, "block_fc", ("block_fc",)),
+        (FC, block_fc_mask, "group4", ("block_fc",)),
+        (FC, block_fc_mask, None, ("block_fc",)),
+    ],
+)
+def test_very_sparse_structured_weights_get_their_sparse_kernel(meta, make_mask, declared, expected_scheme):
+    rng = np.random.default_rng(4)
+    w = weight(rng, meta, make_mask(rng, shape_of(meta), 0.95))
+    spec, variant = choose_kernel(w, meta, declared_scheme=declared)
+    assert spec.scheme in expected_scheme
+    assert 0 <= variant < len(spec.variants)
+    _check_runs(spec, variant, w, meta, rng)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(
+    scheme=st.sampled_from(("group4", "block_punched", "pattern", "unstructured", "nm24")),
+    sparsity=st.floats(0.0, 0.99),
+    seed=st.integers(0, 2**16),
+)
+def test_the_chosen_kernel_is_never_slower_on_paper_and_always_correct(scheme, sparsity, seed):
+    """Whatever the zeros, the choice runs correctly and is dense whenever dense is estimated cheapest."""
+    rng = np.random.default_rng(seed)
+    meta = CONV3
+    masks = {
+        "group4": lambda: group4_mask(rng, shape_of(meta), sparsity),
+        "block_punched": lambda: block_punched_mask(rng, shape_of(meta), sparsity),
+        "pattern": lambda: pattern_mask(rng, shape_of(meta), sparsity),
+        "unstructured": lambda: unstructured_mask(rng, shape_of(meta), sparsity),
+        "nm24": lambda: nm24_mask(rng, shape_of(meta)),
+    }
+    w = weight(rng, meta, masks[scheme]())
+    spec, variant = choose_kernel(w, meta)
+    if np.count_nonzero(w) == w.size:
+        assert spec.scheme == "dense"
+    _check_runs(spec, variant, w, meta, rng)
+
+
+def test_declared_scheme_violated_by_the_zeros_is_an_error():
+    rng = np.random.default_rng(5)
+    w = weight(rng, CONV3, unstructured_mask(rng, shape_of(CONV3), 0.8))
+    for scheme in ("group4", "block_punched", "pattern", "nm24"):
+        with pytest.raises(EngineError, match=f"declared '{scheme}'"):
+            choose_kernel(w, CONV3, declared_scheme=scheme)
+    with pytest.raises(EngineError, match="block_fc"):
+        choose_kernel(weight(rng, FC, unstructured_mask(rng, shape_of(FC), 0.8)), FC, declared_scheme="block_fc")
+    with pytest.raises(EngineError, match="Unknown sparsity scheme 'blocky'"):
+        choose_kernel(w, CONV3, declared_scheme="blocky")
+    with pytest.raises(EngineError, match="shape"):
+        choose_kernel(np.zeros((3, 3, 3, 3), np.float32), CONV3)
+
+
+def test_declared_dense_or_unstructured_accepts_any_zeros():
+    rng = np.random.default_rng(6)
+    w = weight(rng, CONV3, unstructured_mask(rng, shape_of(CONV3), 0.97))
+    assert choose_kernel(w, CONV3, declared_scheme="dense")[0].scheme == "dense"
+    assert choose_kernel(w, CONV3, declared_scheme="unstructured")[0].scheme in ("unstructured", "dense")
+    # A scheme not defined for the layer is ignored: depthwise runs dense, a 1x1 conv is chosen from its zeros.
+    assert choose_kernel(weight(rng, DEPTHWISE), DEPTHWISE, declared_scheme="group4")[0].scheme == "dense"
+    w1 = weight(rng, CONV1, group4_mask(rng, shape_of(CONV1), 0.9))
+    assert choose_kernel(w1, CONV1, declared_scheme="pattern")[0].scheme != "pattern"
+
+
+def test_effective_density_matches_the_packed_work():
+    rng = np.random.default_rng(7)
+    meta = ConvMeta(10, 14, 6, 6, 3, 3, 1, 1, 1, 1)  # channel counts that are not multiples of 4
+    w = weight(rng, meta, unstructured_mask(rng, shape_of(meta), 0.8))
+    bp = get_kernel("npas_block_punched")
+    assert effective_density(bp, w, meta) == bp.pack(w, meta)["ptr"][-1] * 16 / w.size
+    pat = get_kernel("npas_pattern3x3")
+    values = int(pat.pack(w, meta)["voff"][-1])
+    assert effective_density(pat, w, meta) == values / w.size
+    assert effective_density(get_kernel("npas_unstructured"), w, meta) == np.count_nonzero(w) / w.size
+    assert effective_density(dense_kernel(meta), w, meta) == 1.0
+
+
+def test_default_variant_fits_the_image():
+    big = ConvMeta(16, 16, 56, 56, 3, 3, 1, 1, 1, 1)
+    tiny = ConvMeta(16, 16, 2, 2)
+    spec = get_kernel("npas_unstructured")
+    assert default_variant(spec, big) == 0  # widest tile on a large image
+    assert default_variant(spec, tiny) == 2  # 4 pixels: the narrowest tile wastes least
+    assert default_variant(dense_kernel(big), big) == 0

@@ -1,0 +1,148 @@
+"""Dense engine kernels (conv, depthwise, linear) against the torch reference over random shapes (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
+from latprune.engine.kernels.dense import DENSE_CM, DENSE_MR, is_direct, pack_dense_conv, uses_channel_major
+from latprune.engine.layer import run_layer
+from latprune.engine.reference import conv_reference
+
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
+
+
+def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    """The contract's fp32 bound: |a - b| <= 1e-5 * max|ref| + 1e-6."""
+    assert got.shape == ref.shape
+    assert np.all(np.isfinite(got))
+    tol = 1e-5 * float(np.abs(ref).max(initial=0.0)) + 1e-6
+    assert float(np.abs(got - ref).max(initial=0.0)) <= tol
+
+
+def random_layer(rng: np.random.Generator, meta: ConvMeta, sparsity: float, residual: bool):
+    w = rng.standard_normal((meta.c_out, meta.c_in // meta.groups, meta.kh, meta.kw), dtype=np.float32)
+    w[rng.random(w.shape) < sparsity] = 0.0
+    b = rng.standard_normal(meta.c_out, dtype=np.float32)
+    x = rng.standard_normal((meta.c_in, meta.h, meta.w), dtype=np.float32)
+    r = rng.standard_normal((meta.c_out, meta.h_out, meta.w_out), dtype=np.float32) if residual else None
+    return w, b, x, r
+
+
+@st.composite
+def conv_layers(draw, depthwise: bool = False):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, kh // 2 + 1)), draw(st.integers(0, kw // 2 + 1))
+    h = draw(st.integers(max(1, kh - 2 * ph), 20))
+    w = draw(st.integers(max(1, kw - 2 * pw), 20))
+    if depthwise:
+        c = draw(st.integers(2, 24))
+        return ConvMeta(c, c, h, w, kh, kw, sh, sw, ph, pw, groups=c)
+    c_in = groups * draw(st.integers(1, 12))
+    c_out = groups * draw(st.integers(1, 20))
+    return ConvMeta(c_in, c_out, h, w, kh, kw, sh, sw, ph, pw, groups=groups)
+
+
+common = dict(
+    sparsity=st.sampled_from([0.0, 0.5, 0.9]),
+    act=st.integers(0, 3),
+    residual=st.booleans(),
+    nthreads=st.integers(1, 2),
+    seed=st.integers(0, 2**16),
+)
+
+
+@SETTINGS
+@given(meta=conv_layers(), variant=st.integers(0, 2), **common)
+def test_dense_conv_matches_reference(meta, variant, sparsity, act, residual, nthreads, seed):
+    w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
+    got = run_layer("dense_conv", w, b, x, meta, act, r, variant=variant, nthreads=nthreads)
+    assert_close(got, conv_reference(w, b, x, meta, act, r))
+
+
+@SETTINGS
+@given(meta=conv_layers(depthwise=True), variant=st.integers(0, 3), **common)
+def test_depthwise_matches_reference(meta, variant, sparsity, act, residual, nthreads, seed):
+    w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
+    got = run_layer("dense_depthwise", w, b, x, meta, act, r, variant=variant, nthreads=nthreads)
+    assert_close(got, conv_reference(w, b, x, meta, act, r))
+
+
+@SETTINGS
+@given(c_in=st.integers(1, 300), c_out=st.integers(1, 40), **common)
+def test_linear_matches_reference(c_in, c_out, sparsity, act, residual, nthreads, seed):
+    meta = ConvMeta(c_in, c_out, 1, 1, is_linear=True)
+    w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
+    got = run_layer("dense_linear", w, b, x.reshape(c_in), meta, act, None if r is None else r.reshape(c_out),
+                    nthreads=nthreads)  # fmt: skip
+    ref = conv_reference(w, b, x.reshape(c_in), meta, act, None if r is None else r.reshape(c_out))
+    assert got.shape == (c_out,)
+    assert_close(got, ref)
+
+
+# Published layer shapes (1x1 direct path with its overlapping last tile, stride-2 3x3, 7x7 stem, tiny images).
+SHAPES = [
+    ConvMeta(64, 128, 56, 56),
+    ConvMeta(512, 512, 7, 7),
+    ConvMeta(32, 64, 4, 4),
+    ConvMeta(64, 128, 28, 28, 3, 3, 2, 2, 1, 1),
+    ConvMeta(3, 64, 32, 32, 7, 7, 2, 2, 3, 3),
+    ConvMeta(256, 512, 14, 14, stride_h=2, stride_w=2),
+    ConvMeta(64, 70, 7, 7, 3, 3, 1, 1, 1, 1),  # channel-major tiles: 49 pixels, a partial channel panel
+    ConvMeta(16, 33, 2, 26, 3, 3, 1, 1, 1, 1),  # channel-major, 2 x 26 output: 3 segments per row
+]
+
+
+@pytest.mark.parametrize("meta", SHAPES, ids=str)
+def test_dense_conv_on_model_shapes(meta):
+    w, b, x, r = random_layer(np.random.default_rng(1), meta, 0.0, True)
+    for variant in range(len(get_kernel("dense_conv").variants)):
+        assert_close(run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant), conv_reference(w, b, x, meta, 1, r))
+
+
+@pytest.mark.parametrize("name", [k for k in list_kernels() if get_kernel(k).scheme == "dense"])
+def test_every_dense_kernel_in_the_table_is_correct(name):
+    spec = get_kernel(name)
+    candidates = [ConvMeta(8, 8, 9, 9, 3, 3, 1, 1, 1, 1, groups=8), ConvMeta(16, 24, 6, 6), ConvMeta(40, 10, 1, 1)]
+    metas = [m for m in candidates if spec.supports(m)] + [ConvMeta(40, 10, 1, 1, is_linear=True)]
+    metas = [m for m in metas if spec.supports(m)]
+    assert metas, f"no test shape for {name}"
+    for meta in metas:
+        w, b, x, r = random_layer(np.random.default_rng(2), meta, 0.3, True)
+        assert_close(run_layer(spec, w, b, x, meta, 2, r), conv_reference(w, b, x, meta, 2, r))
+
+
+def test_dense_kernels_cover_every_layer_kind():
+    assert "dense_conv" in [k.name for k in kernels_for("dense", ConvMeta(3, 5, 8, 8, 3, 3, groups=1))]
+    assert "dense_depthwise" in [k.name for k in kernels_for("dense", ConvMeta(8, 8, 8, 8, 3, 3, groups=8))]
+    assert "dense_linear" in [k.name for k in kernels_for("dense", ConvMeta(8, 4, 1, 1, is_linear=True))]
+
+
+def test_dense_pack_layout_is_k_major_panels():
+    meta = ConvMeta(3, 10, 9, 9, 3, 3, pad_h=1, pad_w=1)  # 81 output pixels: pixel-major tiles
+    w = np.arange(10 * 3 * 9, dtype=np.float32).reshape(10, 3, 3, 3)
+    packed = pack_dense_conv(w, meta)
+    k = 27
+    assert packed["w"].shape == (2 * k * DENSE_MR,)
+    panels = packed["w"].reshape(2, k, DENSE_MR)  # (panels, K, MR)
+    np.testing.assert_array_equal(panels[0, :, 3], w[3].ravel())
+    np.testing.assert_array_equal(panels[1, :, 1], w[9].ravel())
+    assert not panels[1, :, 2:].any()  # padding rows are zero
+    assert packed["off"].shape == (k,) and not is_direct(meta)
+    assert is_direct(ConvMeta(3, 10, 4, 4)) and not is_direct(ConvMeta(3, 10, 3, 3))
+    assert not uses_channel_major(meta)
+
+
+def test_small_kxk_outputs_pack_channel_major_panels():
+    meta = ConvMeta(2, 40, 7, 7, 3, 3, pad_h=1, pad_w=1)  # 49 output pixels
+    assert uses_channel_major(meta) and not uses_channel_major(ConvMeta(2, 40, 7, 7))
+    w = np.arange(40 * 18, dtype=np.float32).reshape(40, 2, 3, 3)
+    panels = pack_dense_conv(w, meta)["w"].reshape(2, 18, DENSE_CM)  # (panels, K, CM)
+    np.testing.assert_array_equal(panels[0, :, 5], w[5].ravel())
+    np.testing.assert_array_equal(panels[1, :, 7], w[39].ravel())
+    assert not panels[1, :, 8:].any()  # channels 40..63 are padding
