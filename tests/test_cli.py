@@ -54,3 +54,10 @@ def test_bad_flags_exit_with_usage(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_public_api_resolves():
+    import latprune
+
+    for name in latprune.__all__:
+        assert getattr(latprune, name) is not None, name
