@@ -95,6 +95,11 @@ SHAPES = [
     ConvMeta(256, 512, 14, 14, stride_h=2, stride_w=2),
     ConvMeta(64, 70, 7, 7, 3, 3, 1, 1, 1, 1),  # channel-major tiles: 49 pixels, a partial channel panel
     ConvMeta(16, 33, 2, 26, 3, 3, 1, 1, 1, 1),  # channel-major, 2 x 26 output: 3 segments per row
+    ConvMeta(300, 20, 14, 14),  # packed 1x1: two K blocks, a 4-column remainder tile
+    ConvMeta(520, 12, 9, 9),  # packed 1x1: three K blocks, a 33-column remainder tile
+    ConvMeta(260, 9, 5, 10),  # packed 1x1: a 2-column tail
+    ConvMeta(200, 13, 7, 7),  # packed 1x1: the 49th column fused into the full tile, a partial weight panel
+    ConvMeta(140, 10, 14, 14),  # packed 1x1: two K blocks, a 4-column remainder tile
 ]
 
 
@@ -103,6 +108,23 @@ def test_dense_conv_on_model_shapes(meta):
     w, b, x, r = random_layer(np.random.default_rng(1), meta, 0.0, True)
     for variant in range(len(get_kernel("dense_conv").variants)):
         assert_close(run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant), conv_reference(w, b, x, meta, 1, r))
+
+
+# 3x3 pad-1 depthwise (the masked in-place path of variant 0): odd/even sizes, maps narrower than a vector, one row.
+DW3_SHAPES = [
+    ConvMeta(c, c, h, w, 3, 3, s, s, 1, 1, groups=c)
+    for c, h, w in [(5, 7, 7), (3, 14, 14), (2, 9, 23), (3, 1, 1), (2, 2, 3), (2, 40, 37), (2, 1, 18), (2, 113, 17)]
+    for s in (1, 2)
+]
+
+
+@pytest.mark.parametrize("meta", DW3_SHAPES, ids=str)
+def test_depthwise_3x3_on_model_shapes(meta):
+    for residual in (False, True):
+        w, b, x, r = random_layer(np.random.default_rng(3), meta, 0.0, residual)
+        for variant in range(len(get_kernel("dense_depthwise").variants)):
+            got = run_layer("dense_depthwise", w, b, x, meta, 2, r, variant=variant)
+            assert_close(got, conv_reference(w, b, x, meta, 2, r))
 
 
 @pytest.mark.parametrize("name", [k for k in list_kernels() if get_kernel(k).scheme == "dense"])

@@ -471,6 +471,159 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------------
+ * 1x1 stride-1 layers (direct grid, one group) as a packed GEMM: out (c_out x HW) = W (c_out x c_in) * in (c_in x HW).
+ * In place, every k step of an 8 x 48 tile reads three vectors from a different input row (HW floats apart), so
+ * the hardware prefetchers see c_in streams and the tile waits on L2. Here each 48-column block of the input is first
+ * copied, LP_PK_KB rows at a time, into a contiguous (KB x 48) panel on the stack (48 KB, L1/L2), which every
+ * 8-row weight panel then streams sequentially. Partial sums over the K blocks live in out; the last block finishes
+ * the tile (bias, residual, activation). Column remainders use the in-place tiles. */
+#define LP_PK_KB 128
+#ifndef LP_PK_PREFETCH
+#define LP_PK_PREFETCH 512 /* floats ahead in the weight stream (64 k steps) */
+#endif
+#define LP_PK_NV 3
+#define LP_PK_COLS (LP_PK_NV * LP_LANES)
+
+LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT wp, int kb, int first, int last,
+                          int j, int cols, int rows, const lp_grid *g, const float *bias, const float *residual,
+                          float *out, int act, const int nv, const int tail1) {
+    const size_t hw = (size_t)g->hw_out;
+    const float *bt = bp + LP_PK_KB * LP_PK_COLS; /* tail1: the one column after the tile, (kb,) */
+    const int tc = j + cols;                      /* ... and its output column */
+    lp_v8 acct = {0};                             /* tail1: the panel's 8 rows in the lanes */
+    if (tail1 && !first)
+        for (int r = 0; r < rows; r++) acct[r] = out[r * hw + tc];
+    lp_vf acc[LP_DENSE_MR][LP_MAXNV];
+    if (first) {
+        for (int r = 0; r < LP_DENSE_MR; r++)
+            for (int v = 0; v < nv; v++) acc[r][v] = lp_vsplat(0.f);
+    } else {
+        for (int r = 0; r < LP_DENSE_MR; r++)
+            for (int v = 0; v < nv; v++) {
+                const float *o = out + r * hw + j + v * LP_LANES;
+                acc[r][v] = r >= rows ? lp_vsplat(0.f)
+                            : cols >= (v + 1) * LP_LANES ? lp_vload(o)
+                                                         : lp_load_lanes(o, 0, cols - v * LP_LANES);
+            }
+    }
+    for (int k = 0; k < kb; k++) {
+        const float *p = bp + (size_t)k * LP_PK_COLS;
+        lp_vf b[LP_MAXNV];
+        for (int v = 0; v < nv; v++) b[v] = lp_vload(p + v * LP_LANES);
+        const float *wk = wp + (size_t)k * LP_DENSE_MR;
+        __builtin_prefetch(wk + LP_PK_PREFETCH); /* weights stream from L3 when the layer's do not fit L2 */
+        for (int r = 0; r < LP_DENSE_MR; r++) {
+            const lp_vf a = lp_vsplat(wk[r]);
+            for (int v = 0; v < nv; v++) acc[r][v] += a * b[v];
+            LP_KEEP(a);
+        }
+        for (int v = 0; v < nv; v++) LP_KEEP(b[v]);
+        if (tail1) {
+            lp_v8 w8;
+            memcpy(&w8, wk, sizeof w8);
+            acct += w8 * (bt[k] - (lp_v8){0});
+        }
+    }
+    if (tail1)
+        for (int r = 0; r < rows; r++) {
+            const size_t o = r * hw + tc;
+            out[o] = last ? lp_act(acct[r] + bias[r] + (residual ? residual[o] : 0.f), act) : acct[r];
+        }
+    if (last) {
+        if (rows == LP_DENSE_MR)
+            lp_tile_finish(acc, LP_DENSE_MR, nv, j, g, bias, residual, out, act);
+        else
+            lp_tile_finish(acc, rows, nv, j, g, bias, residual, out, act);
+    } else {
+        for (int r = 0; r < rows; r++)
+            for (int v = 0; v < nv; v++) {
+                if (cols >= (v + 1) * LP_LANES)
+                    lp_vstore(out + r * hw + j + v * LP_LANES, acc[r][v]);
+                else
+                    lp_store_lanes(out + r * hw + j + v * LP_LANES, acc[r][v], 0, cols - v * LP_LANES);
+            }
+    }
+}
+
+#define LP_PK_CALL(f, l, n, t) lp_pk_tile(bp, wp, kb, f, l, j, cols, rows, g, bias, residual, out, act, n, t)
+#define LP_PK_NV_CASES(f, l)                                                                                          \
+    if (tail1) LP_PK_CALL(f, l, 3, 1);                                                                                \
+    else if (nv == 3) LP_PK_CALL(f, l, 3, 0);                                                                         \
+    else if (nv == 2) LP_PK_CALL(f, l, 2, 0);                                                                         \
+    else LP_PK_CALL(f, l, 1, 0);
+/* tail1 (only with nv == 3): the tile also computes the single column after it (a 7x7 map = 48 + 1 columns). */
+static void lp_pk_tile_any(const float *bp, const float *wp, int kb, int first, int last, int j, int cols, int rows,
+                           const lp_grid *g, const float *bias, const float *residual, float *out, int act, int nv,
+                           int tail1) {
+    if (first && last) {
+        LP_PK_NV_CASES(1, 1)
+    } else if (first) {
+        LP_PK_NV_CASES(1, 0)
+    } else if (last) {
+        LP_PK_NV_CASES(0, 1)
+    } else {
+        LP_PK_NV_CASES(0, 0)
+    }
+}
+#undef LP_PK_NV_CASES
+#undef LP_PK_CALL
+
+/* A whole direct 1x1 layer through packed input panels: 48-column tiles, then a narrower zero-padded one for the
+ * remainder (1-3 leftover columns go to lp_dense_cols instead, one column at a time, or when it is a single column
+ * after a full tile, to that tile). Measured: 48 + 1 column tiles for every map whose pixel count is a multiple of 49
+ * gain nothing at 14x14 and lose 10-20% at 28x28 and up (unaligned output rows). Returns 0, doing nothing, when
+ * with several threads there are too few column tiles to share. */
+static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t *off, int K, int c_out,
+                                const float *bias, const float *residual, float *out, int act, int nthreads) {
+    const int n = g->n, full = n / LP_PK_COLS, rem = n - full * LP_PK_COLS;
+    const int col_tail = rem <= LP_COL_TAIL_MAX ? rem : 0, tiles = full + (rem > col_tail);
+    const int fuse_tail = col_tail == 1 && full > 0; /* the last full tile computes the one leftover column */
+    const int panels = (c_out + LP_DENSE_MR - 1) / LP_DENSE_MR;
+    if (nthreads > 1 && tiles < 2 * nthreads) return 0;
+    const size_t hw = (size_t)g->hw_out;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+#pragma omp for schedule(static) nowait
+        for (int t = 0; t < tiles; t++) {
+            float bp[LP_PK_KB * (LP_PK_COLS + 1)] __attribute__((aligned(64))); /* (KB, 48) panel, then (KB,) */
+            const int j = t * LP_PK_COLS, cols = n - j < LP_PK_COLS ? n - j : LP_PK_COLS;
+            const int tail1 = fuse_tail && t == full - 1;
+            const int nv = (cols + LP_LANES - 1) / LP_LANES;
+            for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
+                const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
+                for (int k = 0; k < kb; k++) { /* (kb, 48) panel: input rows k0.. of columns j .. j + cols - 1 */
+                    const float *src = g->src + (size_t)(k0 + k) * hw + j;
+                    float *dst = bp + k * LP_PK_COLS;
+                    if (tail1) bp[LP_PK_KB * LP_PK_COLS + k] = src[LP_PK_COLS];
+                    if (cols == LP_PK_COLS)
+                        for (int v = 0; v < LP_PK_NV; v++) lp_vstore(dst + v * LP_LANES, lp_vload(src + v * LP_LANES));
+                    else
+                        for (int v = 0; v < nv; v++) {
+                            const int len = cols - v * LP_LANES < LP_LANES ? cols - v * LP_LANES : LP_LANES;
+                            lp_vstore(dst + v * LP_LANES, lp_load_lanes(src + v * LP_LANES, 0, len));
+                        }
+                }
+                for (int p = 0; p < panels; p++) {
+                    const int co = p * LP_DENSE_MR, rows = c_out - co < LP_DENSE_MR ? c_out - co : LP_DENSE_MR;
+                    const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
+                    lp_pk_tile_any(bp, wp, kb, k0 == 0, k0 + kb == K, j, cols, rows, g, bias + co,
+                                   residual ? residual + co * hw : NULL, out + co * hw, act, nv, tail1);
+                }
+            }
+        }
+        if (col_tail && !fuse_tail) {
+#pragma omp for schedule(static)
+            for (int p = 0; p < panels; p++) {
+                const int co = p * LP_DENSE_MR, rows = c_out - co < LP_DENSE_MR ? c_out - co : LP_DENSE_MR;
+                lp_dense_cols(g, off, w + (size_t)p * K * LP_DENSE_MR, K, n - col_tail, rows, bias + co,
+                              residual ? residual + co * hw : NULL, out + co * hw, act);
+            }
+        }
+    }
+    return 1;
+}
+
 /* Small k x k outputs (<= 64 pixels, groups == 1) use the channel-major tiles above. Otherwise
  * variant: tile width 3, 2 or 1 vectors (0, 1, 2) with the weight panel outermost (it stays in L1 while the
  * thread sweeps the columns); 3, 4, 5: the same widths with the column tile outermost. */
@@ -487,6 +640,10 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
     const int K = (s->c_in / groups) * s->kh * s->kw;
     const int panels = (mg + LP_DENSE_MR - 1) / LP_DENSE_MR;
     const int tiles = lp_tile_count(&g, nv);
+    /* variant 0 on a direct 1x1 layer: packed input panels (above) */
+    if (variant == 0 && g.direct && groups == 1 &&
+        lp_dense_conv_packed(&g, w, off, K, s->c_out, bias, residual, out, act, nthreads))
+        return;
     const long gp_count = (long)groups * panels, items = gp_count * tiles;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -552,10 +709,162 @@ static void lp_dw_channel(const lp_grid *g, const int32_t *off, const float *w, 
     }
 }
 
-/* variant: 0 -> tiles 4 vectors wide, 1 -> 2, 2 -> 1, 3 -> 3. */
+/* 3x3, padding 1, stride 1 or 2 (every depthwise layer of MobileNet V1/V2) on AVX-512, without the padded grid:
+ * out-of-image taps are masked-off lanes of the loads (masked lanes never fault and read as 0 = the padding).
+ * Stride 1 runs over the FLAT channel (pixel j = oy*w + ox, tap (dy, dx) reads j + dy*w + dx), so a 7x7 or 14x14 map
+ * fills whole vectors instead of one short vector per row; the 9 tap masks of each 16-pixel chunk are the same for
+ * every channel and are computed once per call. Stride 2 runs per output row: two loads of 32 input floats and lane
+ * shuffles give the even (dx = 0) and odd (dx = +-1) columns, with several rows in one vector when w_out <= 8. */
+#if LP_LANES == 16 && defined(__AVX512F__)
+#define LP_DW3_MAX_CHUNKS 1024 /* stride 1: 16-pixel chunks per channel (112x112 = 784) */
+#define LP_DW3_MAX_W 512       /* stride 2: input row width */
+LP_INLINE int lp_dw3_applies(const lp_conv_shape *s) {
+    return s->kh == 3 && s->kw == 3 && s->pad_h == 1 && s->pad_w == 1 && s->stride_h == s->stride_w &&
+           ((s->stride_h == 1 && (s->h * s->w + 15) / 16 <= LP_DW3_MAX_CHUNKS) ||
+            (s->stride_h == 2 && s->w <= LP_DW3_MAX_W));
+}
+
+/* Lanes l of a 16-float load at row position p whose column p + l lies in [0, w). */
+LP_INLINE __mmask16 lp_range_mask(int p, int w) {
+    const int lo = p < 0 ? -p : 0, hi = w - p < 16 ? w - p : 16;
+    if (hi <= lo) return 0;
+    return (__mmask16)((((1u << hi) - 1u) >> lo) << lo);
+}
+
+LP_INLINE __m512 lp_dw3_finish(__m512 acc, const float *residual, float *out, __mmask16 m, int act) {
+    if (residual) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, residual));
+    acc = (__m512)lp_vact((lp_vf)acc, act);
+    _mm512_mask_storeu_ps(out, m, acc);
+    return acc;
+}
+
+static void lp_dw3_s1(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
+                      int act, int nthreads, const float *w) {
+    const int h = s->h, wd = s->w, n = h * wd, chunks = (n + 15) / 16;
+    __mmask16 masks[LP_DW3_MAX_CHUNKS][9], colmask[LP_DW3_MAX_CHUNKS][2];
+    for (int q = 0; q < chunks; q++) {
+        unsigned top = 0, bot = 0, left = 0, right = 0, valid = 0;
+        for (int l = 0; l < 16; l++) {
+            const int j = q * 16 + l, oy = j / wd, ox = j - oy * wd;
+            if (j >= n) break;
+            valid |= 1u << l;
+            top |= (unsigned)(oy > 0) << l;
+            bot |= (unsigned)(oy < h - 1) << l;
+            left |= (unsigned)(ox > 0) << l;
+            right |= (unsigned)(ox < wd - 1) << l;
+        }
+        const unsigned rows[3] = {top, valid, bot}, cols[3] = {left, valid, right};
+        for (int t = 0; t < 9; t++) masks[q][t] = (__mmask16)(rows[t / 3] & cols[t % 3]);
+        colmask[q][0] = (__mmask16)left;
+        colmask[q][1] = (__mmask16)right;
+    }
+    /* chunks q_in0 .. q_in1 - 1 lie wholly in rows 1 .. h - 2: every tap row is inside the image */
+    const int q_in0 = (wd + 15) / 16, q_in1 = n - wd >= 16 ? (n - wd) / 16 : 0;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int c = 0; c < s->c_out; c++) {
+        const float *src = in + (size_t)c * n;
+        const float *res = residual ? residual + (size_t)c * n : NULL;
+        float *dst = out + (size_t)c * n;
+        __m512 wt[9];
+        for (int t = 0; t < 9; t++) wt[t] = _mm512_set1_ps(w[c * 9 + t]);
+        const __m512 b = _mm512_set1_ps(bias[c]);
+        for (int q = 0; q < chunks; q++) {
+            const float *p = src + q * 16;
+            if (q >= q_in0 && q < q_in1) { /* interior rows: plain loads, the column borders masked once per column */
+                __m512 l = _mm512_mul_ps(wt[0], _mm512_loadu_ps(p - wd - 1));
+                __m512 c = _mm512_fmadd_ps(wt[1], _mm512_loadu_ps(p - wd), b);
+                __m512 r = _mm512_mul_ps(wt[2], _mm512_loadu_ps(p - wd + 1));
+                l = _mm512_fmadd_ps(wt[3], _mm512_loadu_ps(p - 1), l);
+                c = _mm512_fmadd_ps(wt[4], _mm512_loadu_ps(p), c);
+                r = _mm512_fmadd_ps(wt[5], _mm512_loadu_ps(p + 1), r);
+                l = _mm512_fmadd_ps(wt[6], _mm512_loadu_ps(p + wd - 1), l);
+                c = _mm512_fmadd_ps(wt[7], _mm512_loadu_ps(p + wd), c);
+                r = _mm512_fmadd_ps(wt[8], _mm512_loadu_ps(p + wd + 1), r);
+                c = _mm512_mask_add_ps(c, colmask[q][0], c, l);
+                c = _mm512_mask_add_ps(c, colmask[q][1], c, r);
+                lp_dw3_finish(c, res ? res + q * 16 : NULL, dst + q * 16, (__mmask16)0xffff, act);
+                continue;
+            }
+            __mmask16 m[9]; /* straight into mask registers (kmovw from memory, not through a GPR and port 5) */
+            for (int t = 0; t < 9; t++) m[t] = _load_mask16(&masks[q][t]);
+            __m512 a0 = b, a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(); /* one chain per kernel row */
+            a0 = _mm512_fmadd_ps(wt[0], _mm512_maskz_loadu_ps(m[0], p - wd - 1), a0);
+            a1 = _mm512_fmadd_ps(wt[3], _mm512_maskz_loadu_ps(m[3], p - 1), a1);
+            a2 = _mm512_fmadd_ps(wt[6], _mm512_maskz_loadu_ps(m[6], p + wd - 1), a2);
+            a0 = _mm512_fmadd_ps(wt[1], _mm512_maskz_loadu_ps(m[1], p - wd), a0);
+            a1 = _mm512_fmadd_ps(wt[4], _mm512_maskz_loadu_ps(m[4], p), a1);
+            a2 = _mm512_fmadd_ps(wt[7], _mm512_maskz_loadu_ps(m[7], p + wd), a2);
+            a0 = _mm512_fmadd_ps(wt[2], _mm512_maskz_loadu_ps(m[2], p - wd + 1), a0);
+            a1 = _mm512_fmadd_ps(wt[5], _mm512_maskz_loadu_ps(m[5], p + 1), a1);
+            a2 = _mm512_fmadd_ps(wt[8], _mm512_maskz_loadu_ps(m[8], p + wd + 1), a2);
+            lp_dw3_finish(_mm512_add_ps(_mm512_add_ps(a0, a1), a2), res ? res + q * 16 : NULL, dst + q * 16, m[4],
+                          act);
+        }
+    }
+}
+
+/* Stride 2, one output row segment of len <= 16 pixels at (oy, ox0): columns x = 2*ox + dx of input rows 2*oy + dy. */
+LP_INLINE __m512 lp_dw3_s2_row(const float *row, int ox0, int wd, const __m512 *wt, __m512 acc) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int p = 2 * ox0 - 1; /* x of dx = -1 for lane 0 */
+    const __m512 v0 = _mm512_maskz_loadu_ps(lp_range_mask(p, wd), row + p);
+    const __m512 v1 = _mm512_maskz_loadu_ps(lp_range_mask(p + 16, wd), row + p + 16);
+    const __m512 v2 = _mm512_maskz_loadu_ps(lp_range_mask(p + 32, wd), row + p + 32);
+    const __m512 xm = _mm512_permutex2var_ps(v0, even, v1); /* x = 2*ox - 1 */
+    const __m512 x0 = _mm512_permutex2var_ps(v0, odd, v1);  /* x = 2*ox */
+    /* x = 2*ox + 1: xm shifted down one lane, lane 15 from v2[0] */
+    const __m512 xp = _mm512_permutex2var_ps(xm, _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                                                    15, 16), v2);
+    acc = _mm512_fmadd_ps(wt[0], xm, acc);
+    acc = _mm512_fmadd_ps(wt[1], x0, acc);
+    return _mm512_fmadd_ps(wt[2], xp, acc);
+}
+
+static void lp_dw3_s2(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
+                      int act, int nthreads, const float *w) {
+    const int h = s->h, wd = s->w, ho = s->h_out, wo = s->w_out;
+    const size_t hw = (size_t)h * wd, hwo = (size_t)ho * wo;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int c = 0; c < s->c_out; c++) {
+        const float *src = in + (size_t)c * hw;
+        const float *res = residual ? residual + (size_t)c * hwo : NULL;
+        float *dst = out + (size_t)c * hwo;
+        __m512 wt[9];
+        for (int t = 0; t < 9; t++) wt[t] = _mm512_set1_ps(w[c * 9 + t]);
+        const __m512 b = _mm512_set1_ps(bias[c]);
+        for (int oy = 0; oy < ho; oy++) {
+            const int iy = 2 * oy;
+            for (int ox0 = 0; ox0 < wo; ox0 += 16) {
+                const int len = wo - ox0 < 16 ? wo - ox0 : 16;
+                __m512 a0 = b, a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
+                if (iy > 0) a0 = lp_dw3_s2_row(src + (size_t)(iy - 1) * wd, ox0, wd, wt, a0);
+                a1 = lp_dw3_s2_row(src + (size_t)iy * wd, ox0, wd, wt + 3, a1);
+                if (iy + 1 < h) a2 = lp_dw3_s2_row(src + (size_t)(iy + 1) * wd, ox0, wd, wt + 6, a2);
+                const size_t o = (size_t)oy * wo + ox0;
+                lp_dw3_finish(_mm512_add_ps(_mm512_add_ps(a0, a1), a2), res ? res + o : NULL, dst + o,
+                              (__mmask16)((1u << len) - 1u), act);
+            }
+        }
+    }
+}
+#else
+#define lp_dw3_applies(s) 0
+#define lp_dw3_s1(in, out, bias, residual, s, act, nthreads, w) ((void)0)
+#define lp_dw3_s2(in, out, bias, residual, s, act, nthreads, w) ((void)0)
+#endif
+
+/* variant: 0 -> the masked 3x3 path above where it applies, else tiles 4 vectors wide; 1 -> 2, 2 -> 1, 3 -> 3. */
 void lp_dense_depthwise(const float *in, float *out, const float *bias, const float *residual, float *scratch,
                         const lp_conv_shape *s, int act, int variant, int nthreads, const float *w,
                         const int32_t *off) {
+    if (variant == 0 && lp_dw3_applies(s)) {
+        if (s->stride_h == 1)
+            lp_dw3_s1(in, out, bias, residual, s, act, nthreads, w);
+        else
+            lp_dw3_s2(in, out, bias, residual, s, act, nthreads, w);
+        return;
+    }
     static const int widths[4] = {4, 2, 1, 3};
     const lp_grid g0 = lp_grid_make(in, scratch, s);
     const int taps = s->kh * s->kw, nv = widths[variant & 3];

@@ -128,7 +128,7 @@ DENSE_CONV = register_kernel(
         scratch_floats=grid_scratch_floats,
         variants=("w3", "w2", "w1", "w3_cols", "w2_cols", "w1_cols"),
         description="Any convolution (kernel, stride, padding, groups): 8-row x w*LANES register tiles over the "
-        "input grid; 1x1 layers read the input directly.",
+        "input grid; 1x1 layers read the input directly (variant 0: through packed 48-column input panels).",
     )
 )
 
@@ -141,9 +141,9 @@ DENSE_DEPTHWISE = register_kernel(
         supports=lambda meta: meta.is_depthwise,
         pack=pack_depthwise,
         scratch_floats=grid_scratch_floats,
-        variants=("w4", "w2", "w1", "w3"),
+        variants=("masked3x3_w4", "w2", "w1", "w3"),
         description="Depthwise convolution, any kernel/stride/padding: per channel, shifted vector loads of its "
-        "padded phase planes.",
+        "padded phase planes; variant 0 reads 3x3 pad-1 stride-1/2 layers in place with masked loads (AVX-512).",
     )
 )
 
