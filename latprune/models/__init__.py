@@ -101,7 +101,11 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         return cls(
-            str(d["name"]), int(d["num_classes"]), int(d["in_channels"]), int(d["input_size"]), float(d["width_mult"])
+            str(d["name"]),
+            int(d["num_classes"]),
+            int(d["in_channels"]),
+            int(d["input_size"]),
+            float(d.get("width_mult", 1.0)),
         )
 
     def describe(self) -> str:

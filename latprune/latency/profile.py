@@ -1,0 +1,349 @@
+"""Latency profiles: per-signature grid tables plus the additive term, saved as JSON with a device fingerprint."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latprune._io import atomic_write_json, read_json
+from latprune.errors import LatpruneError, ProfileError
+from latprune.latency.fingerprint import DeviceFingerprint, current_fingerprint
+from latprune.models import ModelSpec
+
+PROFILE_FORMAT = "latprune-latency-profile"
+PROFILE_VERSION = 1
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[1])) if len(v) == 2 else (int(v[0]), int(v[0]))
+    return (int(v), int(v))
+
+
+@dataclass(frozen=True)
+class LayerSignature:
+    """What a layer's latency depends on apart from its pruned widths and sparsity.
+
+    Layers with equal signatures (e.g. the repeated blocks of a ResNet stage) share one table; the thread
+    count is the same for a whole profile, so it lives on the profile instead.
+    """
+
+    kind: str  # "conv", "depthwise" or "linear"
+    c_in: int  # unpruned input channels
+    c_out: int  # unpruned output channels
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    in_hw: tuple[int, int]
+    scheme: str
+
+    @property
+    def key(self) -> str:
+        k, s, p, hw = self.kernel, self.stride, self.padding, self.in_hw
+        return (
+            f"{self.kind}:{self.c_in}->{self.c_out}:k{k[0]}x{k[1]}:s{s[0]}x{s[1]}:p{p[0]}x{p[1]}:g{self.groups}"
+            f":hw{hw[0]}x{hw[1]}:{self.scheme}"
+        )
+
+    @classmethod
+    def of_layer(cls, layer: Any) -> LayerSignature:
+        """The signature of a search-space ``LayerSpec`` (any object with its fields)."""
+        hw = _pair(layer.in_hw) if layer.in_hw is not None else (1, 1)
+        return cls(
+            kind=str(layer.kind),
+            c_in=int(layer.c_in),
+            c_out=int(layer.c_out),
+            kernel=_pair(layer.kernel),
+            stride=_pair(layer.stride),
+            padding=_pair(layer.padding),
+            groups=int(layer.groups),
+            in_hw=hw,
+            scheme=str(layer.scheme),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "c_in": self.c_in,
+            "c_out": self.c_out,
+            "kernel": list(self.kernel),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "groups": self.groups,
+            "in_hw": list(self.in_hw),
+            "scheme": self.scheme,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LayerSignature:
+        return cls(
+            kind=str(d["kind"]),
+            c_in=int(d["c_in"]),
+            c_out=int(d["c_out"]),
+            kernel=_pair(d["kernel"]),
+            stride=_pair(d["stride"]),
+            padding=_pair(d["padding"]),
+            groups=int(d["groups"]),
+            in_hw=_pair(d["in_hw"]),
+            scheme=str(d["scheme"]),
+        )
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The grid of one signature: the channel counts and sparsities measured.
+
+    ``tied`` marks depthwise layers, whose input channels always equal their output channels: the
+    input axis then has one entry and the output-channel value is used for both.
+    """
+
+    cin: tuple[int, ...]
+    cout: tuple[int, ...]
+    sparsity: tuple[float, ...]
+    tied: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.cin), len(self.cout), len(self.sparsity))
+
+    def points(self) -> list[tuple[int, int, float]]:
+        """Every (c_in, c_out, sparsity) to measure, in table order (c_in slowest, sparsity fastest)."""
+        return [(ci, co, s) for ci in self.cin for co in self.cout for s in self.sparsity]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cin": list(self.cin), "cout": list(self.cout), "sparsity": list(self.sparsity), "tied": self.tied}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GridSpec:
+        return cls(
+            cin=tuple(int(c) for c in d["cin"]),
+            cout=tuple(int(c) for c in d["cout"]),
+            sparsity=tuple(float(s) for s in d["sparsity"]),
+            tied=bool(d["tied"]),
+        )
+
+    def validate(self) -> None:
+        for name, axis in (("cin", self.cin), ("cout", self.cout), ("sparsity", self.sparsity)):
+            if not axis or any(b <= a for a, b in itertools.pairwise(axis)):
+                raise ValueError(f"grid axis {name} must be non-empty and strictly increasing, got {list(axis)}")
+        if self.tied and len(self.cin) != 1:
+            raise ValueError("a tied (depthwise) grid has exactly one input-channel entry")
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyTable:
+    """Measured latency (ms) of one signature over its grid: ``ms[i, j, k]`` at (cin[i], cout[j], sparsity[k])."""
+
+    signature: LayerSignature
+    grid: GridSpec
+    ms: np.ndarray  # (len cin, len cout, len sparsity) float64
+
+    def __post_init__(self) -> None:
+        if self.ms.shape != self.grid.shape:
+            raise ValueError(f"table {self.signature.key} has shape {self.ms.shape}, its grid needs {self.grid.shape}")
+        if not np.all(np.isfinite(self.ms)) or np.any(self.ms < 0):
+            raise ValueError(f"table {self.signature.key} holds a negative or non-finite latency")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.signature.key,
+            "signature": self.signature.to_json(),
+            "grid": self.grid.to_json(),
+            "ms": np.round(self.ms, 6).tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatencyTable:
+        grid = GridSpec.from_json(d["grid"])
+        grid.validate()
+        return cls(LayerSignature.from_json(d["signature"]), grid, np.asarray(d["ms"], dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """One whole model measured end to end, against the sum of its interpolated layer latencies."""
+
+    name: str
+    layer_sum_ms: float
+    measured_ms: float
+
+
+@dataclass(frozen=True)
+class AdditiveTerm:
+    """Whole-model latency = ``offset_ms + scale * sum(layer latencies)``.
+
+    ``offset_ms`` holds what the per-layer tables do not cover (the per-call overhead, pooling, the
+    input copy); ``scale`` absorbs effects between layers, mostly that a layer timed alone finds its
+    weights and input hot in cache while inside the network it does not. Both are fitted to whole-model
+    measurements taken while profiling (the dense model and a few random pruned ones), never to the
+    models later used for validation.
+    """
+
+    offset_ms: float
+    scale: float
+    points: tuple[CalibrationPoint, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "offset_ms": round(self.offset_ms, 6),
+            "scale": round(self.scale, 6),
+            "points": [
+                {"name": p.name, "layer_sum_ms": round(p.layer_sum_ms, 6), "measured_ms": round(p.measured_ms, 6)}
+                for p in self.points
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AdditiveTerm:
+        pts = tuple(
+            CalibrationPoint(str(p["name"]), float(p["layer_sum_ms"]), float(p["measured_ms"])) for p in d["points"]
+        )
+        term = cls(float(d["offset_ms"]), float(d["scale"]), pts)
+        if not (math.isfinite(term.offset_ms) and math.isfinite(term.scale) and term.scale > 0):
+            raise ValueError("additive term must have a finite offset and a positive scale")
+        return term
+
+    @classmethod
+    def fit(cls, points: Sequence[CalibrationPoint], fit_scale: bool = True) -> AdditiveTerm:
+        """Robust fit of measured = offset + scale * layer_sum (Theil-Sen: the median of pairwise slopes, then
+        the median intercept).
+
+        The offset is usually negative: each layer timed alone pays a Python-to-C call that the compiled model
+        does not, and the layer count never changes. Theil-Sen ignores up to ~29% of wild points, which matters
+        on a shared machine where one whole-model timing in a few lands in a burst of load.
+
+        A fit is only accepted if it is physical: a scale in [0.5, 2] and a positive prediction for the
+        smallest calibrated model. Otherwise (fewer than 3 points, ``fit_scale=False``, or tables too noisy to
+        trust) it falls back to scale 1 with the median residual as offset, and if even that predicts a
+        non-positive latency, to a pure scale (offset 0), with a warning to re-profile on a quieter machine.
+        """
+        if not points:
+            raise ValueError("the additive term needs at least one whole-model measurement")
+        s = np.array([p.layer_sum_ms for p in points])
+        m = np.array([p.measured_ms for p in points])
+        smallest = float(s.min())
+        if fit_scale and len(points) >= 3 and np.ptp(s) > 1e-9:
+            i, j = np.triu_indices(len(s), k=1)
+            ok = np.abs(s[j] - s[i]) > 1e-9
+            scale = float(np.median((m[j] - m[i])[ok] / (s[j] - s[i])[ok]))
+            offset = float(np.median(m - scale * s))
+            if 0.5 <= scale <= 2.0 and offset + scale * smallest > 0:
+                return cls(offset, scale, tuple(points))
+        offset = float(np.median(m - s))
+        if offset + smallest > 0:
+            return cls(offset, 1.0, tuple(points))
+        warnings.warn(
+            "The per-layer latency tables disagree with the whole-model measurements (their sum predicts a "
+            "non-positive latency); re-profile on a quieter machine or with more --repeats.",
+            stacklevel=2,
+        )
+        return cls(0.0, float(np.median(m / s)), tuple(points))
+
+
+@dataclass(frozen=True, eq=False)
+class LatencyProfile:
+    """A device's latency tables for one model's search space, and what they were measured with."""
+
+    fingerprint: DeviceFingerprint
+    threads: int
+    model: ModelSpec
+    scheme: str  # the search space's sparsity scheme (SearchSpace.from_model(..., scheme=))
+    tables: tuple[LatencyTable, ...]
+    additive: AdditiveTerm
+    grid_n: int  # channel grid divisions (JCW's N)
+    grid_m: int  # sparsity grid divisions (JCW's M)
+    build_seconds: float
+    statistic: str = "median"  # how repeated timings were reduced ("median" or "min"); validation uses the same
+
+    def table_for(self, signature: LayerSignature) -> LatencyTable | None:
+        for t in self.tables:
+            if t.signature == signature:
+                return t
+        return None
+
+    @property
+    def n_points(self) -> int:
+        return int(sum(t.ms.size for t in self.tables))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PROFILE_FORMAT,
+            "format_version": PROFILE_VERSION,
+            "fingerprint": self.fingerprint.to_json(),
+            "threads": self.threads,
+            "model": self.model.to_dict(),
+            "scheme": self.scheme,
+            "grid": {"n_channels": self.grid_n, "n_sparsity": self.grid_m},
+            "build_seconds": round(self.build_seconds, 3),
+            "statistic": self.statistic,
+            "additive": self.additive.to_json(),
+            "tables": [t.to_json() for t in self.tables],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatencyProfile:
+        if not isinstance(d, dict) or d.get("format") != PROFILE_FORMAT:
+            raise ValueError("it is not a latprune latency profile")
+        if d.get("format_version") != PROFILE_VERSION:
+            raise ValueError(f"profile format version {d.get('format_version')} is not {PROFILE_VERSION}")
+        threads = int(d["threads"])
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        return cls(
+            fingerprint=DeviceFingerprint.from_json(d["fingerprint"]),
+            threads=threads,
+            model=ModelSpec.from_dict(d["model"]),
+            scheme=str(d["scheme"]),
+            tables=tuple(LatencyTable.from_json(t) for t in d["tables"]),
+            additive=AdditiveTerm.from_json(d["additive"]),
+            grid_n=int(d["grid"]["n_channels"]),
+            grid_m=int(d["grid"]["n_sparsity"]),
+            build_seconds=float(d["build_seconds"]),
+            statistic=str(d["statistic"]),
+        )
+
+
+def save_profile(profile: LatencyProfile, path: str | Path) -> Path:
+    """Write ``profile`` as JSON, atomically (a kill mid-write leaves the old file or none)."""
+    return atomic_write_json(path, profile.to_json())
+
+
+def load_profile(path: str | Path, *, force: bool = False) -> LatencyProfile:
+    """Load a profile and refuse it if it was measured on another device or engine build (unless ``force``).
+
+    Latency tables from another CPU, compiler or kernel version would make the search optimise for the
+    wrong machine without any visible error, so the default is to refuse; ``force`` downgrades that to a
+    warning (useful to predict for a remote device from the host).
+    """
+    try:
+        data = read_json(path, what="latency profile")
+    except ProfileError:
+        raise
+    except LatpruneError as exc:
+        raise ProfileError(str(exc)) from None
+    try:
+        profile = LatencyProfile.from_json(data)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ProfileError(
+            f"The latency profile '{path}' is corrupt or incomplete ({what}); rebuild it with `latprune profile`."
+        ) from None
+    here = current_fingerprint()
+    diff = profile.fingerprint.differences(here)
+    if diff:
+        msg = (
+            f"The latency profile '{path}' was measured on another device or engine build ({'; '.join(diff[:3])}); "
+            "re-profile on this machine, or pass --force (force=True) to use it anyway."
+        )
+        if not force:
+            raise ProfileError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return profile
