@@ -79,9 +79,10 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
         if proc.returncode != 0:
             keep = cache_dir() / f"failed_{key}.c"
             keep.write_text(source)
+            lines = proc.stderr.strip().splitlines()
+            first_error = next((ln for ln in lines if "error" in ln), lines[0] if lines else "no message")
             raise EngineError(
-                f"The C compiler '{cc[0]}' failed to build the generated code (kept at {keep}): "
-                f"{proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else 'no message'}"
+                f"The C compiler '{cc[0]}' failed to build the generated code (kept at {keep}): {first_error}"
             )
         fd, tmp_lib = tempfile.mkstemp(dir=cache_dir(), suffix=".so.tmp")
         os.close(fd)

@@ -117,14 +117,11 @@ _KERNEL_MODULES = ("dense", "group4", "npas")
 
 
 def _load_all() -> None:
+    """Import every kernel family (importing registers its kernels); a missing one is an error, not a gap."""
     import importlib
 
     for mod in _KERNEL_MODULES:
-        try:
-            importlib.import_module(f"latprune.engine.kernels.{mod}")
-        except ModuleNotFoundError as exc:  # a kernel family not written yet
-            if exc.name != f"latprune.engine.kernels.{mod}":
-                raise
+        importlib.import_module(f"latprune.engine.kernels.{mod}")
 
 
 __all__ = ["SCHEMES", "ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]
