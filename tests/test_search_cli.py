@@ -107,16 +107,16 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     from latprune.errors import DataError
     from latprune.latency.fingerprint import current_fingerprint
     from latprune.latency.grid import GridConfig, plan_grids
-    from latprune.latency.profile import AdditiveTerm, LatencyProfile, LatencyTable, ModelSpec, save_profile
+    from latprune.latency.profile import AdditiveTerm, LatencyProfile, LatencyTable, save_profile
+    from latprune.models import ModelSpec
     from latprune.space import SearchSpace
-    from latprune.train import ModelSpec as TrainSpec
     from latprune.train import checkpoint_meta
 
     try:
         find_dataset_root("fashion-mnist")
     except DataError:
         pytest.skip("Fashion-MNIST is not installed")
-    spec = TrainSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.25)
+    spec = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.25)
     model = spec.build(seed=0)
     ckpt = checkpoint_meta(spec, DataConfig(name="fashion-mnist", val_per_class=20)) | {
         "state_dict": model.state_dict(), "epoch": 0, "metrics": {},
@@ -129,7 +129,7 @@ def test_search_command_with_the_real_model_profile_and_supernet(
         ci = co if grid.tied else ci
         tables.append(LatencyTable(sig, grid, (1e-4 * ci * co * (1.0 - sp) + 1e-3).astype(np.float64)))
     profile = LatencyProfile(
-        current_fingerprint(), 1, ModelSpec("resnet20", 1, 28, 10), "group4", tuple(tables), AdditiveTerm(0.01, 1.0),
+        current_fingerprint(), 1, spec, "group4", tuple(tables), AdditiveTerm(0.01, 1.0),
         2, 2, 0.0,
     )  # fmt: skip
     save_profile(profile, tmp_path / "profile.json")

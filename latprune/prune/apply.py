@@ -209,11 +209,7 @@ def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, PruningPlan]:
 def model_spec_from_checkpoint(ckpt: dict[str, Any], path: str = "checkpoint") -> ModelSpec:
     """The ``ModelSpec`` of a training checkpoint (keys "model" and "model_kwargs")."""
     try:
-        kw = ckpt["model_kwargs"]
-        return ModelSpec(
-            ckpt["model"], int(kw["num_classes"]), int(kw["in_channels"]), int(kw["input_size"]),
-            float(kw.get("width_mult", 1.0)),
-        )  # fmt: skip
+        return ModelSpec.from_dict({"name": ckpt["model"], **ckpt["model_kwargs"]})
     except (KeyError, TypeError, ValueError):
         raise PlanError(
             f"The checkpoint '{path}' lacks 'model' / 'model_kwargs' (num_classes, in_channels, input_size); "

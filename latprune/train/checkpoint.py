@@ -46,10 +46,7 @@ def load_model_from_checkpoint(
         raise ModelError(
             f"The checkpoint '{path}' lacks {', '.join(missing)}; it was not written by `latprune train`; retrain it."
         )
-    kwargs = dict(ckpt["model_kwargs"])
-    spec = ModelSpec(
-        ckpt["model"], kwargs["num_classes"], kwargs["in_channels"], kwargs["input_size"], kwargs.get("width_mult", 1.0)
-    )
+    spec = ModelSpec.from_dict({"name": ckpt["model"], **ckpt["model_kwargs"]})
     if ckpt.get("plan") is not None:
         # A pruned checkpoint (latprune prune --apply, finetune): rebuild the zoo model, then replay its plan.
         from latprune.prune import PruningPlan, build_pruned
