@@ -13,6 +13,10 @@ import torch
 
 from latprune.errors import LatpruneError
 
+# mkstemp creates files readable by their owner only; results should get the permissions a plain open() gives.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Write through a temporary file in the same directory, fsync it, then rename over ``path``.
@@ -23,6 +27,7 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Non
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

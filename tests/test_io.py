@@ -46,3 +46,10 @@ def test_checkpoint_round_trip_and_corruption(tmp_path):
         load_checkpoint(path)
     with pytest.raises(LatpruneError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write_json(tmp_path / "r.json", {})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
