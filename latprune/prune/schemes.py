@@ -7,20 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+# The 8 four-entry 3x3 patterns (flat indices into the 3x3 kernel) are the engine's packed-format vocabulary:
+# masks use exactly the set the pattern kernel can pack.
+from latprune.engine.kernels.npas import PATTERNS_3x3
 from latprune.errors import PlanError
-
-#: The 8 four-entry 3x3 patterns (flat indices into the 3x3 kernel, row-major) that contain the centre and are
-#: connected: centre + 3 of its 4-neighbours, then centre + 2 adjacent 4-neighbours + the corner between them.
-PATTERNS_3x3: tuple[tuple[int, ...], ...] = (
-    (1, 3, 4, 5),
-    (1, 3, 4, 7),
-    (1, 4, 5, 7),
-    (3, 4, 5, 7),
-    (0, 1, 3, 4),
-    (1, 2, 4, 5),
-    (3, 4, 6, 7),
-    (4, 5, 7, 8),
-)
 
 
 @dataclass(frozen=True)
