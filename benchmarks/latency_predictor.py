@@ -84,7 +84,7 @@ def run_case(case: Case, samples: int, reuse: bool, statistic: str) -> dict:
     s = result.stats
     row = {
         "case": case.tag,
-        "model": case.spec.to_json(),
+        "model": case.spec.to_dict(),
         "threads": case.threads,
         "statistic": profile.statistic,
         "samples": samples,
