@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-# Tiny models gain nothing from intra-op threads, and two workers with two threads each oversubscribe the
-# machine; fixing one thread also keeps reductions in a deterministic order.
-torch.set_num_threads(1)
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and two workers with two threads each oversubscribe the
+    machine (on a busy one, 10x slower); one thread also keeps reductions in a deterministic order. Restored
+    after each test, so a test that sets its own thread count cannot leak it into the next."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_fake_fashion_mnist(root: Path, n_train: int, n_test: int, classes: int = 10, gz: bool = False) -> Path:

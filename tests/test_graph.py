@@ -11,15 +11,6 @@ from latprune.graph import build_graph, is_depthwise
 from latprune.models import create_model, list_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads made these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyInception(nn.Module):
     """Two branches concatenated, then a 1x1 conv reading both: the concat consumer spans two groups."""
 

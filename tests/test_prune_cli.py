@@ -9,16 +9,6 @@ from latprune._io import atomic_torch_save
 from latprune.cli import main
 from latprune.prune import ModelSpec, PruningPlan, bake_masks, list_schemes, load_pruned, weight_masks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads made these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SPEC = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
 
 

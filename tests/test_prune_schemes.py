@@ -10,16 +10,6 @@ from hypothesis import strategies as st
 from latprune.errors import PlanError
 from latprune.prune import PATTERNS_3x3, SchemeParams, get_scheme, list_schemes, make_mask, mask_sparsity
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy machine two threads made these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CONTRACT_SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
 
 

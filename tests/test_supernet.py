@@ -29,15 +29,6 @@ from latprune.supernet import (
 SIZE = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny(name: str = "resnet20", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)  # model init only; the code under test takes explicit generators
     model = create_model(name, num_classes=4, in_channels=1, input_size=SIZE, width_mult=0.5)

@@ -26,15 +26,6 @@ from latprune.supernet import (
 KWARGS = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width_mult": 0.25}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes these tests 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory, fake_fashion_mnist):
     """A search run directory as `latprune search` writes it, with errors from a real super-net call."""
