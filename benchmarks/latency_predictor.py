@@ -147,7 +147,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = [run_case(c, args.samples, args.reuse, args.statistic) for c in CASES if not args.only or c.tag in args.only]
-    from latprune.latency.fingerprint import current_fingerprint
+    from latprune.engine.fingerprint import current_fingerprint
 
     fp = current_fingerprint()
     device = f"{fp.cpu_model}, {fp.cores} cores, {fp.isa}, {fp.compiler}"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from latprune.engine.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.errors import ProfileError
-from latprune.latency.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.latency.grid import GridConfig, channel_grid, plan_grids, sparsity_grid, trim
 from latprune.latency.predictor import LatencyPredictor
 from latprune.latency.profile import (

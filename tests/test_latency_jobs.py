@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from latprune.cli import main
+from latprune.engine.fingerprint import current_fingerprint
 from latprune.errors import ProfileError
-from latprune.latency.fingerprint import current_fingerprint
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, emit_jobs, load_jobs, load_measurements
 from latprune.latency.predictor import LatencyPredictor

@@ -104,8 +104,8 @@ def test_search_command_with_the_real_model_profile_and_supernet(
 
     from latprune._io import atomic_torch_save
     from latprune.data import DataConfig, find_dataset_root
+    from latprune.engine.fingerprint import current_fingerprint
     from latprune.errors import DataError
-    from latprune.latency.fingerprint import current_fingerprint
     from latprune.latency.grid import GridConfig, plan_grids
     from latprune.latency.profile import AdditiveTerm, LatencyProfile, LatencyTable, save_profile
     from latprune.models import ModelSpec

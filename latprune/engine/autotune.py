@@ -8,13 +8,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from latprune._io import atomic_write_json
-from latprune._version import __version__
-from latprune.engine.build import cache_dir, compiler_version
-from latprune.engine.isa import cpu_model, host_isa
+from latprune.engine.build import cache_dir
+from latprune.engine.fingerprint import current_fingerprint
 from latprune.engine.kernels import ConvMeta, KernelSpec, get_kernel
 from latprune.engine.layer import time_layer
 from latprune.errors import EngineError
@@ -40,9 +40,10 @@ class TuneResult:
     timings: tuple[tuple[str, int, float], ...]  # (kernel, variant, median seconds)
 
 
-def device_fingerprint() -> dict[str, str]:
-    """What a tuning choice depends on: CPU model, ISA, C compiler and latprune version."""
-    return {"cpu": cpu_model(), "isa": host_isa().name, "compiler": compiler_version(), "latprune": __version__}
+def device_fingerprint() -> dict[str, Any]:
+    """What a tuning choice depends on: the same device fingerprint latency profiles carry (CPU, ISA, compiler,
+    flags, version and a hash of the engine code, so editing a kernel invalidates its old variant choices)."""
+    return current_fingerprint().to_json()
 
 
 def tune_cache_path() -> Path:

@@ -1,6 +1,6 @@
 """Latency: profile a device once over a grid of layer shapes, then predict any pruned architecture (JCW §2.5)."""
 
-from latprune.latency.fingerprint import DeviceFingerprint, current_fingerprint
+from latprune.engine.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import (
     Measurements,

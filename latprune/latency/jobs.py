@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from latprune._io import atomic_write_json, read_json
+from latprune.engine.fingerprint import DeviceFingerprint
 from latprune.errors import LatpruneError, ProfileError
-from latprune.latency.fingerprint import DeviceFingerprint
 from latprune.latency.grid import GridConfig, plan_grids
 from latprune.latency.predictor import LatencyPredictor
 from latprune.latency.profile import (

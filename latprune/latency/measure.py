@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from latprune.engine.fingerprint import current_fingerprint
 from latprune.errors import ProfileError
-from latprune.latency.fingerprint import current_fingerprint
 from latprune.latency.jobs import Measurements, ModelJob, ProfileJobs, TableJob, TimingConfig, check_statistic
 from latprune.latency.profile import LayerSignature
 from latprune.models import ModelSpec

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from latprune._io import atomic_write_json, read_json
+from latprune.engine.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.errors import LatpruneError, ProfileError
-from latprune.latency.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.models import ModelSpec
 
 PROFILE_FORMAT = "latprune-latency-profile"

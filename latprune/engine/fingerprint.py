@@ -1,4 +1,4 @@
-"""Device fingerprints: which CPU, ISA, compiler and engine build a latency profile was measured with."""
+"""Device fingerprints: the CPU, ISA, compiler and engine build that latency profiles and tuning choices depend on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from latprune._version import __version__
 
-_ENGINE_DIR = Path(__file__).resolve().parent.parent / "engine"
+_ENGINE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
