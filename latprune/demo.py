@@ -20,8 +20,9 @@ from latprune.data import DataConfig, load_splits, make_loader
 from latprune.engine import compile
 from latprune.engine.bench import measure, onnxruntime_session
 from latprune.engine.isa import cpu_model
+from latprune.errors import PlanError
 from latprune.models import ModelSpec
-from latprune.prune import apply_plan, bake_masks, uniform_plan
+from latprune.prune import apply_plan, bake_masks, list_schemes, uniform_plan
 from latprune.train import TrainConfig, load_model_from_checkpoint, train_baseline, train_model
 from latprune.train.checkpoint import checkpoint_meta
 from latprune.train.run import eval_loaders
@@ -40,6 +41,15 @@ class DemoConfig:
     threads: int = 1  # latency is measured at batch 1 with this many threads
     runs: int = 200
     device: str = "cpu"  # where training runs
+
+    def __post_init__(self) -> None:
+        # Checked before any training, so a typo costs seconds, not the baseline's epochs.
+        if not 0.0 < self.width <= 1.0:
+            raise PlanError(f"The demo's --width is {self.width}; use a value in (0, 1].")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PlanError(f"The demo's --sparsity is {self.sparsity}; use a value in [0, 1).")
+        if self.scheme not in list_schemes():
+            raise PlanError(f"Unknown sparsity scheme '{self.scheme}'; choose one of: {', '.join(list_schemes())}.")
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,10 @@ def test_demo_flags_reach_the_config(monkeypatch):
         2,
         "x",
     )
+
+
+def test_bad_demo_flags_fail_before_any_training(capsys):
+    assert main(["demo", "--sparsity", "1.5"]) == 2
+    assert "--sparsity is 1.5" in capsys.readouterr().err
+    assert main(["demo", "--scheme", "nope"]) == 2
+    assert "Unknown sparsity scheme 'nope'" in capsys.readouterr().err
