@@ -13,6 +13,7 @@ from latprune.train.config import ModelSpec, TrainConfig
 from latprune.train.loop import (
     CHECKPOINT_NAME,
     METRICS_NAME,
+    TrainHook,
     TrainResult,
     evaluate,
     lr_factor,
@@ -32,6 +33,7 @@ __all__ = [
     "EvalResult",
     "ModelSpec",
     "TrainConfig",
+    "TrainHook",
     "TrainResult",
     "checkpoint_meta",
     "evaluate",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,36 @@ class TrainData(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
     def __len__(self) -> int: ...
+
+
+class TrainHook:
+    """Extends the loop without forking it: ADMM's penalty and dual updates, GMP's mask schedule, distillation.
+
+    Subclasses override what they need; the defaults do nothing. A hook's :meth:`state_dict` is saved in every
+    checkpoint and restored on resume, so a hook with state (ADMM's Z and U, a GMP step count) resumes exactly.
+    """
+
+    def before_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called before epoch ``epoch`` (0-based) starts."""
+
+    def loss(
+        self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss to minimise for this batch, given the task loss; return ``loss`` to leave it unchanged."""
+        return loss
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after the optimiser step; ``step`` counts optimiser steps from the start of training (0-based)."""
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Called after epoch ``epoch``'s training, before evaluation; returns extra metrics for the epoch's row."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +175,12 @@ def train_one_epoch(
     device: torch.device,
     desc: str,
     show_progress: bool = True,
+    hooks: Sequence[TrainHook] = (),
 ) -> dict[str, float]:
-    """One pass over ``data``; returns train loss, accuracy, seconds and images/s."""
+    """One pass over ``data``; returns train loss, accuracy, seconds and images/s.
+
+    ``loss`` is the task loss the progress bar shows; each hook may add terms to what is minimised.
+    """
     model.train()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -163,10 +197,15 @@ def train_one_epoch(
             raise LatpruneError(
                 f"Training diverged at {desc}, step {step} (loss {float(loss)}); lower --lr or raise --warmup."
             )
+        objective = loss
+        for hook in hooks:
+            objective = hook.loss(model, images, logits, labels, objective)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         scheduler.step()
+        for hook in hooks:
+            hook.after_step(model, scheduler.last_epoch - 1)
         loss_sum += loss.detach().double() * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         count += labels.shape[0]
@@ -215,6 +254,7 @@ def train_model(
     meta: Mapping[str, Any] | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    hooks: Sequence[TrainHook] = (),
 ) -> TrainResult:
     """Train ``model`` in place for ``config.epochs`` epochs, writing ``out_dir/checkpoint.pt`` after every epoch.
 
@@ -223,7 +263,8 @@ def train_model(
     ``model`` and ``model_kwargs``, see :func:`checkpoint_meta`) and must match on resume. Shuffling,
     augmentation and dropout are seeded per (seed, epoch), so a resumed run continues exactly as an
     uninterrupted one would. The model may carry torch parametrizations (weight masks): they are trained
-    through and saved in its state dict.
+    through and saved in its state dict. ``hooks`` (:class:`TrainHook`) add loss terms and per-step or
+    per-epoch updates; their state is checkpointed with the model's.
     """
     out_dir = Path(out_dir)
     ckpt_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
@@ -245,7 +286,7 @@ def train_model(
             raise LatpruneError(
                 f"The folder '{out_dir}' already holds a checkpoint; pass --resume to continue it or pick a new --out."
             )
-        history = _restore(ckpt_path, model, optimizer, scheduler, config, meta, device)
+        history = _restore(ckpt_path, model, optimizer, scheduler, config, meta, device, hooks)
     start_epoch = len(history)
     epochs = range(start_epoch, config.epochs)
     for epoch in tqdm(epochs, desc="epochs", disable=not show_progress or len(epochs) == 0, dynamic_ncols=True):
@@ -253,6 +294,8 @@ def train_model(
         if set_epoch is not None:
             set_epoch(epoch)
         with _epoch_rng(config.seed, epoch, device):
+            for hook in hooks:
+                hook.before_epoch(model, epoch)
             row: dict[str, float] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
                 model,
@@ -263,13 +306,16 @@ def train_model(
                 device,
                 f"epoch {epoch + 1}/{config.epochs}",
                 show_progress,
+                hooks,
             )
+            for hook in hooks:
+                row |= hook.after_epoch(model, epoch)
         eval_start = time.perf_counter()
         for split, data in eval_data.items():
             row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(model, data, device)
         row["eval_seconds"] = time.perf_counter() - eval_start
         history.append(row)
-        _save(ckpt_path, model, optimizer, scheduler, config, meta, epoch + 1, history)
+        _save(ckpt_path, model, optimizer, scheduler, config, meta, epoch + 1, history, hooks)
         atomic_write_json(metrics_path, _metrics_json(config, meta, history, finished=epoch + 1 == config.epochs))
         if show_progress:
             tqdm.write(_epoch_line(row))
@@ -286,13 +332,22 @@ def _restore(
     config: TrainConfig,
     meta: Mapping[str, Any],
     device: torch.device,
+    hooks: Sequence[TrainHook] = (),
 ) -> list[dict[str, float]]:
-    """Load a run's state into the fresh model, optimiser and scheduler; returns the finished epochs' metrics."""
+    """Load a run's state into the fresh model, optimiser, scheduler and hooks; returns the finished epochs' metrics."""
     ckpt = load_checkpoint(path, map_location=device)
     _check_resumable(ckpt, path, config, meta)
     unwrap(model).load_state_dict(ckpt["state_dict"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    saved_hooks = ckpt.get("hooks", [])
+    if len(saved_hooks) != len(hooks):
+        raise LatpruneError(
+            f"The checkpoint '{path}' was trained with {len(saved_hooks)} training hook(s), not {len(hooks)}; resume "
+            "with the same --method and options or start a new --out folder."
+        )
+    for hook, state in zip(hooks, saved_hooks, strict=True):
+        hook.load_state_dict(state)
     history = list(ckpt["metrics"]["history"])
     if len(history) != int(ckpt["epoch"]):
         raise LatpruneError(f"The checkpoint '{path}' records {ckpt['epoch']} epochs but {len(history)} metric rows.")
@@ -308,6 +363,7 @@ def _save(
     meta: Mapping[str, Any],
     epoch: int,
     history: list[dict[str, float]],
+    hooks: Sequence[TrainHook] = (),
 ) -> None:
     """Write the full training state atomically: a kill at any moment leaves the previous epoch's checkpoint."""
     ckpt = {
@@ -319,6 +375,7 @@ def _save(
         "metrics": {"history": history, **(history[-1] if history else {})},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "hooks": [hook.state_dict() for hook in hooks],
         "config": config.to_dict(),
         # The loop reseeds every epoch from (seed, epoch), so these two numbers are the whole RNG state to resume.
         "rng": {"seed": config.seed, "next_epoch": epoch},
