@@ -8,6 +8,7 @@ from latprune.data import DataConfig, list_datasets
 from latprune.models import list_models
 from latprune.train import TrainConfig, evaluate_checkpoint, format_summary, train_zoo_model
 from latprune.train.config import DEVICES, SCHEDULES
+from latprune.train.distributed import is_main
 
 _DEFAULTS = TrainConfig()
 _DATA_HELP = f"Dataset: one of {', '.join(list_datasets())}, or a folder with one subfolder of images per class."
@@ -30,7 +31,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     data = DataConfig(args.data, args.val_per_class, args.split_seed, args.image_size)
     result = train_zoo_model(args.model, data, config, args.out, width_mult=args.width_mult, resume=args.resume)
-    print(format_summary(result))
+    if is_main():  # under torchrun every rank holds the same result; one summary is enough
+        print(format_summary(result))
     return 0
 
 
@@ -66,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, choices=DEVICES, help="Train on the CPU or on a CUDA GPU.")
     p.add_argument("--seed", type=int, default=d.seed, help="Seed for weights, shuffling and augmentation.")
     p.add_argument("--lr", type=float, default=d.lr, help="Peak learning rate of the schedule.")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Images per training step.")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="Images per step, all processes together.")
     p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum.")
     p.add_argument("--no-nesterov", action="store_true", help="Use classic momentum instead of Nesterov momentum.")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay applied by SGD.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from latprune.data.datasets import DatasetInfo, ImageData
 from latprune.data.transforms import Augment, apply_augment, normalize
+from latprune.errors import DataError
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -21,8 +23,11 @@ class BatchLoader:
     """Yield (normalised float images, int64 labels) batches on ``device`` from an :class:`ImageData`.
 
     Shuffling and augmentation draw from :func:`epoch_generator` (seed, epoch): call :meth:`set_epoch` before
-    each epoch, like ``DistributedSampler``. ``rank`` / ``world_size`` give each process a disjoint shard of
-    every epoch's permutation, so distributed training can reuse this loader unchanged.
+    each epoch, like ``DistributedSampler``. ``rank`` / ``world_size`` give each process a disjoint, strided
+    shard of every epoch's permutation: ``batch_size`` is then per process, and step k of the ``world_size``
+    shards together holds exactly the images (with the same augmentation draws) of step k of one loader with
+    ``world_size * batch_size`` — so distributed SGD reproduces single-process SGD. The last
+    ``len(data) % world_size`` images of each permutation are left out so every rank takes the same steps.
     """
 
     def __init__(
@@ -66,18 +71,48 @@ class BatchLoader:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def sharded(self, rank: int, world_size: int) -> BatchLoader:
+        """This loader split over ``world_size`` processes: same images per step in total, ``batch_size`` divided.
+
+        Raises a one-sentence :class:`DataError` when the batch size does not divide evenly.
+        """
+        if self.world_size != 1:
+            raise ValueError(f"this loader is already rank {self.rank} of {self.world_size}")
+        if self.batch_size % world_size:
+            raise DataError(
+                f"The batch size {self.batch_size} does not split evenly over {world_size} processes; pass a batch "
+                f"size divisible by {world_size} (it is the global batch, shared by all processes)."
+            )
+        return BatchLoader(
+            self.data,
+            self.mean,
+            self.std,
+            self.batch_size // world_size,
+            shuffle=self.shuffle,
+            augment=self.augment,
+            drop_last=self.drop_last,
+            seed=self.seed,
+            device=self.device,
+            rank=rank,
+            world_size=world_size,
+        )
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = epoch_generator(self.seed, self.epoch)
         n = len(self.data)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        shard = n // self.world_size
-        order = order[self.rank * shard : (self.rank + 1) * shard][: self.num_samples]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size].to(self.data.images.device)
+        order = order[: self.num_samples * self.world_size]
+        # Every rank gathers and augments the whole global batch (cheap uint8 work), then keeps its strided
+        # share, so the generator advances identically on all ranks and matches a single-process run.
+        step = self.batch_size * self.world_size
+        for start in range(0, len(order), step):
+            idx = order[start : start + step].to(self.data.images.device)
             images = self.data.images[idx].to(self.device, non_blocking=True)
             if self.augment is not None:
                 images = apply_augment(images, self.augment, gen)
             labels = self.data.labels[idx].to(self.device, non_blocking=True)
+            if self.world_size > 1:
+                images, labels = images[self.rank :: self.world_size], labels[self.rank :: self.world_size]
             yield normalize(images, self.mean, self.std), labels
 
 
@@ -89,9 +124,17 @@ def make_loader(
     train: bool,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> BatchLoader:
-    """A training loader (shuffled, dataset's default augmentation) or an evaluation loader (in order, plain)."""
-    return BatchLoader(
+    """A training loader (shuffled, dataset's default augmentation) or an evaluation loader (in order, plain).
+
+    ``batch_size`` is the global batch. A training loader is split over ``world_size`` processes (default:
+    torchrun's ``RANK`` / ``WORLD_SIZE``, one process without them), each taking ``batch_size / world_size``
+    images per step; an evaluation loader is never split unless asked, since every rank evaluates the whole
+    split and so reports the same metrics without a reduction.
+    """
+    loader = BatchLoader(
         data,
         info.mean,
         info.std,
@@ -101,3 +144,15 @@ def make_loader(
         seed=seed,
         device=device,
     )
+    if world_size is None:
+        world_size = _torchrun_int("WORLD_SIZE") if train else 1
+    if rank is None:
+        rank = _torchrun_int("RANK") if world_size > 1 else 0
+    return loader.sharded(rank, world_size) if world_size > 1 else loader
+
+
+def _torchrun_int(name: str) -> int:
+    """torchrun's RANK / WORLD_SIZE (read here directly: data/ must not import train/); 0 or 1 when absent."""
+    raw = os.environ.get(name, "")
+    default = 1 if name == "WORLD_SIZE" else 0
+    return int(raw) if raw.strip().isdigit() else default

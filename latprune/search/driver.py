@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,15 @@ class _Stage:
     restriction: str
     first_gen: int
     last_gen: int
+
+
+def _writes_files() -> bool:
+    """Whether this process writes the run folder: torchrun's rank 0, or a lone process.
+
+    Every rank of a distributed search runs the same (deterministic) NSGA-II loop; only rank 0 writes and shows
+    progress. ``RANK`` is read from the environment because search/ stays free of torch.
+    """
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def plan_stages(config: SearchConfig) -> tuple[_Stage, ...]:
@@ -110,6 +120,7 @@ def run_search(
     _check_interfaces(space, predictor, estimator)
     stages = plan_stages(config)
     state = _open_run(out_dir, space, config, resume, meta)
+    progress = progress and _writes_files()
     if config.latency_budget_ms is not None:
         _check_budget_reachable(space, predictor, config)
 
@@ -167,7 +178,8 @@ def _open_run(
     record = {"format": SEARCH_FORMAT, **identity, "meta": dict(meta or {})}
     if hasattr(space, "to_dict"):
         record["space"] = space.to_dict()
-    atomic_write_json(out_dir / "search.json", record)
+    if _writes_files():
+        atomic_write_json(out_dir / "search.json", record)
     return None
 
 
@@ -233,26 +245,30 @@ def _run_stage(
     while gen <= stage.last_gen:
         step = _step(algorithm, genome, space, predictor, estimator)
         if step is None:
-            tqdm.write(
-                f"search: no new offspring could be bred at generation {gen}; the '{stage.name}' stage ends early."
-            )
+            if _writes_files():
+                tqdm.write(
+                    f"search: no new offspring could be bred at generation {gen}; the '{stage.name}' stage ends early."
+                )
             bar.update(stage.last_gen - gen + 1)
             ended_early = True
             break
         header = {**_gen_header(config), "generation": gen, "stage": stage.name}
-        atomic_write_json(gen_path(out_dir, gen), header | step)
+        if _writes_files():
+            atomic_write_json(gen_path(out_dir, gen), header | step)
         done = gen == stage.last_gen
         if done:
             carry.update(_stage_outputs(index, stage, stages, algorithm, genome, space, config))
         state = _state(index, gen, done, algorithm, genome, space, config, carry)
-        atomic_write_json(out_dir / "state.json", state)
+        if _writes_files():
+            atomic_write_json(out_dir / "state.json", state)
         bar.update(1)
         bar.set_postfix(best_error=f"{min(c['error'] for c in step['population']):.4f}", stage=stage.name)
         gen += 1
     if ended_early:
         carry.update(_stage_outputs(index, stage, stages, algorithm, genome, space, config))
         state = _state(index, gen - 1, True, algorithm, genome, space, config, carry)
-        atomic_write_json(out_dir / "state.json", state)
+        if _writes_files():
+            atomic_write_json(out_dir / "state.json", state)
     assert state is not None  # the first generation of a stage always has a population to evaluate
     return state
 
@@ -384,6 +400,8 @@ def _finish(space: SpaceLike, config: SearchConfig, out_dir: Path, state: dict[s
         best_under_budget=best,
         budget_note=note,
     )
+    if not _writes_files():
+        return result
     atomic_write_json(
         out_dir / "front.json",
         {

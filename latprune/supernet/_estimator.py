@@ -6,6 +6,7 @@ import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -70,6 +71,13 @@ def supernet_subsets(data: SupernetData, config: SupernetConfig, seed: int) -> t
     return train, val
 
 
+def _distributed() -> ModuleType:
+    """:mod:`latprune.train.distributed`, imported late so that the super-net stays importable without train/."""
+    from latprune.train import distributed
+
+    return distributed
+
+
 def _train_without_dropout(model: nn.Module) -> None:
     """Train mode for BN, eval mode for dropout.
 
@@ -91,6 +99,11 @@ class SupernetEstimator:
     then with their norm-based weight-sparsity masks too, (3) recomputes every candidate's BN statistics on
     a fixed set of R training images, and (4) measures its error on the validation split. All randomness
     comes from ``seed``: the same seed and inputs give the same errors.
+
+    Under torchrun every rank draws the same batches and candidates from the same generator and trains on its
+    strided share of each batch (``batch_size`` is the global batch), gradients averaged over ranks before each
+    step; the candidates are then scored round-robin across ranks and the errors summed, so every rank returns
+    the same errors and the search stays in lock-step.
     """
 
     def __init__(
@@ -107,7 +120,13 @@ class SupernetEstimator:
         self.config = config
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.progress = progress
+        self.env = _distributed().init_distributed(self.device)  # a no-op outside torchrun
+        if config.batch_size % self.env.world_size:
+            raise SearchError(
+                f"The super-net batch size {config.batch_size} does not split evenly over {self.env.world_size} "
+                f"processes; use a batch size divisible by {self.env.world_size}."
+            )
+        self.progress = progress and self.env.is_main
         # A private copy: the shared weights are trained in place, the caller's model stays the parent.
         self.model = copy.deepcopy(model).to(self.device)
         self.parent_state = copy.deepcopy(self.model.state_dict())
@@ -183,6 +202,7 @@ class SupernetEstimator:
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+        env = self.env
         channel = [self.supernet.channel_masks(c) for c in candidates]
         weight_masks: dict[int, dict[str, torch.Tensor]] = {}
         uses = [0] * len(candidates)
@@ -195,8 +215,10 @@ class SupernetEstimator:
             for step in bar:
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size].to(self.device)
                 images = apply_augment(self.train.images[idx], self.augment, gen)
-                x = normalize(images, self.mean, self.std)
                 y = self.train.labels[idx]
+                if env.is_distributed:  # every rank drew the whole batch from the same generator; keep a share
+                    images, y = images[env.rank :: env.world_size], y[env.rank :: env.world_size]
+                x = normalize(images, self.mean, self.std)
                 chosen = torch.randint(len(candidates), (cfg.candidates_per_batch,), generator=gen).tolist()
                 opt.zero_grad(set_to_none=True)
                 total = 0.0
@@ -211,9 +233,11 @@ class SupernetEstimator:
                         loss = F.cross_entropy(self.supernet.forward(x, wm), y) / len(chosen)
                     loss.backward()
                     total += float(loss.detach())
+                _distributed().average_gradients(params, env)  # a no-op in a single process
                 opt.step()
                 sched.step()
                 bar.set_postfix(loss=f"{total:.3f}")
+        _distributed().broadcast_buffers(self.model)  # ranks saw different images: keep rank 0's BN statistics
         self.model.eval()
 
     # ------------------------------------------------------------------ scoring
@@ -224,13 +248,17 @@ class SupernetEstimator:
 
         Each candidate is scored as a physically smaller copy (``MaskedSupernet.extract``), which computes the
         same function as the masked super-net but runs thin candidates faster; the shared weights and their
-        BN statistics are left untouched.
+        BN statistics are left untouched. Under torchrun rank r scores candidates r, r + K, ... and the errors
+        are summed over ranks, so every rank returns all of them.
         """
         cfg = self.config
-        errors = np.empty(len(candidates))
+        env = self.env
+        errors = np.zeros(len(candidates))
         bn_s = 0.0
-        bar = tqdm(candidates, desc="BN recalibration + validation", leave=False, disable=not self.progress)
-        for i, cand in enumerate(bar):
+        mine = range(env.rank, len(candidates), env.world_size)
+        bar = tqdm(mine, desc="BN recalibration + validation", leave=False, disable=not self.progress)
+        for i in bar:
+            cand = candidates[i]
             small = self.supernet.extract(cand, self.supernet.weight_masks(cand))
             t0 = time.perf_counter()
             recalibrate_bn(small, lambda x, small=small: small(self._normalize(x)), self.bn_images, cfg.eval_batch_size)
@@ -240,6 +268,8 @@ class SupernetEstimator:
                 logits = small(self._normalize(self.val.images[s : s + cfg.eval_batch_size]))
                 wrong += int((logits.argmax(1) != self.val.labels[s : s + cfg.eval_batch_size]).sum())
             errors[i] = wrong / len(self.val)
+        if env.is_distributed:
+            errors = _distributed().all_reduce_sum(torch.from_numpy(errors).to(self.device)).cpu().numpy()
         return errors, bn_s
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:

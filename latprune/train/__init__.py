@@ -1,5 +1,6 @@
 """Training and evaluation: a resumable SGD loop with atomic checkpoints, and rebuilding models from checkpoints."""
 
+from latprune.train.admm import ADMMHook
 from latprune.train.baseline import (
     BASELINE_DIR,
     BASELINE_PRESETS,
@@ -10,6 +11,10 @@ from latprune.train.baseline import (
 )
 from latprune.train.checkpoint import checkpoint_meta, load_model_from_checkpoint, resolve_checkpoint_path
 from latprune.train.config import ModelSpec, TrainConfig
+from latprune.train.distill import DistillHook
+from latprune.train.distributed import DistEnv, dist_env, init_distributed
+from latprune.train.finetune import FinetuneConfig, finetune
+from latprune.train.gmp import GMPHook
 from latprune.train.loop import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -29,17 +34,25 @@ __all__ = [
     "BASELINE_PRESETS",
     "CHECKPOINT_NAME",
     "METRICS_NAME",
+    "ADMMHook",
     "BaselinePreset",
+    "DistEnv",
+    "DistillHook",
     "EvalResult",
+    "FinetuneConfig",
+    "GMPHook",
     "ModelSpec",
     "TrainConfig",
     "TrainHook",
     "TrainResult",
     "checkpoint_meta",
+    "dist_env",
     "evaluate",
     "evaluate_checkpoint",
+    "finetune",
     "format_history_table",
     "format_summary",
+    "init_distributed",
     "load_model_from_checkpoint",
     "lr_factor",
     "make_optimizer",

@@ -18,8 +18,18 @@ from tqdm import tqdm
 
 from latprune._io import atomic_torch_save, atomic_write_json, load_checkpoint
 from latprune._version import __version__
+from latprune.data import BatchLoader
 from latprune.errors import LatpruneError
 from latprune.train.config import RESUMABLE_FIELDS, TrainConfig
+from latprune.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    current_env,
+    init_distributed,
+    wrap_ddp,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
@@ -150,19 +160,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for the global RNG during one epoch (dropout etc.), derived from (seed, epoch) only."""
-    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1, dtype=np.uint32)[0])
+def _epoch_seed(seed: int, epoch: int, rank: int | None = None) -> int:
+    """A seed for the global RNG during one epoch (dropout etc.), derived from (seed, epoch) only.
+
+    In a distributed run each rank adds its ``rank``, so ranks do not drop the same units of different images.
+    """
+    entropy = [seed, epoch, 1] + ([rank] if rank is not None else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
 @contextlib.contextmanager
-def _epoch_rng(seed: int, epoch: int, device: torch.device) -> Iterator[None]:
+def _epoch_rng(seed: int, epoch: int, device: torch.device, rank: int | None = None) -> Iterator[None]:
     """Seed torch's global RNG for one epoch and restore it afterwards, so the caller's state is untouched."""
     devices = (
         [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     )
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_epoch_seed(seed, epoch))
+        torch.manual_seed(_epoch_seed(seed, epoch, rank))
         yield
 
 
@@ -179,8 +193,11 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``data``; returns train loss, accuracy, seconds and images/s.
 
-    ``loss`` is the task loss the progress bar shows; each hook may add terms to what is minimised.
+    ``loss`` is the task loss the progress bar shows; each hook may add terms to what is minimised. Hooks see the
+    bare model even when ``model`` is DDP-wrapped. In a distributed run the returned metrics are summed over
+    all ranks (the progress bar shows rank-local ones), so every rank reports the same global numbers.
     """
+    bare = unwrap(model)
     model.train()
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -199,13 +216,13 @@ def train_one_epoch(
             )
         objective = loss
         for hook in hooks:
-            objective = hook.loss(model, images, logits, labels, objective)
+            objective = hook.loss(bare, images, logits, labels, objective)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
         scheduler.step()
         for hook in hooks:
-            hook.after_step(model, scheduler.last_epoch - 1)
+            hook.after_step(bare, scheduler.last_epoch - 1)
         loss_sum += loss.detach().double() * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         count += labels.shape[0]
@@ -218,6 +235,9 @@ def train_one_epoch(
                 lr=f"{scheduler.get_last_lr()[0]:.4g}",
             )
     bar.close()
+    if current_env().is_distributed:
+        totals = all_reduce_sum(torch.stack([loss_sum, correct.double(), loss_sum.new_tensor(float(count))]))
+        loss_sum, correct, count = totals[0], totals[1].round().long(), int(totals[2].round())
     seconds = time.perf_counter() - start
     return {
         "train_loss": float(loss_sum) / max(count, 1),
@@ -265,12 +285,20 @@ def train_model(
     uninterrupted one would. The model may carry torch parametrizations (weight masks): they are trained
     through and saved in its state dict. ``hooks`` (:class:`TrainHook`) add loss terms and per-step or
     per-epoch updates; their state is checkpointed with the model's.
+
+    Under torchrun (see :mod:`latprune.train.distributed`) this starts the process group, wraps the model in
+    DDP, splits a :class:`~latprune.data.BatchLoader` ``train_data`` over the ranks (``config.batch_size`` stays
+    the global batch; other iterables must already be each rank's shard), evaluates the whole ``eval_data`` on
+    every rank, and lets only rank 0 write files and show progress; every rank returns the same history.
     """
     out_dir = Path(out_dir)
     ckpt_path, metrics_path = out_dir / CHECKPOINT_NAME, out_dir / METRICS_NAME
     meta = dict(meta or {})
     eval_data = dict(eval_data or {})
     device = config.resolve_device()
+    env = init_distributed(device)
+    show_progress = show_progress and env.is_main
+    train_data = _rank_shard(train_data, env)
     if config.threads is not None and device.type == "cpu":
         torch.set_num_threads(config.threads)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -287,18 +315,20 @@ def train_model(
                 f"The folder '{out_dir}' already holds a checkpoint; pass --resume to continue it or pick a new --out."
             )
         history = _restore(ckpt_path, model, optimizer, scheduler, config, meta, device, hooks)
+    trained = wrap_ddp(model, env, device)
+    barrier()  # every rank has checked for (and read) the checkpoint before rank 0 writes the next one
     start_epoch = len(history)
     epochs = range(start_epoch, config.epochs)
     for epoch in tqdm(epochs, desc="epochs", disable=not show_progress or len(epochs) == 0, dynamic_ncols=True):
         set_epoch = getattr(train_data, "set_epoch", None)
         if set_epoch is not None:
             set_epoch(epoch)
-        with _epoch_rng(config.seed, epoch, device):
+        with _epoch_rng(config.seed, epoch, device, env.rank if env.is_distributed else None):
             for hook in hooks:
                 hook.before_epoch(model, epoch)
             row: dict[str, float] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
             row |= train_one_epoch(
-                model,
+                trained,
                 train_data,
                 optimizer,
                 scheduler,
@@ -310,18 +340,36 @@ def train_model(
             )
             for hook in hooks:
                 row |= hook.after_epoch(model, epoch)
+        broadcast_buffers(model)  # every rank evaluates, and rank 0 saves, rank 0's BN statistics
         eval_start = time.perf_counter()
         for split, data in eval_data.items():
             row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(model, data, device)
         row["eval_seconds"] = time.perf_counter() - eval_start
         history.append(row)
-        _save(ckpt_path, model, optimizer, scheduler, config, meta, epoch + 1, history, hooks)
-        atomic_write_json(metrics_path, _metrics_json(config, meta, history, finished=epoch + 1 == config.epochs))
+        if env.is_main:
+            _save(ckpt_path, model, optimizer, scheduler, config, meta, epoch + 1, history, hooks)
+            atomic_write_json(metrics_path, _metrics_json(config, meta, history, finished=epoch + 1 == config.epochs))
+        barrier()  # no rank moves on (or stops, and resumes) before this epoch's checkpoint is on disk
         if show_progress:
             tqdm.write(_epoch_line(row))
-    if not metrics_path.exists() or start_epoch == config.epochs:
+    if env.is_main and (not metrics_path.exists() or start_epoch == config.epochs):
         atomic_write_json(metrics_path, _metrics_json(config, meta, history, finished=True))
+    barrier()
     return TrainResult(out_dir, ckpt_path, metrics_path, tuple(history))
+
+
+def _rank_shard(train_data: TrainData, env: DistEnv) -> TrainData:
+    """This rank's share of ``train_data``: a whole-data BatchLoader is split; anything else is taken as is."""
+    if not env.is_distributed or not isinstance(train_data, BatchLoader):
+        return train_data
+    if train_data.world_size == 1:
+        return train_data.sharded(env.rank, env.world_size)
+    if (train_data.rank, train_data.world_size) != (env.rank, env.world_size):
+        raise LatpruneError(
+            f"The training loader is shard {train_data.rank} of {train_data.world_size} but this process is rank "
+            f"{env.rank} of {env.world_size}; build it with make_loader's defaults or rank={env.rank}."
+        )
+    return train_data
 
 
 def _restore(

@@ -13,6 +13,7 @@ from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make
 from latprune.errors import DataError, ModelError
 from latprune.train.checkpoint import checkpoint_meta, load_model_from_checkpoint, resolve_checkpoint_path
 from latprune.train.config import ModelSpec, TrainConfig
+from latprune.train.distributed import init_distributed
 from latprune.train.loop import TrainResult, evaluate, train_model
 
 
@@ -35,8 +36,12 @@ def train_zoo_model(
     resume: bool = False,
     show_progress: bool = True,
 ) -> TrainResult:
-    """Train a fresh (seeded) zoo model on ``data``'s train split, reporting val and test accuracy every epoch."""
+    """Train a fresh (seeded) zoo model on ``data``'s train split, reporting val and test accuracy every epoch.
+
+    Runs unchanged under torchrun (see :mod:`latprune.train.distributed`): ``config.batch_size`` is the global batch.
+    """
     device = config.resolve_device()
+    init_distributed(device)  # before any tensor goes to "cuda": under torchrun that must mean this rank's GPU
     splits = load_splits(data)
     info = splits.info
     spec = ModelSpec(model_name, info.num_classes, info.in_channels, info.input_size, width_mult)
