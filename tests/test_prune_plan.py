@@ -276,3 +276,20 @@ def test_bad_inputs_give_one_sentence(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps({**plan.to_dict(), "version": 99}))
     with pytest.raises(PlanError, match="version 99"):
         PruningPlan.load(tmp_path / "old.json")
+
+
+def test_baking_a_copy_leaves_the_masked_original_working():
+    from latprune.models import ModelSpec
+    from latprune.prune import apply_plan, bake_masks, uniform_plan, weight_masks
+
+    spec = ModelSpec("resnet20", 10, 1, 12, 0.25)
+    model = spec.build(seed=0).eval()
+    apply_plan(model, uniform_plan(model, 12, 1, 0.75, 0.5, model_spec=spec))
+    x = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    before = model(x)
+    baked = bake_masks(copy.deepcopy(model))
+    assert not weight_masks(baked) and weight_masks(model)
+    assert torch.equal(model(x), before) and torch.allclose(baked(x), before, atol=1e-6)
+    assert all(
+        type(m).__name__ in ("Conv2d", "Linear") for m in baked.modules() if hasattr(m, "weight") and m.weight.dim() > 1
+    )

@@ -84,12 +84,30 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    """--out: the whole bundle of a checkpoint (latprune.export); --c: one stand-alone C project (engine.export)."""
+    if (args.out is None) == (args.c is None):
+        raise EngineError("Pass --out DIR (the whole export bundle) or --c DIR (one C project), not both or neither.")
+    targets = tuple(args.target or ())
+    if args.out is not None:
+        from latprune.export import ExportConfig, export_checkpoint, format_bundle
+
+        if not args.checkpoint or args.model or args.sparsity:
+            raise EngineError(
+                "--out exports a trained model as it is: name it with --checkpoint PATH (--model and --sparsity "
+                "go with --c)."
+            )
+        config = ExportConfig(threads=args.threads, targets=targets, onnx=not args.no_onnx, opset=args.opset)
+        print(format_bundle(export_checkpoint(args.checkpoint, args.out, config)))
+        return 0
     from latprune.engine.export import export_c
 
+    if len(targets) > 1:
+        raise EngineError(f"--c writes one C project, but {len(targets)} --target were given; pass one, or use --out.")
+    target = targets[0] if targets else "host"
     model, channels, size = _load_model(args)
     _maybe_sparsify(model, args)
-    out = export_c(model, torch.zeros(1, channels, size, size), args.c, target=args.target)
-    cross = TARGETS[args.target][1]
+    out = export_c(model, torch.zeros(1, channels, size, size), args.c, target=target)
+    cross = TARGETS[target][1]
     print(f"wrote the C project to {out}; build it with `make -C {out} CC={cross}` and run ./model weights.bin")
     return 0
 
@@ -151,16 +169,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="Write a model as a stand-alone C project (e.g. for a phone).",
-        description="Write the generated C, the engine's kernel sources, the weights, a main.c and a "
+        help="Export a model: a whole bundle (--out) or a stand-alone C project (--c).",
+        description="--out DIR writes a checkpoint's whole bundle: plan.json + weights.pt, model.onnx, engine/ "
+        "(a saved compiled model), c/<target>/ per --target, and export.json listing every file with its size "
+        "and sha256. --c DIR writes only the generated C, the kernel sources, the weights, a main.c and a "
         "Makefile, ready to cross-compile for the target.",
     )
     _add_model_flags(p, checkpoint=True)
-    p.add_argument("--c", required=True, type=Path, metavar="DIR", help="Folder to write the C project into.")
+    p.add_argument("--out", type=Path, metavar="DIR", help="Folder to write the whole bundle of --checkpoint into.")
+    p.add_argument("--c", type=Path, metavar="DIR", help="Folder to write one stand-alone C project into.")
     p.add_argument(
         "--target",
-        default="host",
+        action="append",
         choices=tuple(TARGETS),
-        help="CPU the code is generated for: aarch64 (ARM NEON), x86_64 (AVX2), x86_64-avx512, or host.",
+        help="CPU the C code is generated for: aarch64 (ARM NEON), x86_64 (AVX2), x86_64-avx512, or host "
+        "(default for --c); repeat it with --out for one c/<target>/ project each.",
     )
+    p.add_argument("--threads", type=int, default=1, help="Threads the saved engine model runs with (default 1).")
+    p.add_argument("--no-onnx", action="store_true", help="With --out, skip model.onnx.")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset of model.onnx (default 17).")
     p.set_defaults(func=_export)

@@ -118,12 +118,21 @@ def attach_masks(model: nn.Module, plan: PruningPlan, from_zeros: bool = False) 
 
 
 def bake_masks(model: nn.Module) -> nn.Module:
-    """Remove the mask parametrizations in place, leaving plain weights with the zeros in them (for export)."""
+    """Remove the parametrizations (weight masks) in place, leaving plain weights with the zeros in them (for export).
+
+    Not ``parametrize.remove_parametrizations``: it deletes the property from the parametrized class, which a
+    ``copy.deepcopy`` shares with its original, so baking a copy would break the original. Each module is given
+    back its class from before ``register_parametrization`` instead.
+    """
     for module in model.modules():
-        if parametrize.is_parametrized(module, "weight") and any(
-            isinstance(p, WeightMask) for p in module.parametrizations["weight"]
-        ):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if not parametrize.is_parametrized(module):
+            continue
+        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        grads = {name: plist.original.requires_grad for name, plist in module.parametrizations.items()}
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]  # the class before register_parametrization
+        for name, value in values.items():
+            module.register_parameter(name, nn.Parameter(value, requires_grad=grads[name]))
     return model
 
 
