@@ -3,8 +3,8 @@
 Each sparse kernel gets weights masked by the pruning package's mask generator for its own scheme (so the
 structure is what `latprune prune` produces), and every variant is timed; the table keeps the fastest. Reads
 the kernel table, so a newly registered kernel is benchmarked the moment it exists. 1 thread, batch 1.
-Writes benchmarks/results/engine_kernels.json and engine_kernels.md. Run:
-    .venv/bin/python benchmarks/engine_kernels.py [--sparsity 0.8] [--repeats 30]
+Writes benchmarks/results/engine_kernels.json and engine_kernels.md (or --out DIR). Run:
+    .venv/bin/python benchmarks/engine_kernels.py [--sparsity 0.8] [--repeats 30] [--out DIR]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _best_time(kernel: str, weight: np.ndarray, meta: ConvMeta, repeats: int) ->
     spec = get_kernel(kernel)
     return min(
         min(time_layer(kernel, weight, None, meta, variant=v, warmup=3, repeats=repeats) for _ in range(3))
-        for v in range(len(spec.variants))
+        for v in spec.variants_for(meta)
     )
 
 
@@ -50,6 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sparsity", type=float, default=0.8, help="Weight sparsity of every sparse kernel's mask.")
     p.add_argument("--repeats", type=int, default=30, help="Timed calls per measurement (median).")
+    p.add_argument("--out", type=Path, default=RESULTS, help="Directory for engine_kernels.json and .md.")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     kernels = [k for k in list_kernels() if get_kernel(k).scheme != "dense"]
@@ -82,7 +83,7 @@ def main() -> None:
         "threads": 1,
         "sparsity": args.sparsity,
     }
-    atomic_write_json(RESULTS / "engine_kernels.json", {**meta_info, "rows": rows})
+    atomic_write_json(args.out / "engine_kernels.json", {**meta_info, "rows": rows})
     names = sorted({k for r in rows for k in r["kernels"]})
     lines = [
         f"Per-kernel time at {args.sparsity:.0%} sparsity vs the dense kernel, 1 thread, batch 1, fastest variant "
@@ -97,7 +98,7 @@ def main() -> None:
             for k in names
         ]
         lines.append(f"| {r['layer']} | {r['dense_us']:.0f} | " + " | ".join(cells) + " |")
-    atomic_write_text(RESULTS / "engine_kernels.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.out / "engine_kernels.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for
 from latprune.engine.kernels.dense import grid_offsets
-from latprune.engine.kernels.group4 import group4_density, pack_group4
+from latprune.engine.kernels.group4 import (
+    VARIANTS,
+    group4_density,
+    group4_scratch_floats,
+    pack_group4,
+    padded_stride,
+    tunable_variants,
+)
 from latprune.engine.layer import run_layer, runnable_isas
 from latprune.engine.reference import conv_reference
 
@@ -47,7 +54,7 @@ def layers(draw):
     sparsity=st.sampled_from([0.0, 0.5, 0.8, 0.95, 1.0]),
     act=st.integers(0, 3),
     residual=st.booleans(),
-    variant=st.integers(0, 3),
+    variant=st.integers(0, len(get_kernel("group4_conv").variants) - 1),
     nthreads=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
@@ -65,7 +72,9 @@ def test_group4_matches_reference(meta, sparsity, act, residual, variant, nthrea
     "meta",
     [
         ConvMeta(64, 128, 56, 56),  # 1x1 direct, many full tiles
-        ConvMeta(512, 1024, 7, 7),  # 49 pixels: overlapping last tile
+        ConvMeta(512, 1024, 7, 7),  # 49 pixels: overlapping last tile; padded copy 64 floats a channel
+        ConvMeta(40, 18, 14, 14),  # padded copy 208 floats (13 vectors: a 5-wide last tile), a 2-row last group
+        ConvMeta(24, 12, 28, 28),  # 49 aligned vectors read in place: the last tile widened to 5, 4 or 3 vectors
         ConvMeta(128, 128, 28, 28, 3, 3, 1, 1, 1, 1),  # ResNet 3x3
         ConvMeta(64, 128, 56, 56, 3, 3, 2, 2, 1, 1),  # stride 2
         ConvMeta(64, 128, 56, 56, stride_h=2, stride_w=2),  # 1x1 stride-2 projection
@@ -109,6 +118,39 @@ def test_pack_format_is_csr_over_groups_of_four():
     expect = grid_offsets(meta, np.array([0, 1, 2]), np.array([0, 2, 1]), np.array([1, 0, 1]))
     np.testing.assert_array_equal(packed["offsets"], expect)
     assert group4_density(w, meta) == pytest.approx(3 / (2 * 27))
+
+
+@pytest.mark.parametrize(
+    ("meta", "stride"),
+    [
+        (ConvMeta(8, 4, 14, 14), 208),
+        (ConvMeta(8, 4, 7, 7), 64),
+        (ConvMeta(8, 4, 28, 28), 0),  # 784 floats: whole cache lines already
+        (ConvMeta(8, 4, 3, 3), 0),  # < 16 pixels: the grid copy instead
+        (ConvMeta(8, 4, 7, 7, 3, 3, pad_h=1, pad_w=1), 0),
+    ],
+    ids=str,
+)
+def test_padded_copy_only_where_channels_are_not_whole_cache_lines(meta, stride):
+    rng = np.random.default_rng(6)
+    w = group4_weight(rng, meta, 0.5)
+    packed = pack_group4(w, meta)
+    assert padded_stride(meta) == stride
+    if stride:
+        # 1x1: position k is input channel k, at k * stride in the copy
+        k = packed["offsets"] // (meta.h * meta.w)
+        np.testing.assert_array_equal(packed["pad_offsets"], k * stride)
+        assert group4_scratch_floats(meta) >= meta.c_in * stride
+        assert len(tunable_variants(meta)) == len(VARIANTS)
+    else:
+        assert packed["pad_offsets"].size == 0
+        assert [VARIANTS[i] for i in tunable_variants(meta)] == [v for v in VARIANTS if not v.endswith("_pad")]
+
+
+def test_variant_names_follow_the_c_decoding():
+    """lp_group4_conv reads width = (4, 3, 2)[i % 3], order = i // 3 % 3, pad = i // 9."""
+    assert len(VARIANTS) == 18 == len(set(VARIANTS))
+    assert VARIANTS[0] == "w4" and VARIANTS[4] == "w3_pf" and VARIANTS[8] == "w2_cols" and VARIANTS[9] == "w4_pad"
 
 
 def test_group4_kernel_is_listed_for_its_scheme():

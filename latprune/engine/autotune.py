@@ -93,7 +93,7 @@ def tune_layer(
         raise EngineError(f"No candidate kernel supports layer {meta}; pass kernels from kernels_for(scheme, meta).")
     timings = []
     for spec in specs:
-        for variant in range(len(spec.variants)):
+        for variant in spec.variants_for(meta):
             t = time_layer(spec, weight, None, meta, 0, variant, nthreads, config.warmup, config.repeats)
             timings.append((spec.name, variant, t))
     kernel, variant, seconds = min(timings, key=lambda row: row[2])

@@ -77,6 +77,14 @@ class KernelSpec:
     scratch_floats: Callable[[ConvMeta], int]
     variants: tuple[str, ...] = ("default",)  # autotune picks the fastest index per layer
     description: str = ""
+    #: The variant indices worth timing on a layer (others compute the same way there); None: all of them.
+    tunable_variants: Callable[[ConvMeta], tuple[int, ...]] | None = None
+
+    def variants_for(self, meta: ConvMeta) -> tuple[int, ...]:
+        """Variant indices autotune times on ``meta``."""
+        if self.tunable_variants is None:
+            return tuple(range(len(self.variants)))
+        return self.tunable_variants(meta)
 
 
 _TABLE: dict[str, KernelSpec] = {}
