@@ -196,13 +196,14 @@ def real(args: argparse.Namespace) -> dict:
         base = dataclasses.replace(base, population=args.population)
     if args.generations:
         base = dataclasses.replace(base, generations=args.generations)
-    space, predictor, _, meta = _search.build_search_inputs(ns, base)
+    inputs = _search.build_search_inputs(ns, base)
+    space, predictor, meta = inputs.space, inputs.predictor, inputs.meta
     dense_ms = float(predictor.predict(_dense_x(space)[None])[0])
 
     def make_inputs(seed: int) -> tuple:
         ns_seed = argparse.Namespace(**{**vars(ns), "seed": seed})
-        s, p, e, _ = _search.build_search_inputs(ns_seed, dataclasses.replace(base, seed=seed))
-        return s, p, e
+        seeded = _search.build_search_inputs(ns_seed, dataclasses.replace(base, seed=seed))
+        return seeded.space, seeded.predictor, seeded.estimator
 
     report = {"source": "REAL: super-net estimated error, profile-predicted latency", "meta": meta}
     if args.only in ("all", "table3"):

@@ -41,6 +41,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CompiledModel": ("latprune.engine", "CompiledModel"),
     "compile_model": ("latprune.engine", "compile"),
     "export_c": ("latprune.engine", "export_c"),
+    # export bundles
+    "ExportBundle": ("latprune.export", "ExportBundle"),
+    "ExportConfig": ("latprune.export", "ExportConfig"),
+    "export_checkpoint": ("latprune.export", "export_checkpoint"),
+    "export_model": ("latprune.export", "export_model"),
     # search and accuracy estimation
     "SearchConfig": ("latprune.search", "SearchConfig"),
     "SearchResult": ("latprune.search", "SearchResult"),
@@ -48,8 +53,9 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SupernetConfig": ("latprune.supernet", "SupernetConfig"),
     "SupernetEstimator": ("latprune.supernet", "SupernetEstimator"),
     # the quick start's main job
-    "DemoConfig": ("latprune.demo", "DemoConfig"),
-    "run_demo": ("latprune.demo", "run_demo"),
+    "RunConfig": ("latprune.pipeline", "RunConfig"),
+    "RunReport": ("latprune.pipeline", "RunReport"),
+    "run_pipeline": ("latprune.pipeline", "run_pipeline"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -59,8 +60,13 @@ def synthetic_inputs(monkeypatch: pytest.MonkeyPatch) -> SyntheticProblem:
     """Replace the model/profile/super-net glue with a synthetic problem (the rest of the command is real)."""
     problem = SyntheticProblem(n_groups=3, n_layers=4, seed=2)
 
-    def fake(args: argparse.Namespace, config: object) -> tuple:
-        return problem.space(), problem.predictor(), problem.estimator(), {"model": "synthetic"}
+    def fake(args: argparse.Namespace, config: object) -> SimpleNamespace:
+        return SimpleNamespace(
+            space=problem.space(),
+            predictor=problem.predictor(),
+            estimator=problem.estimator(),
+            meta={"model": "synthetic"},
+        )
 
     monkeypatch.setattr(_search, "build_search_inputs", fake)
     return problem
@@ -150,12 +156,13 @@ def test_search_command_with_the_real_model_profile_and_supernet(
 
 
 def test_completed_calls_counts_generations_up_to_the_saved_state(tmp_path: Path) -> None:
+    from latprune.pipeline import completed_calls
     from latprune.search import SearchConfig, run_search
 
-    assert _search._completed_calls(tmp_path) == 0
+    assert completed_calls(tmp_path) == 0
     problem = SyntheticProblem(n_groups=2, n_layers=3)
     run_search(problem.space(), problem.predictor(), problem.estimator(), SearchConfig(population=4, generations=3),
                tmp_path, progress=False)  # fmt: skip
-    assert _search._completed_calls(tmp_path) == 4
+    assert completed_calls(tmp_path) == 4
     (tmp_path / "gen_0009.json").write_text("{}")  # written by a generation that died before its state was saved
-    assert _search._completed_calls(tmp_path) == 4
+    assert completed_calls(tmp_path) == 4

@@ -18,9 +18,11 @@ from latprune.errors import LatpruneError
 # The order here is the order `latprune --help` lists the groups in.
 _COMMAND_MODULES: tuple[str, ...] = (
     "_demo",
+    "_run",
     "_models",
     "_train",
     "_prune",
+    "_finetune",
     "_latency",
     "_search",
     "_supernet",

@@ -85,7 +85,8 @@ def _profile(args: argparse.Namespace) -> int:
     add = profile.additive
     print(
         f"profile: {len(profile.tables)} tables, {profile.n_points} points in {time.perf_counter() - t0:.0f} s; "
-        f"additive term {add.offset_ms:+.3f} ms, scale {add.scale:.3f}; wrote {args.out}"
+        f"additive term {add.offset_ms:+.3f} ms, scale {add.scale:.3f}, weights {add.ms_per_mb:.3f} ms/MB; "
+        f"wrote {args.out}"
     )
     return 0
 
@@ -161,8 +162,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration",
         type=int,
-        default=8,
-        help="Whole models measured to fit the additive term: dense, smallest, then random (default 8).",
+        default=24,
+        help="Whole models measured to fit the additive term: dense, smallest, then random (default 24).",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed for layer weights and calibration models (default 0).")
     p.add_argument("--out", help="Where to write the profile JSON.")

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from latprune._io import read_json
-from latprune.errors import DataError, ModelError, ProfileError, SearchError
+from latprune.errors import SearchError
 from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, SearchResult, get_preset, run_search
-from latprune.search.interfaces import AccuracyEstimator, LatencyPredictor, SpaceLike
+
+if TYPE_CHECKING:
+    from latprune.pipeline import SearchInputs
 
 _UNITS_TO_MS = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
 
@@ -44,55 +45,12 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     return dataclasses.replace(preset.search_config(), **{k: v for k, v in flags.items() if v is not None})
 
 
-def _completed_calls(out_dir: Path) -> int:
-    """Estimator calls a run directory has completed (generation files up to the saved state)."""
-    state_file = out_dir / "state.json"
-    if not state_file.exists():
-        return 0
-    last = int(read_json(state_file, what="search state")["gen"])
-    return sum(1 for p in out_dir.glob("gen_*.json") if int(p.stem.split("_")[1]) <= last)
+def build_search_inputs(args: argparse.Namespace, config: SearchConfig) -> SearchInputs:
+    """The flags' checkpoint, profile and data, as the search's space, predictor and estimator."""
+    from latprune.pipeline import build_search_inputs as build
+    from latprune.supernet import SupernetConfig
 
-
-def build_search_inputs(
-    args: argparse.Namespace, config: SearchConfig
-) -> tuple[SpaceLike, LatencyPredictor, AccuracyEstimator, dict[str, Any]]:
-    """Glue: checkpoint -> model and its search space, profile -> latency predictor, data -> super-net estimator."""
-    from latprune.data import DataConfig, load_splits
-    from latprune.data.datasets import canonical_name
-    from latprune.latency.predictor import LatencyPredictor as ProfilePredictor
-    from latprune.latency.profile import load_profile
-    from latprune.space import SearchSpace
-    from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
-    from latprune.train import load_model_from_checkpoint
-
-    model, ckpt = load_model_from_checkpoint(args.checkpoint)
-    if args.model and ckpt["model"] != args.model:
-        raise ModelError(
-            f"The checkpoint '{args.checkpoint}' holds a {ckpt['model']}, not a {args.model}; fix --model."
-        )
-    profile = load_profile(args.profile, force=args.force_profile)
-    if profile.model.name != ckpt["model"]:
-        raise ProfileError(
-            f"The latency profile '{args.profile}' is for {profile.model.name}, not {ckpt['model']}; "
-            f"profile it with `latprune profile --model {ckpt['model']}`."
-        )
-    kwargs = ckpt["model_kwargs"]
-    space = SearchSpace.from_model(model, kwargs["input_size"], kwargs["in_channels"], scheme=profile.scheme)
-    predictor = ProfilePredictor(profile, space)
-
-    # The parent was trained without its validation split, so the super-net must rank on that same split.
-    if isinstance(ckpt.get("data"), dict):
-        data_cfg = DataConfig(**ckpt["data"])
-    elif args.data:
-        data_cfg = DataConfig(name=args.data)
-    else:
-        raise DataError(f"The checkpoint '{args.checkpoint}' does not record its dataset; pass --data NAME.")
-    if args.data and canonical_name(args.data) != canonical_name(data_cfg.name):
-        raise DataError(
-            f"The checkpoint '{args.checkpoint}' was trained on {data_cfg.name}, not {args.data}; fix --data."
-        )
-    splits = load_splits(data_cfg)
-    supernet_cfg = SupernetConfig.preset(get_preset(args.preset).supernet_preset).override(
+    supernet = SupernetConfig.preset(get_preset(args.preset).supernet_preset).override(
         channel_epochs=args.supernet_channel_epochs,
         weight_epochs=args.supernet_weight_epochs,
         classes=args.supernet_classes,
@@ -102,23 +60,19 @@ def build_search_inputs(
         lr=args.supernet_lr,
         bn_images=args.bn_images,
     )
-    estimator = SupernetEstimator(
-        model, space, SupernetData(splits.train, splits.val, splits.info), supernet_cfg, config.seed, device=args.device
+    inputs = build(
+        args.checkpoint,
+        args.profile,
+        supernet,
+        seed=config.seed,
+        model=args.model,
+        data=args.data,
+        force_profile=args.force_profile,
+        device=args.device,
+        resume_dir=args.out if args.resume else None,
     )
-    if args.resume:
-        # The estimator seeds each call from its call counter; continue the count so a resumed search trains
-        # exactly the super-nets an uninterrupted one would.
-        estimator.calls = _completed_calls(Path(args.out))
-    meta = {
-        "model": ckpt["model"],
-        "model_kwargs": dict(kwargs),
-        "checkpoint": str(Path(args.checkpoint).resolve()),
-        "profile": str(Path(args.profile).resolve()),
-        "data": dataclasses.asdict(data_cfg),
-        "preset": args.preset,
-        "supernet": supernet_cfg.to_dict(),
-    }
-    return space, predictor, estimator, meta
+    inputs.meta["preset"] = args.preset
+    return inputs
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -126,8 +80,15 @@ def _search(args: argparse.Namespace) -> int:
 
     config = search_config_from_args(args)
     out_dir = Path(args.out)
-    space, predictor, estimator, meta = build_search_inputs(args, config)
-    result: SearchResult = run_search(space, predictor, estimator, config, out_dir, resume=args.resume, meta=meta)
+    inputs = build_search_inputs(args, config)
+    meta = inputs.meta
+    result: SearchResult = run_search(
+        inputs.space, inputs.predictor, inputs.estimator, config, out_dir, resume=args.resume, meta=meta
+    )
+    from latprune.train.distributed import is_main
+
+    if not is_main():  # under torchrun every rank searched; rank 0 reports
+        return 0
     png = plot_search(out_dir, result=result, title=f"{meta.get('model', 'search')}: {config.mode}, {config.selection}")
     print(front_table(result))
     print(f"\nPareto front of {len(result.front)} candidates after {result.generations + 1} generations.")

@@ -1,0 +1,22 @@
+"""The main job, `latprune run`: from a model and a dataset to measured, deployable pruned models and a report."""
+
+from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, PipelinePreset, RunConfig
+from latprune.pipeline._report import ModelRow, RunReport, write_report
+from latprune.pipeline._search_inputs import SearchInputs, build_search_inputs, checkpoint_data, completed_calls
+from latprune.pipeline._stages import run_pipeline, time_model
+
+__all__ = [
+    "PIPELINE_PRESETS",
+    "STAGES",
+    "ModelRow",
+    "PipelinePreset",
+    "RunConfig",
+    "RunReport",
+    "SearchInputs",
+    "build_search_inputs",
+    "checkpoint_data",
+    "completed_calls",
+    "run_pipeline",
+    "time_model",
+    "write_report",
+]

@@ -1,0 +1,116 @@
+"""Glue between a trained checkpoint and the search: its space, a device-profile predictor and a super-net estimator."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latprune._io import read_json
+from latprune.data import DataConfig, load_splits
+from latprune.data.datasets import canonical_name
+from latprune.errors import DataError, ModelError, ProfileError
+from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.profile import load_profile
+from latprune.space import SearchSpace
+from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
+from latprune.train import load_model_from_checkpoint
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What :func:`latprune.search.run_search` needs, built from files, plus the metadata the run records."""
+
+    space: SearchSpace
+    predictor: LatencyPredictor
+    estimator: SupernetEstimator
+    meta: dict[str, Any]
+
+
+def completed_calls(out_dir: str | Path) -> int:
+    """Estimator calls a search run directory has completed (generation files up to its saved state)."""
+    out_dir = Path(out_dir)
+    state_file = out_dir / "state.json"
+    if not state_file.exists():
+        return 0
+    last = int(read_json(state_file, what="search state")["gen"])
+    return sum(1 for p in out_dir.glob("gen_*.json") if int(p.stem.split("_")[1]) <= last)
+
+
+def checkpoint_data(ckpt: dict[str, Any], checkpoint: str | Path, data: str | None) -> DataConfig:
+    """The dataset split a parent was trained with; ``data`` (a name) must agree with it when both are known.
+
+    The parent never saw its validation split, so the super-net must rank on that same split.
+    """
+    if isinstance(ckpt.get("data"), dict):
+        data_cfg = DataConfig(**ckpt["data"])
+    elif data:
+        data_cfg = DataConfig(name=data)
+    else:
+        raise DataError(f"The checkpoint '{checkpoint}' does not record its dataset; pass --data NAME.")
+    if data and canonical_name(data) != canonical_name(data_cfg.name):
+        raise DataError(f"The checkpoint '{checkpoint}' was trained on {data_cfg.name}, not {data}; fix --data.")
+    return data_cfg
+
+
+def build_search_inputs(
+    checkpoint: str | Path,
+    profile: str | Path,
+    supernet: SupernetConfig,
+    *,
+    seed: int,
+    model: str | None = None,
+    data: str | None = None,
+    force_profile: bool = False,
+    device: str = "cpu",
+    resume_dir: str | Path | None = None,
+    progress: bool = True,
+) -> SearchInputs:
+    """Checkpoint -> model and its search space, profile -> latency predictor, data -> super-net estimator.
+
+    ``model`` and ``data`` are only checked against what the checkpoint records. With ``resume_dir`` the
+    estimator's call counter continues from that run's completed generations: it seeds each call from the
+    counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
+    """
+    parent, ckpt = load_model_from_checkpoint(checkpoint)
+    if model and ckpt["model"] != model:
+        raise ModelError(f"The checkpoint '{checkpoint}' holds a {ckpt['model']}, not a {model}; fix --model.")
+    prof = load_profile(profile, force=force_profile)
+    if prof.model.name != ckpt["model"]:
+        raise ProfileError(
+            f"The latency profile '{profile}' is for {prof.model.name}, not {ckpt['model']}; "
+            f"profile it with `latprune profile --model {ckpt['model']}`."
+        )
+    kwargs = ckpt["model_kwargs"]
+    if (prof.model.input_size, prof.model.in_channels) != (kwargs["input_size"], kwargs["in_channels"]):
+        raise ProfileError(
+            f"The latency profile '{profile}' was measured at {prof.model.in_channels}x{prof.model.input_size}"
+            f"x{prof.model.input_size} inputs, but the checkpoint takes {kwargs['in_channels']}x{kwargs['input_size']}"
+            f"x{kwargs['input_size']}; profile with --input-size {kwargs['in_channels']}x{kwargs['input_size']}x"
+            f"{kwargs['input_size']}."
+        )
+    space = SearchSpace.from_model(parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme)
+    predictor = LatencyPredictor(prof, space)
+    data_cfg = checkpoint_data(ckpt, checkpoint, data)
+    splits = load_splits(data_cfg)
+    estimator = SupernetEstimator(
+        parent,
+        space,
+        SupernetData(splits.train, splits.val, splits.info),
+        supernet,
+        seed,
+        device=device,
+        progress=progress,
+    )
+    if resume_dir is not None:
+        estimator.calls = completed_calls(resume_dir)
+    meta = {
+        "model": ckpt["model"],
+        "model_kwargs": dict(kwargs),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "profile": str(Path(profile).resolve()),
+        "data": dataclasses.asdict(data_cfg),
+        "supernet": supernet.to_dict(),
+    }
+    return SearchInputs(space, predictor, estimator, meta)

@@ -1,0 +1,387 @@
+"""`latprune run`: baseline -> profile -> search -> retrain -> compile and measure -> export -> report, resumable.
+
+Every stage writes its outputs atomically into the run folder and records itself in ``status.json`` when done, so
+a killed run restarts at the stage it was in; the stages that train (baseline, search, retraining) also resume
+inside themselves from their own checkpoints. ``status.json`` is what a person reads to see where a run stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from latprune._io import atomic_write_json, load_checkpoint, read_json
+from latprune.engine import compile
+from latprune.engine.bench import measure, onnxruntime_session
+from latprune.engine.isa import cpu_model
+from latprune.errors import LatpruneError
+from latprune.models import ModelSpec
+from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
+from latprune.pipeline._report import ModelRow, RunReport, write_report
+from latprune.pipeline._search_inputs import build_search_inputs
+from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
+from latprune.search import Candidate, SearchResult, get_preset, run_search
+from latprune.space import SearchSpace
+
+RUN_FORMAT = "latprune.run/1"
+# Settings that may change between a run and its resumption: they only change how results are measured or shown.
+_RESUMABLE = frozenset(
+    (
+        "threads",
+        "timing_runs",
+        "device",
+        "export",
+        "checkpoint",
+        "profile",
+        "force_profile",
+        "profile_grid",
+        "redo_from",
+    )
+)
+
+
+class _Status:
+    """``status.json``: which stages are done, what each produced, and how long it took."""
+
+    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+        self.path = out_dir / "status.json"
+        self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
+        if self.path.exists():
+            saved = read_json(self.path, what="run status")
+            if saved.get("format") != RUN_FORMAT:
+                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
+            _check_same_run(self.path, saved["config"], self.data["config"])
+            self.data["stages"] = saved.get("stages", {})
+            if config.redo_from is not None:
+                for stage in STAGES[STAGES.index(config.redo_from) :]:
+                    self.data["stages"].pop(stage, None)
+        self.save()
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        entry = self.data["stages"].get(stage)
+        return entry if entry and entry.get("done") else None
+
+    def start(self, stage: str) -> None:
+        self.data["current"] = stage
+        self.data["stages"].setdefault(stage, {})["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.save()
+
+    def finish(self, stage: str, seconds: float, **outputs: Any) -> None:
+        self.data["stages"][stage] |= {"done": True, "seconds": round(seconds, 2), **outputs}
+        self.data["current"] = None
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+    for key, value in now.items():
+        if key not in _RESUMABLE and saved.get(key) != value:
+            raise LatpruneError(
+                f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
+                "same setting to resume it, or choose another --out."
+            )
+
+
+def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one stage unless ``status.json`` says it is done; returns its recorded outputs."""
+    done = status.done(name)
+    if done is not None:
+        print(f"[{index}/{len(STAGES)}] {name}: done earlier ({text})")
+        return done
+    print(f"\n[{index}/{len(STAGES)}] {name}: {text}")
+    status.start(name)
+    t0 = time.perf_counter()
+    outputs = fn()
+    status.finish(name, time.perf_counter() - t0, **outputs)
+    return status.done(name) or {}
+
+
+def run_pipeline(config: RunConfig) -> RunReport:
+    """Run (or resume) every stage of ``config`` and return the report; see the module docstring for the layout."""
+    cfg = config.resolved()
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    status = _Status(out, cfg)
+    print(f"latprune run: {cfg.model} on {cfg.data}, preset '{cfg.preset}', run folder {out}")
+
+    base = _stage(status, "baseline", 1, _baseline_text(cfg), lambda: _baseline(cfg, out))
+    parent_path = Path(base["checkpoint"])
+    prof = _stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
+    profile_path = Path(prof["profile"])
+    _stage(
+        status,
+        "search",
+        3,
+        f"NSGA-II, population {cfg.population}, {cfg.generations} generations, {cfg.mode}, {cfg.selection} selection",
+        lambda: _search(cfg, out, parent_path, profile_path),
+    )
+    sel = _stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
+    names = [c["name"] for c in sel["models"]]
+    _stage(
+        status,
+        "retrain",
+        5,
+        f"{len(names)} model(s), {cfg.finetune_method} fine-tuning for {cfg.finetune_epochs} epoch(s)"
+        + (", distilled from the parent" if cfg.distill else ""),
+        lambda: _retrain(cfg, out, parent_path, sel["models"]),
+    )
+    _stage(
+        status,
+        "measure",
+        6,
+        f"compile with the engine; batch-1 latency on {cpu_model()}, {cfg.threads} thread(s), median of "
+        f"{cfg.timing_runs} runs",
+        lambda: _measure(cfg, out, parent_path, names),
+    )
+    if cfg.export:
+        _stage(status, "export", 7, "plan + weights, ONNX, engine and C bundle per model", lambda: _export(out, names))
+    _stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
+    report = RunReport.load(out)
+    print("\n" + report.table())
+    print(f"\nreport: {out / 'report.html'} (and report.json)\nplot:   {out / 'pareto.png'}\nmodels: {out / 'models'}")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------- stages
+
+
+def _baseline_text(cfg: RunConfig) -> str:
+    if cfg.checkpoint is not None:
+        return f"load the trained parent {cfg.checkpoint}"
+    return f"train a dense {cfg.model} on {cfg.data} for {cfg.baseline_epochs} epoch(s)"
+
+
+def _baseline(cfg: RunConfig, out: Path) -> dict[str, Any]:
+    from latprune.data import DataConfig
+    from latprune.train import TrainConfig, evaluate_checkpoint, train_zoo_model
+
+    if cfg.checkpoint is not None:
+        path = Path(cfg.checkpoint)
+    else:
+        train_cfg = TrainConfig(epochs=cfg.baseline_epochs or 1, warmup_epochs=0.0, seed=cfg.seed, device=cfg.device)
+        result = train_zoo_model(cfg.model, DataConfig(cfg.data), train_cfg, out / "baseline", resume=True)
+        path = result.checkpoint_path
+    test = evaluate_checkpoint(path, splits=("test",), device=cfg.device)[0]
+    print(f"dense parent: {test.accuracy:.2%} test accuracy ({path})")
+    return {"checkpoint": str(path), "test_acc": test.accuracy}
+
+
+def _profile_text(cfg: RunConfig) -> str:
+    if cfg.profile is not None:
+        return f"load the latency profile {cfg.profile}"
+    return f"time every prunable layer over its (c_in, c_out, sparsity) grid with the engine, {cfg.threads} thread(s)"
+
+
+def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
+    from latprune.latency.grid import GridConfig
+    from latprune.latency.profile import load_profile, save_profile
+    from latprune.latency.profiling import ProfileConfig, profile_model
+    from latprune.train.checkpoint import resolve_checkpoint_path
+
+    if cfg.profile is not None:
+        load_profile(cfg.profile, force=cfg.force_profile)  # refuse another device's profile now, not mid-search
+        return {"profile": str(cfg.profile)}
+    spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
+    n, m = cfg.profile_grid
+    profile = profile_model(spec, ProfileConfig(threads=cfg.threads, grid=GridConfig(n_channels=n, n_sparsity=m)))
+    path = save_profile(profile, out / "profile.json")
+    print(f"profile: {len(profile.tables)} tables in {profile.build_seconds:.0f} s -> {path}")
+    return {"profile": str(path)}
+
+
+def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str, Any]:
+    from latprune.report import front_table, plot_search
+    from latprune.supernet import SupernetConfig
+
+    preset = get_preset(PIPELINE_PRESETS[cfg.preset].search_preset)
+    search_cfg = dataclasses.replace(
+        preset.search_config(),
+        population=cfg.population,
+        generations=cfg.generations,
+        mode=cfg.mode,
+        selection=cfg.selection,
+        seed=cfg.seed,
+        latency_budget_ms=cfg.latency_budget_ms,
+    )
+    run_dir = out / "search"
+    resume = (run_dir / "state.json").exists()
+    inputs = build_search_inputs(
+        parent,
+        profile,
+        SupernetConfig.preset(preset.supernet_preset),
+        seed=cfg.seed,
+        data=cfg.data,
+        force_profile=cfg.force_profile,
+        device=cfg.device,
+        resume_dir=run_dir if resume else None,
+    )
+    result = run_search(
+        inputs.space, inputs.predictor, inputs.estimator, search_cfg, run_dir, resume=resume, meta=inputs.meta
+    )
+    plot_search(run_dir, result=result, title=f"{cfg.model}: {cfg.mode}, {cfg.selection}")
+    print(front_table(result))
+    return {"search": str(run_dir), "front": len(result.front)}
+
+
+def _select_text(cfg: RunConfig) -> str:
+    if cfg.latency_budget_ms is not None:
+        return f"the most accurate candidate at or under {cfg.latency_budget_ms:g} ms predicted"
+    return f"{cfg.top_k} candidates of the Pareto front, spread evenly over predicted latency"
+
+
+def _select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
+    from latprune.train import load_model_from_checkpoint
+
+    result = SearchResult.load(out / "search")
+    if cfg.latency_budget_ms is not None:
+        if result.best_under_budget is None:
+            raise LatpruneError(result.budget_note or f"No candidate meets {cfg.latency_budget_ms:g} ms; raise it.")
+        picked = [result.best_under_budget]
+    else:
+        picked = top_k_candidates(result, cfg.top_k or 1)
+    record = read_json(out / "search" / "search.json", what="search record")
+    space = SearchSpace.from_dict(record["space"])
+    parent, ckpt = load_model_from_checkpoint(parent_path)
+    spec = model_spec_from_checkpoint(ckpt)
+    models = []
+    for i, cand in enumerate(sorted(picked, key=lambda c: c.latency_ms)):
+        name = f"m{i}"
+        plan = plan_from_arch(parent, space, space.decode(np.asarray(cand.x)), model_spec=spec)
+        folder = out / "models" / name
+        plan.save(folder / "plan.json")
+        models.append(
+            {
+                "name": name,
+                "x": list(cand.x),
+                "predicted_ms": cand.latency_ms,
+                "estimated_error": cand.error,
+                "arch": cand.arch,
+                "plan": str(folder / "plan.json"),
+            }
+        )
+        print(f"{name}: {cand.latency_ms:.4f} ms predicted, {cand.error:.2%} estimated error -> {folder}")
+    return {"models": models}
+
+
+def top_k_candidates(result: SearchResult, k: int) -> list[Candidate]:
+    """``k`` distinct candidates spread evenly over predicted latency: from the Pareto front, and when the front is
+    smaller than ``k``, topped up from the rest of the final population the same way."""
+    from latprune.supernet import spread_over_latency
+
+    def spread(cands: list[Candidate], n: int) -> list[Candidate]:
+        if n <= 0 or not cands:
+            return []
+        return [cands[i] for i in spread_over_latency(np.array([c.latency_ms for c in cands]), min(n, len(cands)))]
+
+    picked = spread(list(result.front), k)
+    seen = {c.x for c in picked}
+    rest = list({c.x: c for c in result.population if c.x not in seen}.values())
+    return sorted(picked + spread(rest, k - len(picked)), key=lambda c: c.latency_ms)
+
+
+def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+    from latprune.train import FinetuneConfig, finetune
+
+    epochs = cfg.finetune_epochs or 1
+    ft = FinetuneConfig(
+        method=cfg.finetune_method,
+        epochs=epochs,
+        admm_epochs=epochs,  # ADMM: as many epochs of penalised training as of masked retraining after it
+        lr=cfg.finetune_lr or 0.01,
+        distill=bool(cfg.distill),
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    accs = {}
+    for m in models:
+        print(f"{m['name']}: fine-tuning ({m['predicted_ms']:.4f} ms predicted)")
+        result = finetune(parent, PruningPlan.load(m["plan"]), ft, out / "models" / m["name"] / "finetune", resume=True)
+        accs[m["name"]] = float(result.final["test_acc"])
+    return {"test_acc": accs}
+
+
+def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """Median batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
+
+    All three run in this process, one after the other, with the same thread count, so the ratios are fair.
+    """
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    xa = x.numpy()
+    engine = compile(model, x, threads=threads)
+    out = {"engine_ms": measure(lambda: engine(xa), warmup=20, runs=runs).median_ms}
+    sess = onnxruntime_session(model, x, threads)
+    out["onnxruntime_ms"] = measure(lambda: sess.run(None, {"x": xa}), warmup=20, runs=runs).median_ms
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            out["torch_ms"] = measure(lambda: model(x), warmup=20, runs=runs).median_ms
+    finally:
+        torch.set_num_threads(old)
+    out["engine_weights_bytes"] = int(engine.blob.nbytes) if engine.blob is not None else 0
+    return out
+
+
+def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[str, Any]:
+    from latprune.train import load_model_from_checkpoint
+
+    dense, ckpt = load_model_from_checkpoint(parent)
+    spec = ModelSpec.from_dict({"name": ckpt["model"], **ckpt["model_kwargs"]})
+    x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+    rows = {"dense": time_model(dense, x, cfg.threads, cfg.timing_runs) | {"params": count_params(dense)}}
+    for name in names:
+        model, _ = load_model_from_checkpoint(out / "models" / name / "finetune")
+        model = bake_masks(copy.deepcopy(model))
+        rows[name] = time_model(model, x, cfg.threads, cfg.timing_runs) | {"params": count_params(model, nonzero=True)}
+        speedup = rows["dense"]["onnxruntime_ms"] / rows[name]["engine_ms"]
+        print(f"{name}: engine {rows[name]['engine_ms']:.3f} ms ({speedup:.2f}x ONNX Runtime on the dense model)")
+    atomic_write_json(out / "measure.json", {"cpu": cpu_model(), "threads": cfg.threads, "models": rows})
+    return {"measure": str(out / "measure.json")}
+
+
+def _export(out: Path, names: list[str]) -> dict[str, Any]:
+    from latprune.export import ExportConfig, export_checkpoint
+
+    sizes = {}
+    for name in names:
+        bundle = export_checkpoint(out / "models" / name / "finetune", out / "models" / name / "export", ExportConfig())
+        sizes[name] = bundle.size_bytes
+        print(f"{name}: {bundle.size_bytes / 1e6:.2f} MB -> {out / 'models' / name / 'export'}")
+    return {"export_bytes": sizes}
+
+
+def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
+    status = read_json(out / "status.json", what="run status")["stages"]
+    timing = read_json(out / "measure.json", what="latency measurements")
+    dense_acc = float(status["baseline"]["test_acc"])
+    dense_t = timing["models"]["dense"]
+    rows = [ModelRow.dense(dense_t, dense_acc)]
+    for m in sel["models"]:
+        t = timing["models"][m["name"]]
+        rows.append(
+            ModelRow.pruned(
+                m, t, dense_t, float(status["retrain"]["test_acc"][m["name"]]), dense_acc,
+                status.get("export", {}).get("export_bytes", {}).get(m["name"]),
+            )
+        )  # fmt: skip
+    report = RunReport(
+        model=cfg.model,
+        data=cfg.data,
+        cpu=timing["cpu"],
+        threads=int(timing["threads"]),
+        preset=cfg.preset,
+        rows=tuple(rows),
+        stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
+    )
+    write_report(report, out)
+    return {"report": str(out / "report.json")}
