@@ -38,6 +38,11 @@ def test_jobs_cover_every_layer_signature_once():
     assert other.digest() != jobs.digest()
 
 
+# One timed sample per grid point on a shared machine: the fit may rightly warn that tables and models disagree.
+NOISY_FIT = pytest.mark.filterwarnings("ignore:The per-layer latency tables disagree")
+
+
+@NOISY_FIT
 def test_job_split_on_localhost(tmp_path, capsys):
     jobs_path, table_path, profile_path = tmp_path / "jobs.json", tmp_path / "table.json", tmp_path / "p.json"
     assert main(["profile", *TINY, *FAST, "--emit-jobs", str(jobs_path)]) == 0
@@ -48,18 +53,20 @@ def test_job_split_on_localhost(tmp_path, capsys):
     measured = load_measurements(table_path)
     assert measured.fingerprint == current_fingerprint()
     for job, ms in zip(jobs.tables, measured.tables, strict=True):
-        assert ms.shape == job.grid.shape and np.all(ms > 0)
+        assert ms.shape == job.grid.shape and np.all(ms >= 0) and np.any(ms > 0)
+    assert measured.call_overhead_ms > 0  # the layer runner's call overhead, taken out of every point
 
     assert main(["profile", "--assemble", str(table_path), "--out", str(profile_path)]) == 0
     assert "wrote" in capsys.readouterr().out
     profile = load_profile(profile_path)
     assert profile.model == SPEC and profile.threads == 1 and len(profile.tables) == len(jobs.tables)
+    assert profile.layer_overhead_ms == pytest.approx(measured.call_overhead_ms, abs=1e-6)
     # One calibration model (the dense one): the additive term makes the dense prediction equal its measurement.
     space = model_space(SPEC, "group4")
     dense_x = space.encode(space.dense_arch())
     pred = LatencyPredictor(profile, space).predict(dense_x)[0]
     assert pred == pytest.approx(measured.models[0], rel=1e-4)
-    assert profile.additive.scale == 1.0 and profile.additive.points[0].name == "dense"
+    assert profile.additive.offset_ms >= 0 and profile.additive.points[0].name == "dense"
 
 
 def test_measurements_edited_after_measuring_are_refused(tmp_path):
@@ -72,6 +79,11 @@ def test_measurements_edited_after_measuring_are_refused(tmp_path):
     with pytest.raises(ProfileError, match=r"table\.json.*edited"):
         load_measurements(table_path)
     assert main(["profile", "--assemble", str(table_path), "--out", str(tmp_path / "p.json")]) == 2
+    data["jobs"]["threads"] = 1
+    data["format_version"] = 1  # tables from before the call overhead was taken out
+    table_path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=r"table\.json.*format 1.*latprune measure"):
+        load_measurements(table_path)
     jobs_path.write_text(jobs_path.read_text()[:100])
     assert main(["measure", str(jobs_path), "--out", str(table_path)]) == 2
 
@@ -97,19 +109,22 @@ def tiny_profile(tmp_path_factory):
     return profile, save_profile(profile, tmp_path_factory.mktemp("profile") / "p.json")
 
 
+@NOISY_FIT
 def test_tiny_end_to_end_profile(tiny_profile):
     profile, path = tiny_profile
     space = model_space(SPEC, "group4")
     assert [p.name for p in profile.additive.points] == ["dense", "smallest", "random1"]
     for table in profile.tables:
-        assert table.ms.shape == table.grid.shape and np.all(table.ms > 0)
+        assert table.ms.shape == table.grid.shape and np.all(table.ms >= 0) and np.any(table.ms > 0)
         assert table.grid.cout[-1] == table.signature.c_out  # the unpruned layer is always a grid point
     pred = LatencyPredictor(load_profile(path), space).predict(space.sample_x(np.random.default_rng(0), 50))
     assert pred.shape == (50,) and np.all(np.isfinite(pred))
     smallest = min(p.layer_sum_ms for p in profile.additive.points)
-    assert profile.additive.offset_ms + profile.additive.scale * smallest > 0  # the fit is physical
+    assert profile.additive.offset_ms >= 0 and profile.additive.scale > 0  # the fit is physical
+    assert profile.additive.offset_ms + profile.additive.scale * smallest > 0
 
 
+@NOISY_FIT
 def test_validate_latency_writes_stable_json_and_scatter(tiny_profile, tmp_path, capsys):
     _, path = tiny_profile
     out = tmp_path / "val"

@@ -35,6 +35,8 @@ from latprune.latency.sampling import sample_archs
 JOBS_FORMAT = "latprune-latency-jobs"
 MEASUREMENTS_FORMAT = "latprune-latency-measurements"
 FORMAT_VERSION = 1
+#: Version 2: tables hold kernel time with the layer runner's Python call overhead taken out (``call_overhead_ms``).
+MEASUREMENTS_VERSION = 2
 
 
 STATISTICS = ("median", "min", "cpu")
@@ -199,14 +201,16 @@ class Measurements:
     tables: tuple[np.ndarray, ...]  # same order as jobs.tables, each shaped like its grid
     models: tuple[float, ...]  # same order as jobs.models
     seconds: float
+    call_overhead_ms: float = 0.0  # median Python-to-C call overhead taken out of every table point
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MEASUREMENTS_FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": MEASUREMENTS_VERSION,
             "jobs_digest": self.jobs.digest(),
             "fingerprint": self.fingerprint.to_json(),
             "seconds": round(self.seconds, 3),
+            "call_overhead_ms": round(self.call_overhead_ms, 6),
             "tables": [
                 {"key": j.signature.key, "ms": np.round(ms, 6).tolist()}
                 for j, ms in zip(self.jobs.tables, self.tables, strict=True)
@@ -221,6 +225,11 @@ class Measurements:
     def from_json(cls, d: dict[str, Any]) -> Measurements:
         if not isinstance(d, dict) or d.get("format") != MEASUREMENTS_FORMAT:
             raise ValueError("it is not a latprune measurements file")
+        if d.get("format_version") != MEASUREMENTS_VERSION:
+            raise ValueError(
+                f"it is format {d.get('format_version')}, not {MEASUREMENTS_VERSION}; measure the jobs again with "
+                "`latprune measure`"
+            )
         jobs = ProfileJobs.from_json(d["jobs"])
         if d["jobs_digest"] != jobs.digest():
             raise ValueError("its embedded jobs were edited after measuring")
@@ -238,6 +247,7 @@ class Measurements:
             tuple(tables),
             tuple(float(m["ms"]) for m in d["models"]),
             float(d["seconds"]),
+            float(d["call_overhead_ms"]),
         )
 
 
@@ -283,7 +293,8 @@ def emit_jobs(
 
     Calibration measures the dense model, the smallest model of the space, and ``calibration_models - 2``
     random ones spread over the latency range (drawn from ``seed``, a stream validation never uses), so the
-    additive term's slope is pinned down across the whole range, not just near the mean.
+    additive term's slope is pinned down across the whole range, not just near the mean. Two parameters from
+    8 points on a loaded machine were not pinned down (scales from 1.0 to 1.7 between runs); 24 are cheap.
     """
     if threads < 1:
         raise ProfileError(f"The thread count must be at least 1, got {threads}; pass e.g. --threads 1.")
@@ -321,13 +332,15 @@ def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
         grid_m=jobs.grid_m,
         build_seconds=m.seconds,
         statistic=jobs.timing.statistic,
+        layer_overhead_ms=m.call_overhead_ms,
     )
     predictor = LatencyPredictor(bare, space)
     points = []
     for job, measured in zip(jobs.models, m.models, strict=True):
         arch = space.dense_arch() if job.widths is None else Arch(job.widths, job.sparsities or ())
         x = _encode_unbounded(space, arch)
-        points.append(CalibrationPoint(job.name, float(predictor.predict(x[None])[0]), measured))
+        layer_sum = float(predictor.predict(x[None])[0])
+        points.append(CalibrationPoint(job.name, layer_sum, measured, float(predictor.weight_mb(x[None])[0])))
     return dataclasses.replace(bare, additive=AdditiveTerm.fit(points))
 
 

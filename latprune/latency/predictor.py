@@ -47,6 +47,12 @@ class _Axis:
         return i0, t
 
 
+def _kernel_area(layer: Any) -> int:
+    """kh * kw of a layer spec whose ``kernel`` is an int or a pair."""
+    k = layer.kernel
+    return int(k[0]) * int(k[1]) if isinstance(k, (tuple, list)) else int(k) * int(k)
+
+
 class LatencyPredictor:
     """Predict end-to-end engine latency (ms) of pruned architectures from a device profile.
 
@@ -54,8 +60,8 @@ class LatencyPredictor:
     output channels, sparsity): T = sum_ijk tau(c_in - i) tau(c_out - j) tau(s - k) T_ijk on the grid's
     normalised indices, with tau(x) = max(0, 1 - |x|) (JCW eq. 7-8). Grid axes need not be evenly spaced
     (channel counts are rounded to integers), so the normalised index is piecewise linear in the value.
-    The model's latency is ``offset + scale * sum(layers)`` (see ``AdditiveTerm``). Everything is
-    vectorised over architectures and layers.
+    The model's latency is ``offset + scale * sum(layers) + ms_per_mb * weight_mb`` (see ``AdditiveTerm``).
+    Everything is vectorised over architectures and layers.
     """
 
     def __init__(self, profile: LatencyProfile, space: _Space) -> None:
@@ -89,6 +95,10 @@ class LatencyPredictor:
         stride = np.where(shapes > 1, stride, 0)  # a one-point axis never moves: its upper corner is itself
         self._base = offset[self._u]  # (L,)
         self._stride = stride[self._u]  # (L, 3)
+        # MB of fp32 weights per (output channel x input channel x density); depthwise: per output channel.
+        groups = [1 if layer.kind == "depthwise" else int(layer.groups) for layer in space.layers]
+        self._mb_per = np.array([_kernel_area(ly) * 4e-6 / g for ly, g in zip(space.layers, groups, strict=True)])
+        self._dw = np.array([layer.kind == "depthwise" for layer in space.layers])  # (L,)
 
     @property
     def threads(self) -> int:
@@ -133,7 +143,20 @@ class LatencyPredictor:
         c_in, c_out, sparsity = self.space.layer_dims(x)
         return self.interpolate(c_in, c_out, sparsity)
 
+    def _weight_mb(self, c_in: np.ndarray, c_out: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
+        """MB of nonzero fp32 weights of each architecture, shape (n,), from per-layer dimensions (each (n, L))."""
+        fan_in = np.where(self._dw, 1.0, np.asarray(c_in, dtype=np.float64))  # (n, L)
+        return (np.asarray(c_out, dtype=np.float64) * fan_in * (1.0 - np.asarray(sparsity)) * self._mb_per).sum(1)
+
+    def weight_mb(self, archs: np.ndarray | Sequence[Any]) -> np.ndarray:
+        """MB of nonzero weights of each architecture, shape (n,): what a pass streams through the caches."""
+        return self._weight_mb(*self.space.layer_dims(self._as_matrix(archs)))
+
     def predict(self, archs: np.ndarray | Sequence[Any]) -> np.ndarray:
         """Predicted end-to-end latency in ms, shape (n,), for an (n, n_var) int array (or a list of Archs)."""
         term = self.profile.additive
-        return term.offset_ms + term.scale * self.predict_layers(archs).sum(axis=1)
+        c_in, c_out, sparsity = self.space.layer_dims(self._as_matrix(archs))
+        layers = self.interpolate(c_in, c_out, sparsity).sum(axis=1)  # (n,)
+        if term.ms_per_mb == 0.0:
+            return term.offset_ms + term.scale * layers
+        return term.offset_ms + term.scale * layers + term.ms_per_mb * self._weight_mb(c_in, c_out, sparsity)

@@ -20,7 +20,7 @@ class ProfileConfig:
     scheme: str = "group4"
     grid: GridConfig = field(default_factory=GridConfig)
     timing: TimingConfig = field(default_factory=TimingConfig)
-    calibration_models: int = 8  # whole models measured to fit the additive term (dense, smallest, random)
+    calibration_models: int = 24  # whole models measured to fit the additive term (dense, smallest, random)
     seed: int = 0
 
 
