@@ -23,3 +23,13 @@ def test_cache_hit_returns_the_same_library(tmp_path, monkeypatch):
     source = "int lp_answer(void) { return 42; }\n"
     first = build_shared_library(source)
     assert build_shared_library(source) == first and first.exists()
+
+
+def test_kernels_are_compiled_once_and_linked_into_each_model():
+    from latprune.engine.build import split_kernels
+
+    source = '#define LP_LANES 8\n#include "lp_common.h"\n#include "lp_group4.c"\n#include "lp_ops.c"\nint f(void);\n'
+    glue, names = split_kernels(source)
+    assert names == ("lp_group4.c", "lp_ops.c")
+    assert '#include "lp_group4.c"' not in glue and "void lp_group4_conv(" in glue and "void lp_add(" in glue
+    assert glue.index("lp_common.h") < glue.index("void lp_group4_conv(") < glue.index("int f(void);")

@@ -6,6 +6,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -56,11 +57,75 @@ def cflags(isa: Isa | None = None) -> list[str]:
     return [*BASE_CFLAGS, *isa.cflags, *extra]
 
 
+_KERNEL_INCLUDE = re.compile(r'^#include "(lp_\w+\.c)"\s*$', re.MULTILINE)
+_LANES = re.compile(r"^#define LP_LANES (\d+)\s*$", re.MULTILINE)
+_ENTRY = re.compile(r"^((?:void|int) lp_\w+\([^;{]*\))\s*\{", re.MULTILINE)
+
+
+def _compile(cc: list[str], args: list[str], source: str, key: str, what: str) -> None:
+    """Run the compiler; on failure keep the source in the cache and raise one sentence with the first error."""
+    proc = subprocess.run([*cc, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        keep = cache_dir() / f"failed_{key}.c"
+        keep.write_text(source)
+        lines = proc.stderr.strip().splitlines()
+        first_error = next((ln for ln in lines if "error" in ln), lines[0] if lines else "no message")
+        raise EngineError(f"The C compiler '{cc[0]}' failed to build {what} (kept at {keep}): {first_error}")
+
+
+def _install(built: Path, target: Path) -> Path:
+    """Copy a build product into the cache under a temporary name, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=target.suffix + ".tmp")
+    os.close(fd)
+    shutil.copyfile(built, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def kernel_object(names: tuple[str, ...], lanes: int, cc: list[str], flags: list[str]) -> Path:
+    """The kernel sources ``names`` (files of CSRC_DIR) compiled once into a cached position-independent object.
+
+    Every model links the same object instead of compiling the kernels again inside its own source: the kernels
+    are most of the C a model compiles (about 7 s of gcc per model, against well under a second for the rest).
+    """
+    texts = [(CSRC_DIR / n).read_text() for n in names]
+    header = (CSRC_DIR / "lp_common.h").read_text()
+    key = hashlib.sha256(
+        "\0".join([*names, *texts, header, str(lanes), *cc, compiler_version(), *flags, __version__]).encode()
+    ).hexdigest()[:24]
+    obj = cache_dir() / f"lpk_{key}.o"
+    if obj.exists():
+        return obj
+    source = "\n".join([f"#define LP_LANES {lanes}", '#include "lp_common.h"', *(f'#include "{n}"' for n in names)])
+    with tempfile.TemporaryDirectory(prefix="latprune-build-") as tmp:
+        src, out = Path(tmp) / "kernels.c", Path(tmp) / "kernels.o"
+        src.write_text(source + "\n")
+        _compile(cc, [*flags, "-c", str(src), "-o", str(out)], source, key, "the engine's kernels")
+        return _install(out, obj)
+
+
+def split_kernels(source: str) -> tuple[str, tuple[str, ...]]:
+    """``source`` with its ``#include "lp_*.c"`` kernel sources replaced by declarations of their entry points,
+    and the names of those sources (what :func:`kernel_object` compiles separately)."""
+    names = tuple(_KERNEL_INCLUDE.findall(source))
+    decls = []
+    for name in names:
+        for signature in _ENTRY.findall((CSRC_DIR / name).read_text()):
+            decls.append(" ".join(signature.split()) + ";")
+    stripped = _KERNEL_INCLUDE.sub("", source, count=0)
+    head, sep, rest = stripped.partition('#include "lp_common.h"')
+    if not sep:
+        return source, ()
+    return head + sep + "\n" + "\n".join(decls) + rest, names
+
+
 def build_shared_library(source: str, isa: Isa | None = None) -> Path:
     """Compile ``source`` into a cached shared library and return its path.
 
-    The cache key covers the source, compiler, flags and latprune version, so a hit is always safe;
-    the library is built in a temporary file and renamed, so concurrent builds never see half a file.
+    The kernel sources it includes are compiled once into a shared object file (:func:`kernel_object`) and
+    linked, so a model's build compiles only its own code. The cache key covers the source, the kernel sources,
+    compiler, flags and latprune version, so a hit is always safe; the library is built in a temporary file and
+    renamed, so concurrent builds never see half a file.
     """
     flags = [*cflags(isa), f"-I{CSRC_DIR}"]
     cc = find_compiler()
@@ -71,24 +136,18 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
     lib = cache_dir() / f"lp_{key}.so"
     if lib.exists():
         return lib
+    glue, names = split_kernels(source)
+    lanes = _LANES.search(source)
+    objects = []
+    if names and lanes:
+        objects = [str(kernel_object(names, int(lanes.group(1)), cc, [f for f in flags if f != "-shared"]))]
+    else:
+        glue = source
     with tempfile.TemporaryDirectory(prefix="latprune-build-") as tmp:
-        src = Path(tmp) / "model.c"
-        src.write_text(source)
-        out = Path(tmp) / "model.so"
-        proc = subprocess.run([*cc, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True)
-        if proc.returncode != 0:
-            keep = cache_dir() / f"failed_{key}.c"
-            keep.write_text(source)
-            lines = proc.stderr.strip().splitlines()
-            first_error = next((ln for ln in lines if "error" in ln), lines[0] if lines else "no message")
-            raise EngineError(
-                f"The C compiler '{cc[0]}' failed to build the generated code (kept at {keep}): {first_error}"
-            )
-        fd, tmp_lib = tempfile.mkstemp(dir=cache_dir(), suffix=".so.tmp")
-        os.close(fd)
-        shutil.copyfile(out, tmp_lib)
-        os.replace(tmp_lib, lib)
-    return lib
+        src, out = Path(tmp) / "model.c", Path(tmp) / "model.so"
+        src.write_text(glue)
+        _compile(cc, [*flags, str(src), *objects, "-o", str(out), "-lm"], source, key, "the generated code")
+        return _install(out, lib)
 
 
 def load_library(path: Path) -> ctypes.CDLL:
