@@ -56,9 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"latprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"latprune {args.command}: interrupted; rerun with --resume to continue where it stopped.", file=sys.stderr
-        )
+        how = "rerun with --resume" if hasattr(args, "resume") else "rerun the same command"
+        print(f"latprune {args.command}: interrupted; {how} to continue where it stopped.", file=sys.stderr)
         return 130
 
 
