@@ -144,7 +144,7 @@ def run_pipeline(config: RunConfig) -> RunReport:
         lambda: _measure(cfg, out, parent_path, names),
     )
     if cfg.export:
-        _stage(status, "export", 7, "plan + weights, ONNX, engine and C bundle per model", lambda: _export(out, names))
+        _stage(status, "export", 7, "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
     _stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
     report = RunReport.load(out)
     print("\n" + report.table())
