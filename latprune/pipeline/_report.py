@@ -118,6 +118,7 @@ def pareto_png(report: RunReport) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     dense, pruned = report.rows[0], report.rows[1:]
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
@@ -129,7 +130,7 @@ def pareto_png(report: RunReport) -> bytes:
         for i in order:
             r = pruned[i]
             ax.annotate(
-                f"{r.name} {r.speedup_vs_dense_onnxruntime:.1f}x", (r.engine_ms, 100 * r.test_acc), fontsize=8,
+                f"{r.name}: {r.speedup_vs_dense_onnxruntime:.2f}x ORT", (r.engine_ms, 100 * r.test_acc), fontsize=8,
                 xytext=(4, 4), textcoords="offset points",
             )  # fmt: skip
     acc = 100 * dense.test_acc
@@ -137,9 +138,14 @@ def pareto_png(report: RunReport) -> bytes:
     ax.scatter([dense.onnxruntime_ms], [acc], marker="D", s=70, color="tab:orange", label="dense, ONNX Runtime")
     ax.scatter([dense.torch_ms], [acc], marker="^", s=70, color="tab:red", label="dense, PyTorch eager")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(f"measured batch-1 latency (ms, log scale), {report.threads} thread(s)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"latprune run: {report.model} / {report.data}", fontsize=10)
+    ax.set_title(
+        f"latprune run: {report.model} / {report.data} (x ORT: speed-up over ONNX Runtime on the dense model)",
+        fontsize=9,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
