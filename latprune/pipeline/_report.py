@@ -107,7 +107,7 @@ class RunReport:
             )
         lines.append(
             f"speed-ups: the dense model's latency (engine / ONNX Runtime) over each model's engine latency; batch 1, "
-            f"{self.threads} thread(s), {self.cpu}."
+            f"{self.threads} thread(s), fastest of interleaved rounds' medians, {self.cpu}."
         )
         return "\n".join(lines)
 

@@ -139,8 +139,8 @@ def run_pipeline(config: RunConfig) -> RunReport:
         status,
         "measure",
         6,
-        f"compile with the engine; batch-1 latency on {cpu_model()}, {cfg.threads} thread(s), median of "
-        f"{cfg.timing_runs} runs",
+        f"compile with the engine; batch-1 latency on {cpu_model()}, {cfg.threads} thread(s), {cfg.timing_runs} "
+        f"runs each, interleaved in {TIMING_ROUNDS} rounds",
         lambda: _measure(cfg, out, parent_path, names),
     )
     if cfg.export:
@@ -310,26 +310,39 @@ def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any
     return {"test_acc": accs}
 
 
-def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
-    """Median batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
+TIMING_ROUNDS = 10
 
-    All three run in this process, one after the other, with the same thread count, so the ratios are fair.
+
+def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
+    """Batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
+
+    The three run in this process with the same thread count, interleaved in ``TIMING_ROUNDS`` rounds of
+    ``runs / TIMING_ROUNDS`` calls each, and each reports the fastest round's median. This machine (a VM) flips
+    between a fast and a ~1.5x slower state every few seconds, for every runtime alike; timing the runtimes one
+    after the other let a slow spell land on one of them and move a speed-up ratio by 50%, while the fastest
+    round's median of each is stable to a few percent from run to run.
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
     engine = compile(model, x, threads=threads)
-    out = {"engine_ms": measure(lambda: engine(xa), warmup=20, runs=runs).median_ms}
     sess = onnxruntime_session(model, x, threads)
-    out["onnxruntime_ms"] = measure(lambda: sess.run(None, {"x": xa}), warmup=20, runs=runs).median_ms
+    per_round = max(5, runs // TIMING_ROUNDS)
+    calls = {
+        "engine_ms": lambda: engine(xa),
+        "onnxruntime_ms": lambda: sess.run(None, {"x": xa}),
+        "torch_ms": lambda: model(x),
+    }
+    best = dict.fromkeys(calls, float("inf"))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            out["torch_ms"] = measure(lambda: model(x), warmup=20, runs=runs).median_ms
+            for _ in range(TIMING_ROUNDS):
+                for key, fn in calls.items():
+                    best[key] = min(best[key], measure(fn, warmup=5, runs=per_round).median_ms)
     finally:
         torch.set_num_threads(old)
-    out["engine_weights_bytes"] = int(engine.blob.nbytes) if engine.blob is not None else 0
-    return out
+    return best | {"engine_weights_bytes": int(engine.blob.nbytes) if engine.blob is not None else 0}
 
 
 def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[str, Any]:
