@@ -35,9 +35,9 @@ PIPELINE_PRESETS: dict[str, PipelinePreset] = {
         "The demo: a 16 x 10 search, 3 models fine-tuned 1 epoch each (~10 min for ResNet20 / Fashion-MNIST here).",
     ),
     "full": PipelinePreset(
-        "full", "quick", 24, 20, 4, 8, 0.02, True, 30,
-        "What fits this 2-core machine in about an hour from a trained parent: a 24 x 20 search, 4 models fine-tuned "
-        "8 epochs each with distillation from the parent.",
+        "full", "quick", 16, 10, 4, 3, 0.02, True, 30,
+        "benchmarks/pipeline.py's run: the quick search, then 4 models fine-tuned 3 epochs each with distillation "
+        "from the parent (45 min from a trained parent on this 2-core CPU).",
     ),
     "paper": PipelinePreset(
         "paper", "paper", 64, 128, 5, 30, 0.02, True, 160,
