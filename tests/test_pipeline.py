@@ -149,6 +149,8 @@ def test_impossible_budget_is_one_sentence(tmp_path, tiny, parent, profile, caps
 def test_bad_flags_fail_before_any_work(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt' does not exist" in capsys.readouterr().err
+    assert main(["run", "--out", str(tmp_path), "--checkpoint", str(tmp_path)]) == 2  # a folder without checkpoint.pt
+    assert "does not exist" in capsys.readouterr().err
     assert main(["run", "--out", str(tmp_path), "--profile-grid", "8"]) == 2
     assert "--profile-grid '8'" in capsys.readouterr().err
     assert not (tmp_path / "status.json").exists()

@@ -98,7 +98,13 @@ class RunConfig:
             raise LatpruneError(f"The latency budget {self.latency_budget_ms} ms is not positive; write e.g. 0.2ms.")
         for name in ("checkpoint", "profile"):
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
+            # A checkpoint may also be a `latprune train` run folder holding checkpoint.pt.
+            found = (
+                path is None
+                or Path(path).is_file()
+                or (name == "checkpoint" and (Path(path) / "checkpoint.pt").is_file())
+            )
+            if not found:
                 raise LatpruneError(f"The --{name} file '{path}' does not exist; check the path.")
 
     def resolved(self) -> RunConfig:
