@@ -221,7 +221,7 @@ def test_cli_train_then_eval(tmp_path, monkeypatch, capsys, fake_fashion_mnist):
 
 
 def test_train_baseline_preset_runs_and_resumes(tmp_path, monkeypatch, capsys, fake_fashion_mnist):
-    """`latprune demo` calls train_baseline: it trains, prints a table and the paths, and a rerun resumes."""
+    """train_baseline trains a preset, prints a table and the paths, and a rerun resumes."""
     import latprune.train.baseline as baseline_mod
     from latprune.data import DataConfig
 

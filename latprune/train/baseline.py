@@ -47,7 +47,7 @@ def train_baseline(
 ) -> TrainResult:
     """Train (or resume, or just reload when finished) a baseline preset; prints a summary when ``show_progress``.
 
-    Resuming is the default so that re-running `latprune demo` after an interruption continues the run
+    Resuming is the default so that re-running a baseline after an interruption continues the run
     instead of refusing to overwrite it.
     """
     if preset not in BASELINE_PRESETS:
