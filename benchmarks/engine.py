@@ -2,8 +2,9 @@
 
 Dense and 70/80/90% group-of-4 sparsity (the 1x1 convs of the MobileNets, the 3x3 convs of ResNet18; never the
 stem or depthwise convs), 1 and 2 threads, batch 1, random weights with calibrated BatchNorm. Every runtime is
-timed in this one process: median (and min) of >= 50 runs after warm-up, and at 1 thread the median CPU time of
-the calling thread, which preemption on a busy machine does not inflate. ``engine_ops_ms`` is the sum of the per-op
+timed in this one process, the three interleaved in 10 rounds of >= 5 runs after warm-up, each keeping its fastest
+round's median (and min; at 1 thread also the median CPU time of the calling thread, which preemption on a busy
+machine does not inflate). ``engine_ops_ms`` is the sum of the per-op
 medians of the engine's own profile (CPU time at 1 thread). Also measures the compile time of MobileNetV2 from
 scratch (empty cache) and on a cache hit. Writes benchmarks/results/engine.json and engine.md.
 
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune._version import __version__
 from latprune.engine import compile
-from latprune.engine.bench import calibrate_batchnorm, measure, onnxruntime_session, sparsify_model
+from latprune.engine.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine.build import compiler_version
 from latprune.engine.isa import cpu_model, host_isa
 from latprune.models import create_model
@@ -65,14 +66,7 @@ def measure_model(name: str, cfg: EngineBenchConfig, bar: tqdm) -> list[dict]:
     dense = calibrate_batchnorm(base_model(name, cfg), torch.randn(4, 3, size, size, generator=gen))
     x = torch.randn(1, 3, size, size, generator=gen)
     xa = x.numpy()
-    baselines = {}
-    for threads in cfg.threads:
-        sess = onnxruntime_session(dense, x, threads)
-        ort = measure(lambda s=sess: s.run(None, {"x": xa}), cfg.warmup, cfg.runs)
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            eager = measure(lambda: dense(x), cfg.warmup, cfg.runs)
-        baselines[threads] = (ort, eager)
+    sessions = {threads: onnxruntime_session(dense, x, threads) for threads in cfg.threads}
     rows = []
     for sparsity in cfg.sparsities:
         model = copy.deepcopy(dense)
@@ -83,14 +77,26 @@ def measure_model(name: str, cfg: EngineBenchConfig, bar: tqdm) -> list[dict]:
             with torch.inference_mode():
                 ref = model(x).numpy()
             err = float(np.abs(cm(xa) - ref).max() / np.abs(ref).max())
-            eng = measure(lambda c=cm: c(xa), cfg.warmup, cfg.runs)
+            # The dense baselines are timed again beside every engine row, interleaved with it (see
+            # measure_interleaved: this VM's speed flips every few seconds, and sequential medians caught it).
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                timed = measure_interleaved(
+                    {
+                        "engine": lambda c=cm: c(xa),
+                        "ort": lambda s=sessions[threads]: s.run(None, {"x": xa}),
+                        "torch": lambda: dense(x),
+                    },
+                    cfg.warmup,
+                    cfg.runs,
+                )
+            eng, ort, eager = timed["engine"], timed["ort"], timed["torch"]
             prof = cm.profile(repeats=cfg.runs // 2)
             ops_ms = 1e3 * sum(t for _, t in prof)
             by_kernel: dict[str, float] = {}  # where the time goes: kernel (or op kind) -> ms
             for desc, t in prof:
                 kind = desc.rsplit(": ", 1)[-1].split(" v")[0]
                 by_kernel[kind] = by_kernel.get(kind, 0.0) + 1e3 * t
-            (ort, eager) = baselines[threads]
             one = threads == 1  # CPU time of the calling thread is a latency only when it does all the work
             rows.append({
                 "model": name, "sparsity": sparsity, "threads": threads, "sparse_convs": n_sparse,
@@ -141,7 +147,8 @@ def _cpu_cells(r: dict) -> str:
 
 def markdown(rows: list[dict], comp: dict[str, float], device: dict[str, str]) -> str:
     lines = [
-        f"End-to-end latency at batch 1, 224x224, on {device['cpu']} ({device['isa']}), median of the runs "
+        f"End-to-end latency at batch 1, 224x224, on {device['cpu']} ({device['isa']}), fastest of 10 interleaved "
+        "rounds' medians "
         "(ms; `ops` = sum of per-op medians of the engine's profile, CPU time at 1 thread; CPU = median CPU time "
         "of the calling thread, which preemption on a busy machine does not inflate, 1-thread rows only).",
         "",

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from latprune._io import atomic_write_json, load_checkpoint, read_json
 from latprune.engine import compile
-from latprune.engine.bench import measure, onnxruntime_session
+from latprune.engine.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
 from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
@@ -310,39 +310,30 @@ def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any
     return {"test_acc": accs}
 
 
-TIMING_ROUNDS = 10
-
-
 def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
     """Batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
 
-    The three run in this process with the same thread count, interleaved in ``TIMING_ROUNDS`` rounds of
-    ``runs / TIMING_ROUNDS`` calls each, and each reports the fastest round's median. This machine (a VM) flips
-    between a fast and a ~1.5x slower state every few seconds, for every runtime alike; timing the runtimes one
-    after the other let a slow spell land on one of them and move a speed-up ratio by 50%, while the fastest
-    round's median of each is stable to a few percent from run to run.
+    The three run in this process with the same thread count, interleaved in rounds, and each reports its
+    fastest round's median (see :func:`latprune.engine.bench.measure_interleaved` for why).
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
     engine = compile(model, x, threads=threads)
     sess = onnxruntime_session(model, x, threads)
-    per_round = max(5, runs // TIMING_ROUNDS)
     calls = {
         "engine_ms": lambda: engine(xa),
         "onnxruntime_ms": lambda: sess.run(None, {"x": xa}),
         "torch_ms": lambda: model(x),
     }
-    best = dict.fromkeys(calls, float("inf"))
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for _ in range(TIMING_ROUNDS):
-                for key, fn in calls.items():
-                    best[key] = min(best[key], measure(fn, warmup=5, runs=per_round).median_ms)
+            timings = measure_interleaved(calls, warmup=20, runs=runs)
     finally:
         torch.set_num_threads(old)
-    return best | {"engine_weights_bytes": int(engine.blob.nbytes) if engine.blob is not None else 0}
+    weights = int(engine.blob.nbytes) if engine.blob is not None else 0
+    return {k: t.median_ms for k, t in timings.items()} | {"engine_weights_bytes": weights}
 
 
 def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[str, Any]:
