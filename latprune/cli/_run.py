@@ -59,7 +59,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
     """The flags of `latprune run` (`latprune demo` shares them with other defaults)."""
     from latprune.models import list_models
 
-    presets = "; ".join(f"'{p.name}': {p.description}" for p in PIPELINE_PRESETS.values())
+    presets = " ".join(f"'{p.name}': {p.description}" for p in PIPELINE_PRESETS.values())
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--model", default=model, choices=list_models(), help=f"Zoo model (default {model}).")
     io.add_argument("--data", default="fashion-mnist", help="Dataset name or folder (default fashion-mnist).")
@@ -76,7 +76,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
         "--profile-grid", default="8,10", help="N,M of the profile's channel grid i/N and sparsity grid k/M (8,10)."
     )
     io.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where training runs (default cpu).")
-    io.add_argument("--no-export", action="store_true", help="Skip writing the ONNX / engine / C bundle per model.")
+    io.add_argument(
+        "--no-export", action="store_true", help="Skip the per-model export bundle (plan + weights, ONNX, engine)."
+    )
     io.add_argument(
         "--redo-from",
         default=None,
@@ -85,7 +87,7 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
         "training is reloaded, not repeated).",
     )
     s = p.add_argument_group("search and retraining (unset values come from the preset)")
-    s.add_argument("--preset", default="quick", choices=list(PIPELINE_PRESETS), help=f"Budget: {presets}")
+    s.add_argument("--preset", default="quick", choices=list(PIPELINE_PRESETS), help=f"Budget. {presets}")
     s.add_argument("--population", type=int, default=None, help="Search population size.")
     s.add_argument("--generations", type=int, default=None, help="Search generations after the first.")
     s.add_argument("--mode", default="joint", choices=list(MODES), help="What the search prunes (default joint).")
