@@ -95,7 +95,7 @@ class RunReport:
         """Fixed-width table: the dense model first, then the pruned ones from fastest to slowest."""
         head = (
             f"{'model':<6} {'architecture':<44} {'pred ms':>8} {'engine ms':>9} {'ORT ms':>7} {'vs engine':>9} "
-            f"{'vs ORT':>7} {'test acc':>8} {'drop':>6} {'nonzero':>9}"
+            f"{'vs ORT':>7} {'test acc':>8} {'drop':>6} {'nonzero':>9} {'weights':>9}"
         )
         lines = [head]
         for r in self.rows:
@@ -103,11 +103,12 @@ class RunReport:
             lines.append(
                 f"{r.name:<6} {r.architecture[:44]:<44} {pred:>8} {r.engine_ms:>9.3f} {r.onnxruntime_ms:>7.3f} "
                 f"{r.speedup_vs_dense_engine:>8.2f}x {r.speedup_vs_dense_onnxruntime:>6.2f}x {r.test_acc:>8.2%} "
-                f"{r.acc_drop:>5.2f}p {r.nonzero_params:>9,}"
+                f"{r.acc_drop:>5.2f}p {r.nonzero_params:>9,} {r.engine_weights_bytes / 1024:>6.0f} KiB"
             )
         lines.append(
             f"speed-ups: the dense model's latency (engine / ONNX Runtime) over each model's engine latency; batch 1, "
-            f"{self.threads} thread(s), fastest of interleaved rounds' medians, {self.cpu}."
+            f"{self.threads} thread(s), fastest of interleaved rounds' medians, {self.cpu}; weights: the engine's "
+            "packed weights on disk."
         )
         return "\n".join(lines)
 
@@ -158,13 +159,15 @@ def pareto_png(report: RunReport) -> bytes:
 def report_html(report: RunReport, png: bytes) -> str:
     """A self-contained HTML page: the plot inlined, the table, and where the time went."""
     cols = ["model", "architecture", "predicted ms", "engine ms", "ORT ms", "PyTorch ms", "vs dense engine",
-            "vs dense ORT", "test acc", "drop (points)", "nonzero params", "engine weights"]  # fmt: skip
+            "vs dense ORT", "test acc", "drop (points)", "nonzero params", "engine weights",
+            "export bundle"]  # fmt: skip
     body = []
     for r in report.rows:
         cells = [r.name, r.architecture, "-" if r.predicted_ms is None else f"{r.predicted_ms:.3f}",
                  f"{r.engine_ms:.3f}", f"{r.onnxruntime_ms:.3f}", f"{r.torch_ms:.3f}",
                  f"{r.speedup_vs_dense_engine:.2f}x", f"{r.speedup_vs_dense_onnxruntime:.2f}x", f"{r.test_acc:.2%}",
-                 f"{r.acc_drop:.2f}", f"{r.nonzero_params:,}", f"{r.engine_weights_bytes / 1024:.0f} KiB"]  # fmt: skip
+                 f"{r.acc_drop:.2f}", f"{r.nonzero_params:,}", f"{r.engine_weights_bytes / 1024:.0f} KiB",
+                 "-" if r.export_bytes is None else f"{r.export_bytes / 1e6:.2f} MB"]  # fmt: skip
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     stages = "".join(f"<li>{html.escape(k)}: {v:.0f} s</li>" for k, v in report.stage_seconds.items())
     img = base64.b64encode(png).decode()
