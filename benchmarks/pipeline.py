@@ -23,6 +23,7 @@ from typing import Any
 from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from latprune.engine.isa import cpu_model
 from latprune.pipeline import RunConfig, RunReport, run_pipeline
+from latprune.report import figure_png
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,7 +51,6 @@ def check_targets(reports: dict[str, RunReport]) -> list[dict[str, Any]]:
 
 
 def plot(reports: dict[str, RunReport]) -> bytes:
-    import io
 
     import matplotlib
 
@@ -75,10 +75,7 @@ def plot(reports: dict[str, RunReport]) -> bytes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=120)
 
 
 def markdown(reports: dict[str, RunReport], targets: list[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -120,14 +120,19 @@ def plot_search(
     return _save_png(fig, out_path)
 
 
-def _save_png(fig: Any, out_path: Path) -> Path:
-    """Render ``fig`` to PNG and write it atomically, like every other result file; then free it."""
+def figure_png(fig: Any, dpi: float | None = None) -> bytes:
+    """Render a matplotlib figure to PNG bytes and free it (callers write the bytes atomically)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
-    return atomic_write_bytes(out_path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _save_png(fig: Any, out_path: Path) -> Path:
+    """Render ``fig`` to PNG and write it atomically, like every other result file; then free it."""
+    return atomic_write_bytes(out_path, figure_png(fig))
 
 
 def _scatter(ax: Any, cands: Sequence[Candidate], **style: Any) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from latprune._version import __version__
 from latprune.errors import LatpruneError
-from latprune.report import arch_summary
+from latprune.report import arch_summary, figure_png
 
 REPORT_FORMAT = "latprune.report/1"
 
@@ -150,10 +149,7 @@ def pareto_png(report: RunReport) -> bytes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=120)
 
 
 def report_html(report: RunReport, png: bytes) -> str:

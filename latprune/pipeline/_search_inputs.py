@@ -16,6 +16,7 @@ from latprune.latency.profile import load_profile
 from latprune.space import SearchSpace
 from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
 from latprune.train import load_model_from_checkpoint
+from latprune.train.checkpoint import checkpoint_data_config
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,7 @@ def checkpoint_data(ckpt: dict[str, Any], checkpoint: str | Path, data: str | No
 
     The parent never saw its validation split, so the super-net must rank on that same split.
     """
-    if isinstance(ckpt.get("data"), dict):
-        data_cfg = DataConfig(**ckpt["data"])
-    elif data:
-        data_cfg = DataConfig(name=data)
-    else:
-        raise DataError(f"The checkpoint '{checkpoint}' does not record its dataset; pass --data NAME.")
+    data_cfg = checkpoint_data_config(ckpt, checkpoint, None if ckpt.get("data") else data)
     if data and canonical_name(data) != canonical_name(data_cfg.name):
         raise DataError(f"The checkpoint '{checkpoint}' was trained on {data_cfg.name}, not {data}; fix --data.")
     return data_cfg

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from latprune._io import atomic_write_bytes, atomic_write_json, read_json
 from latprune.data import DataConfig, ImageData, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
+from latprune.report import figure_png
 from latprune.space import SearchSpace
 from latprune.supernet._config import SupernetConfig
 from latprune.supernet._estimator import SupernetData, supernet_subsets
@@ -275,7 +275,4 @@ def _scatter_png(est: np.ndarray, true: np.ndarray, latency: np.ndarray, tau: fl
     ax.set_title(f"Estimator check (JCW Fig. 6): Kendall τ={tau:.3f}, Spearman ρ={rho:.3f}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)

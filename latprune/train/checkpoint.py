@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from latprune._io import load_checkpoint
 from latprune.data import DataConfig
-from latprune.errors import ModelError
+from latprune.errors import DataError, ModelError
 from latprune.train.config import ModelSpec
 from latprune.train.loop import CHECKPOINT_NAME
 
@@ -24,6 +24,24 @@ def checkpoint_meta(spec: ModelSpec, data: DataConfig | None = None) -> dict[str
     if data is not None:
         meta["data"] = asdict(data)
     return meta
+
+
+def checkpoint_data_config(ckpt: dict[str, Any], path: str | Path, name: str | None = None) -> DataConfig:
+    """The dataset and validation split a checkpoint was trained with (``name`` replaces only the dataset).
+
+    Reusing the recorded split matters: the parent never saw its validation images, so anything ranked or
+    reported on "val" later must use exactly those.
+    """
+    saved: dict[str, Any] = ckpt.get("data") or {}
+    name = name or saved.get("name")
+    if not name:
+        raise DataError(f"The checkpoint '{path}' does not record its dataset; pass --data.")
+    return DataConfig(
+        name=name,
+        val_per_class=int(saved.get("val_per_class", DataConfig.val_per_class)),
+        split_seed=int(saved.get("split_seed", DataConfig.split_seed)),
+        image_size=saved.get("image_size"),
+    )
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -17,12 +17,17 @@ import torch
 import torch.nn as nn
 
 from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
-from latprune.errors import DataError, LatpruneError, ModelError, PlanError
+from latprune.errors import LatpruneError, ModelError, PlanError
 from latprune.models import ModelSpec
 from latprune.prune.apply import apply_plan, attach_masks, model_spec_from_checkpoint
 from latprune.prune.plan import PruningPlan
 from latprune.train.admm import ADMMHook
-from latprune.train.checkpoint import checkpoint_meta, load_model_from_checkpoint, resolve_checkpoint_path
+from latprune.train.checkpoint import (
+    checkpoint_data_config,
+    checkpoint_meta,
+    load_model_from_checkpoint,
+    resolve_checkpoint_path,
+)
 from latprune.train.config import DEVICES, TrainConfig
 from latprune.train.distill import DistillHook
 from latprune.train.distributed import init_distributed, is_main
@@ -137,17 +142,7 @@ def _check_plan(plan: PruningPlan, spec: ModelSpec, path: Path) -> None:
 
 def _data_config(ckpt: Mapping[str, Any], data: DataConfig | None, path: Path) -> DataConfig:
     """``data`` if given, else the dataset and validation split the parent was trained with."""
-    if data is not None:
-        return data
-    saved: Mapping[str, Any] = ckpt.get("data") or {}
-    if not saved.get("name"):
-        raise DataError(f"The parent checkpoint '{path}' does not record its dataset; pass --data.")
-    return DataConfig(
-        name=saved["name"],
-        val_per_class=int(saved.get("val_per_class", DataConfig.val_per_class)),
-        split_seed=int(saved.get("split_seed", DataConfig.split_seed)),
-        image_size=saved.get("image_size"),
-    )
+    return data if data is not None else checkpoint_data_config(dict(ckpt), path)
 
 
 def _load_data(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
 from latprune.errors import DataError, ModelError
-from latprune.train.checkpoint import checkpoint_meta, load_model_from_checkpoint, resolve_checkpoint_path
+from latprune.train.checkpoint import (
+    checkpoint_data_config,
+    checkpoint_meta,
+    load_model_from_checkpoint,
+    resolve_checkpoint_path,
+)
 from latprune.train.config import ModelSpec, TrainConfig
 from latprune.train.distributed import init_distributed
 from latprune.train.loop import TrainResult, evaluate, train_model
@@ -92,16 +96,8 @@ def evaluate_checkpoint(
     if threads is not None and torch_device.type == "cpu":
         torch.set_num_threads(threads)
     model, ckpt = load_model_from_checkpoint(path, map_location=torch_device)
-    saved: Mapping[str, Any] = ckpt.get("data") or {}
-    name = data_name or saved.get("name")
-    if not name:
-        raise DataError(f"The checkpoint '{path}' does not record its dataset; pass --data.")
-    data = DataConfig(
-        name=name,
-        val_per_class=int(saved.get("val_per_class", DataConfig.val_per_class)),
-        split_seed=int(saved.get("split_seed", DataConfig.split_seed)),
-        image_size=saved.get("image_size"),
-    )
+    data = checkpoint_data_config(ckpt, path, data_name)
+    name = data.name
     loaded = load_splits(data)
     kwargs = ckpt["model_kwargs"]
     if (loaded.info.num_classes, loaded.info.in_channels) != (kwargs["num_classes"], kwargs["in_channels"]):
