@@ -110,10 +110,14 @@ def test_dense_conv_on_model_shapes(meta):
         assert_close(run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant), conv_reference(w, b, x, meta, 1, r))
 
 
-# 3x3 pad-1 depthwise (the masked in-place path of variant 0): odd/even sizes, maps narrower than a vector, one row.
+# 3x3 pad-1 depthwise (the masked in-place path of variant 0): odd/even sizes, maps narrower than a vector, one row,
+# rows of exactly one vector and long runs of interior chunks (their loads are shared between neighbouring chunks).
 DW3_SHAPES = [
     ConvMeta(c, c, h, w, 3, 3, s, s, 1, 1, groups=c)
-    for c, h, w in [(5, 7, 7), (3, 14, 14), (2, 9, 23), (3, 1, 1), (2, 2, 3), (2, 40, 37), (2, 1, 18), (2, 113, 17)]
+    for c, h, w in [
+        *[(5, 7, 7), (3, 14, 14), (2, 9, 23), (3, 1, 1), (2, 2, 3), (2, 40, 37), (2, 1, 18), (2, 113, 17)],
+        *[(2, 16, 16), (2, 3, 32), (3, 56, 56), (2, 5, 100)],
+    ]
     for s in (1, 2)
 ]
 

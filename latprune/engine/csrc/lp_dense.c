@@ -134,8 +134,10 @@ static void lp_grid_prep_channel(const float *in, float *scratch, const lp_conv_
     const int sh = s->stride_h, sw = s->stride_w, hq = lp_grid_hq(s), wq = lp_grid_wq(s);
     const float *src = in + (size_t)ci * s->h * s->w;
     float *dst = scratch + (size_t)ci * lp_grid_chan(s);
-    for (int ry = 0; ry < sh; ry++)
-        for (int rx = 0; rx < sw; rx++) {
+    /* only the planes some tap reads (a 1x1 stride-2 layer reads 1 of 4; the others are never written) */
+    const int ny = s->kh < sh ? s->kh : sh, nx = s->kw < sw ? s->kw : sw;
+    for (int ry = 0; ry < ny; ry++)
+        for (int rx = 0; rx < nx; rx++) {
             float *plane = dst + (size_t)(ry * sw + rx) * hq * wq;
             /* plane column x holds input column x*sw + rx - pad_w: valid for x in [lo, hi) */
             int lo = (s->pad_w - rx + sw - 1) / sw, hi = (s->w + s->pad_w - rx + sw - 1) / sw;
@@ -169,6 +171,60 @@ LP_INLINE void lp_grid_zero_slack(float *scratch, const lp_conv_shape *s) {
     memset(scratch + (size_t)s->c_in * lp_grid_chan(s), 0, sizeof(float) * (size_t)(lp_grid_wq(s) + 512));
 }
 
+/* Grid tiles whose columns cross grid rows (k x k layers: junk columns between the rows), on AVX-512 with grid rows
+ * of at least LP_LANES columns: a vector of grid columns then holds at most two runs of output pixels (the end of
+ * one row and the start of the next), each stored by one masked store at a shifted base (lane l of run k goes to
+ * o_k + l). Computed once per vector of a tile, shared by all its rows: the finish stays in registers, without the
+ * run tables of the general path below (measured: 14-16% of a sparse 3x3 layer's time at 56x56, ~8% at 28x28). */
+#if LP_LANES == 16 && defined(__AVX512F__)
+#define LP_MASKED_FINISH 1
+typedef struct {
+    __mmask16 m0, m1; /* lanes of the first and second run */
+    ptrdiff_t o0, o1; /* output index of lane 0 for each run */
+} lp_vruns;
+
+/* The runs of the vector whose lane 0 is grid column (oy, ox), ox < wq, wq >= LP_LANES. */
+LP_INLINE lp_vruns lp_vruns_at(const lp_grid *g, int oy, int ox) {
+    lp_vruns q = {0, 0, 0, 0};
+    const int h_out = g->hw_out / g->w_out;
+    if (oy < h_out && ox < g->w_out) {
+        const int len = g->w_out - ox < LP_LANES ? g->w_out - ox : LP_LANES;
+        q.m0 = (__mmask16)((1u << len) - 1u);
+        q.o0 = (ptrdiff_t)oy * g->w_out + ox;
+    }
+    const int l1 = g->wq - ox; /* first lane of the next grid row */
+    if (l1 < LP_LANES && oy + 1 < h_out) {
+        const int len = g->w_out < LP_LANES - l1 ? g->w_out : LP_LANES - l1;
+        q.m1 = (__mmask16)(((1u << len) - 1u) << l1);
+        q.o1 = (ptrdiff_t)(oy + 1) * g->w_out - l1;
+    }
+    return q;
+}
+
+/* The runs of a tile's nv vectors starting at grid column j. */
+LP_INLINE void lp_vruns_tile(const lp_grid *g, int j, int nv, lp_vruns *q) {
+    int oy = j / g->wq, ox = j - oy * g->wq;
+    for (int v = 0; v < nv; v++) {
+        q[v] = lp_vruns_at(g, oy, ox);
+        ox += LP_LANES;
+        if (ox >= g->wq) {
+            ox -= g->wq;
+            oy++;
+        }
+    }
+}
+
+LP_INLINE lp_vf lp_vruns_load(const float *p, lp_vruns q) {
+    return (lp_vf)_mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(q.m0, p + q.o0), q.m1, p + q.o1);
+}
+LP_INLINE void lp_vruns_store(float *p, lp_vruns q, lp_vf x) {
+    _mm512_mask_storeu_ps(p + q.o0, q.m0, (__m512)x);
+    _mm512_mask_storeu_ps(p + q.o1, q.m1, (__m512)x);
+}
+#else
+#define LP_MASKED_FINISH 0
+#endif
+
 
 /* Finish a rows x (nv * LP_LANES) accumulator tile at grid column j: bias, residual, activation, store.
  * acc is row-major [rows][LP_MAXNV]; out/residual/bias point at the tile's first output channel. */
@@ -186,6 +242,21 @@ LP_INLINE void lp_tile_finish(lp_vf acc[][LP_MAXNV], int rows, const int nv, int
         }
         return;
     }
+#if LP_MASKED_FINISH
+    if (g->wq >= LP_LANES) {
+        lp_vruns q[LP_MAXNV];
+        lp_vruns_tile(g, j, nv, q);
+        for (int r = 0; r < rows; r++) {
+            const lp_vf b = lp_vsplat(bias[r]);
+            for (int v = 0; v < nv; v++) {
+                lp_vf x = acc[r][v] + b;
+                if (residual) x += lp_vruns_load(residual + r * hw, q[v]);
+                lp_vruns_store(out + r * hw, q[v], lp_vact(x, act));
+            }
+        }
+        return;
+    }
+#endif
     /* Each vector's lanes split into runs of valid columns (a grid row's w_out pixels) separated by junk lanes.
      * (oy, ox) of column c is tracked incrementally: one division per tile, not one per run. */
     int c = j, oy = j / g->wq, ox = j - oy * g->wq;
@@ -724,6 +795,9 @@ LP_INLINE int lp_dw3_applies(const lp_conv_shape *s) {
             (s->stride_h == 2 && s->w <= LP_DW3_MAX_W));
 }
 
+/* Lanes 0 .. k - 1 of 16 (none for k <= 0, all for k >= 16). */
+LP_INLINE unsigned lp_lanes_below(int k) { return k <= 0 ? 0u : k >= 16 ? 0xffffu : (1u << k) - 1u; }
+
 /* Lanes l of a 16-float load at row position p whose column p + l lies in [0, w). */
 LP_INLINE __mmask16 lp_range_mask(int p, int w) {
     const int lo = p < 0 ? -p : 0, hi = w - p < 16 ? w - p : 16;
@@ -738,28 +812,56 @@ LP_INLINE __m512 lp_dw3_finish(__m512 acc, const float *residual, float *out, __
     return acc;
 }
 
+
+/* One 16-pixel chunk of a stride-1 channel whose tap rows are all readable (interior rows):
+ * *u0, *u1, *u2 hold each kernel row's 16 floats from column -1 and advance to the next chunk's. */
+LP_INLINE void lp_dw3_s1_chunk(const float *p, int wd, const __m512 *wt, __m512 b, const __mmask16 *colmask,
+                               __m512 *u0, __m512 *u1, __m512 *u2, const float *res, float *dst, __mmask16 m,
+                               int act) {
+    const __m512 n0 = _mm512_loadu_ps(p - wd + 15), n1 = _mm512_loadu_ps(p + 15), n2 = _mm512_loadu_ps(p + wd + 15);
+#define LP_SHIFT(hi, lo, k) _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), k))
+    __m512 l = _mm512_mul_ps(wt[0], *u0);
+    __m512 c = _mm512_fmadd_ps(wt[1], LP_SHIFT(n0, *u0, 1), b);
+    __m512 r = _mm512_mul_ps(wt[2], LP_SHIFT(n0, *u0, 2));
+    l = _mm512_fmadd_ps(wt[3], *u1, l);
+    c = _mm512_fmadd_ps(wt[4], LP_SHIFT(n1, *u1, 1), c);
+    r = _mm512_fmadd_ps(wt[5], LP_SHIFT(n1, *u1, 2), r);
+    l = _mm512_fmadd_ps(wt[6], *u2, l);
+    c = _mm512_fmadd_ps(wt[7], LP_SHIFT(n2, *u2, 1), c);
+    r = _mm512_fmadd_ps(wt[8], LP_SHIFT(n2, *u2, 2), r);
+#undef LP_SHIFT
+    *u0 = n0;
+    *u1 = n1;
+    *u2 = n2;
+    c = _mm512_mask_add_ps(c, colmask[0], c, l);
+    c = _mm512_mask_add_ps(c, colmask[1], c, r);
+    lp_dw3_finish(c, res, dst, m, act);
+}
+
 static void lp_dw3_s1(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
                       int act, int nthreads, const float *w) {
     const int h = s->h, wd = s->w, n = h * wd, chunks = (n + 15) / 16;
     __mmask16 masks[LP_DW3_MAX_CHUNKS][9], colmask[LP_DW3_MAX_CHUNKS][2];
-    for (int q = 0; q < chunks; q++) {
-        unsigned top = 0, bot = 0, left = 0, right = 0, valid = 0;
-        for (int l = 0; l < 16; l++) {
-            const int j = q * 16 + l, oy = j / wd, ox = j - oy * wd;
-            if (j >= n) break;
-            valid |= 1u << l;
-            top |= (unsigned)(oy > 0) << l;
-            bot |= (unsigned)(oy < h - 1) << l;
-            left |= (unsigned)(ox > 0) << l;
-            right |= (unsigned)(ox < wd - 1) << l;
-        }
+    /* Per chunk, in O(1) (a loop over its 16 lanes cost ~8 cycles a pixel: 27 us on a 112x112 map). Lane l of chunk q
+     * is pixel j = 16q + l, at column (ox0 + l) % wd. */
+    for (int q = 0, ox0 = 0; q < chunks; q++, ox0 = (ox0 + 16) % wd) {
+        const int j0 = q * 16;
+        const unsigned valid = lp_lanes_below(n - j0), top = valid & ~lp_lanes_below(wd - j0);
+        const unsigned bot = lp_lanes_below(n - wd - j0);
+        unsigned left = valid, right = valid;
+        for (int l = (wd - ox0) % wd; l < 16; l += wd) left &= ~(1u << l);           /* ox == 0 */
+        for (int l = (2 * wd - 1 - ox0) % wd; l < 16; l += wd) right &= ~(1u << l);  /* ox == wd - 1 */
         const unsigned rows[3] = {top, valid, bot}, cols[3] = {left, valid, right};
         for (int t = 0; t < 9; t++) masks[q][t] = (__mmask16)(rows[t / 3] & cols[t % 3]);
         colmask[q][0] = (__mmask16)left;
         colmask[q][1] = (__mmask16)right;
     }
-    /* chunks q_in0 .. q_in1 - 1 lie wholly in rows 1 .. h - 2: every tap row is inside the image */
-    const int q_in0 = (wd + 15) / 16, q_in1 = n - wd >= 16 ? (n - wd) / 16 : 0;
+    /* Chunks q_in0 .. q_in1 - 1 lie wholly in rows 1 .. h - 2 (every tap row is inside the image) and their loads,
+     * below, stay inside the channel. There each kernel row costs one load: the row's 16 + 16 floats from column
+     * -1 are two loads, the last of which is the next chunk's first, and the centre and right taps are lane shifts
+     * (valignd) of the pair, instead of nine unaligned loads that mostly split cache lines (measured, 1 thread:
+     * 512 x 14x14 35 -> 32 us, 128 x 56x56 132 -> 106 us with the O(1) masks above). */
+    const int q_in0 = (wd + 1 + 15) / 16, q_in1 = n - wd - 31 >= 0 ? (n - wd - 31) / 16 + 1 : 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *src = in + (size_t)c * n;
@@ -768,21 +870,18 @@ static void lp_dw3_s1(const float *in, float *out, const float *bias, const floa
         __m512 wt[9];
         for (int t = 0; t < 9; t++) wt[t] = _mm512_set1_ps(w[c * 9 + t]);
         const __m512 b = _mm512_set1_ps(bias[c]);
+        __m512 u0 = b, u1 = b, u2 = b; /* each kernel row's 16 floats from column -1 of the current chunk */
+        if (q_in0 < q_in1) {
+            const float *p = src + q_in0 * 16;
+            u0 = _mm512_loadu_ps(p - wd - 1);
+            u1 = _mm512_loadu_ps(p - 1);
+            u2 = _mm512_loadu_ps(p + wd - 1);
+        }
         for (int q = 0; q < chunks; q++) {
             const float *p = src + q * 16;
-            if (q >= q_in0 && q < q_in1) { /* interior rows: plain loads, the column borders masked once per column */
-                __m512 l = _mm512_mul_ps(wt[0], _mm512_loadu_ps(p - wd - 1));
-                __m512 c = _mm512_fmadd_ps(wt[1], _mm512_loadu_ps(p - wd), b);
-                __m512 r = _mm512_mul_ps(wt[2], _mm512_loadu_ps(p - wd + 1));
-                l = _mm512_fmadd_ps(wt[3], _mm512_loadu_ps(p - 1), l);
-                c = _mm512_fmadd_ps(wt[4], _mm512_loadu_ps(p), c);
-                r = _mm512_fmadd_ps(wt[5], _mm512_loadu_ps(p + 1), r);
-                l = _mm512_fmadd_ps(wt[6], _mm512_loadu_ps(p + wd - 1), l);
-                c = _mm512_fmadd_ps(wt[7], _mm512_loadu_ps(p + wd), c);
-                r = _mm512_fmadd_ps(wt[8], _mm512_loadu_ps(p + wd + 1), r);
-                c = _mm512_mask_add_ps(c, colmask[q][0], c, l);
-                c = _mm512_mask_add_ps(c, colmask[q][1], c, r);
-                lp_dw3_finish(c, res ? res + q * 16 : NULL, dst + q * 16, (__mmask16)0xffff, act);
+            if (q >= q_in0 && q < q_in1) { /* interior rows: the column borders masked once per column */
+                lp_dw3_s1_chunk(p, wd, wt, b, colmask[q], &u0, &u1, &u2, res ? res + q * 16 : NULL, dst + q * 16,
+                                (__mmask16)0xffff, act);
                 continue;
             }
             __mmask16 m[9]; /* straight into mask registers (kmovw from memory, not through a GPR and port 5) */
@@ -803,14 +902,16 @@ static void lp_dw3_s1(const float *in, float *out, const float *bias, const floa
     }
 }
 
-/* Stride 2, one output row segment of len <= 16 pixels at (oy, ox0): columns x = 2*ox + dx of input rows 2*oy + dy. */
-LP_INLINE __m512 lp_dw3_s2_row(const float *row, int ox0, int wd, const __m512 *wt, __m512 acc) {
+/* Stride 2, one output row segment of <= 16 pixels starting at output column ox0: columns x = 2*ox + dx of one input
+ * row, from three loads at x = 2*ox0 - 1, +16, +32 whose in-row lanes are m[0..2] (the same for every row and channel:
+ * computed once per call, measured 40 -> 25 cycles a segment on 14x14 maps against computing them per load). */
+LP_INLINE __m512 lp_dw3_s2_row(const float *row, int ox0, const __mmask16 *m, const __m512 *wt, __m512 acc) {
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const int p = 2 * ox0 - 1; /* x of dx = -1 for lane 0 */
-    const __m512 v0 = _mm512_maskz_loadu_ps(lp_range_mask(p, wd), row + p);
-    const __m512 v1 = _mm512_maskz_loadu_ps(lp_range_mask(p + 16, wd), row + p + 16);
-    const __m512 v2 = _mm512_maskz_loadu_ps(lp_range_mask(p + 32, wd), row + p + 32);
+    const __m512 v0 = _mm512_maskz_loadu_ps(m[0], row + p);
+    const __m512 v1 = _mm512_maskz_loadu_ps(m[1], row + p + 16);
+    const __m512 v2 = _mm512_maskz_loadu_ps(m[2], row + p + 32);
     const __m512 xm = _mm512_permutex2var_ps(v0, even, v1); /* x = 2*ox - 1 */
     const __m512 x0 = _mm512_permutex2var_ps(v0, odd, v1);  /* x = 2*ox */
     /* x = 2*ox + 1: xm shifted down one lane, lane 15 from v2[0] */
@@ -823,8 +924,14 @@ LP_INLINE __m512 lp_dw3_s2_row(const float *row, int ox0, int wd, const __m512 *
 
 static void lp_dw3_s2(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
                       int act, int nthreads, const float *w) {
-    const int h = s->h, wd = s->w, ho = s->h_out, wo = s->w_out;
+    const int h = s->h, wd = s->w, ho = s->h_out, wo = s->w_out, segs = (wo + 15) / 16;
     const size_t hw = (size_t)h * wd, hwo = (size_t)ho * wo;
+    __mmask16 m[LP_DW3_MAX_W / 32 + 1][4]; /* per segment: the three loads' lanes, and the stored lanes */
+    for (int k = 0; k < segs; k++) {
+        const int p = 2 * (16 * k) - 1, len = wo - 16 * k < 16 ? wo - 16 * k : 16;
+        for (int t = 0; t < 3; t++) m[k][t] = lp_range_mask(p + 16 * t, wd);
+        m[k][3] = (__mmask16)((1u << len) - 1u);
+    }
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *src = in + (size_t)c * hw;
@@ -835,15 +942,14 @@ static void lp_dw3_s2(const float *in, float *out, const float *bias, const floa
         const __m512 b = _mm512_set1_ps(bias[c]);
         for (int oy = 0; oy < ho; oy++) {
             const int iy = 2 * oy;
-            for (int ox0 = 0; ox0 < wo; ox0 += 16) {
-                const int len = wo - ox0 < 16 ? wo - ox0 : 16;
+            for (int k = 0; k < segs; k++) {
+                const int ox0 = 16 * k;
                 __m512 a0 = b, a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps();
-                if (iy > 0) a0 = lp_dw3_s2_row(src + (size_t)(iy - 1) * wd, ox0, wd, wt, a0);
-                a1 = lp_dw3_s2_row(src + (size_t)iy * wd, ox0, wd, wt + 3, a1);
-                if (iy + 1 < h) a2 = lp_dw3_s2_row(src + (size_t)(iy + 1) * wd, ox0, wd, wt + 6, a2);
+                if (iy > 0) a0 = lp_dw3_s2_row(src + (size_t)(iy - 1) * wd, ox0, m[k], wt, a0);
+                a1 = lp_dw3_s2_row(src + (size_t)iy * wd, ox0, m[k], wt + 3, a1);
+                if (iy + 1 < h) a2 = lp_dw3_s2_row(src + (size_t)(iy + 1) * wd, ox0, m[k], wt + 6, a2);
                 const size_t o = (size_t)oy * wo + ox0;
-                lp_dw3_finish(_mm512_add_ps(_mm512_add_ps(a0, a1), a2), res ? res + o : NULL, dst + o,
-                              (__mmask16)((1u << len) - 1u), act);
+                lp_dw3_finish(_mm512_add_ps(_mm512_add_ps(a0, a1), a2), res ? res + o : NULL, dst + o, m[k][3], act);
             }
         }
     }

@@ -92,9 +92,11 @@ LP_INLINE void lp_g4_finish_run(lp_vf acc[4][LP_G4_MAXNV], const int nv, int row
 LP_INLINE void lp_g4_tile(const lp_grid *g, const float *LP_RESTRICT vals, const int32_t *LP_RESTRICT off, int nnz,
                           int j, int rows, int valid, const float *bias, const float *residual, float *out, int act,
                           const int nv, lp_g4_next nx) {
+    /* junk columns inside the tile, and rows of at least a vector: the masked finish of lp_dense.c */
+    const int masked = LP_MASKED_FINISH && valid < 0 && g->wq >= LP_LANES;
     lp_vf acc[4][LP_G4_MAXNV];
-    LP_UNROLL for (int r = 0; r < 4; r++) { /* the run finish adds no bias: start from it (saves 16 adds a tile) */
-        const lp_vf b0 = lp_vsplat(valid >= 0 && r < rows ? bias[r] : 0.f);
+    LP_UNROLL for (int r = 0; r < 4; r++) { /* the run and masked finishes add no bias: start from it */
+        const lp_vf b0 = lp_vsplat((valid >= 0 || masked) && r < rows ? bias[r] : 0.f);
         LP_UNROLL for (int v = 0; v < nv; v++) acc[r][v] = b0;
     }
     const float *src = g->src + j;
@@ -123,6 +125,20 @@ LP_INLINE void lp_g4_tile(const lp_grid *g, const float *LP_RESTRICT vals, const
 #undef LP_G4_STEP
     if (valid >= 0 || nv > LP_MAXNV) { /* (wide tiles only come from aligned tilings, which always have a run) */
         lp_g4_finish_run(acc, nv, rows, j, valid, (size_t)g->hw_out, residual, out, act);
+    } else if (masked) {
+#if LP_MASKED_FINISH
+        lp_vruns q[LP_G4_MAXNV];
+        lp_vruns_tile(g, j, nv, q);
+        const size_t hw = (size_t)g->hw_out;
+        LP_UNROLL for (int r = 0; r < 4; r++) {
+            if (r >= rows) break;
+            LP_UNROLL for (int v = 0; v < nv; v++) {
+                lp_vf x = acc[r][v];
+                if (residual) x += lp_vruns_load(residual + r * hw, q[v]);
+                lp_vruns_store(out + r * hw, q[v], lp_vact(x, act));
+            }
+        }
+#endif
     } else {
         lp_vf tile[4][LP_MAXNV];
         LP_UNROLL for (int r = 0; r < 4; r++)
