@@ -110,6 +110,16 @@ def test_dense_conv_on_model_shapes(meta):
         assert_close(run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant), conv_reference(w, b, x, meta, 1, r))
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_channel_major_tiles_blocked_over_taps(nthreads):
+    """More than 256 taps and several 32-channel panels: partial sums carried across tap blocks, per thread."""
+    meta = ConvMeta(40, 130, 7, 7, 3, 3, 1, 1, 1, 1)  # K = 360: two tap blocks; 5 panels, the last one partial
+    w, b, x, r = random_layer(np.random.default_rng(5), meta, 0.0, True)
+    for variant in range(len(get_kernel("dense_conv").variants)):
+        got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant, nthreads=nthreads)
+        assert_close(got, conv_reference(w, b, x, meta, 1, r))
+
+
 # 3x3 pad-1 depthwise (the masked in-place path of variant 0): odd/even sizes, maps narrower than a vector, one row,
 # rows of exactly one vector and long runs of interior chunks (their loads are shared between neighbouring chunks).
 DW3_SHAPES = [

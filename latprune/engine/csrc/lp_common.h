@@ -67,4 +67,18 @@ LP_INLINE lp_vf lp_vact(lp_vf x, int act) {
     }
 }
 
+/* The even lanes of the concatenation a:b (a stride-2 gather of 2 * LP_LANES floats). */
+#if LP_LANES == 16
+#define LP_EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#elif LP_LANES == 8
+#define LP_EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14
+#else
+#define LP_EVEN_IDX 0, 2, 4, 6
+#endif
+#if defined(__clang__) /* same lane shuffle, each compiler's spelling */
+#define LP_EVEN_LANES(a, b) __builtin_shufflevector(a, b, LP_EVEN_IDX)
+#else
+#define LP_EVEN_LANES(a, b) __builtin_shuffle(a, b, (lp_vi){LP_EVEN_IDX})
+#endif
+
 #endif /* LP_COMMON_H */
