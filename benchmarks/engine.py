@@ -8,7 +8,7 @@ machine does not inflate). ``engine_ops_ms`` is the sum of the per-op
 medians of the engine's own profile (CPU time at 1 thread). Also measures the compile time of MobileNetV2 from
 scratch (empty cache) and on a cache hit. Writes benchmarks/results/engine.json and engine.md.
 
-    .venv/bin/python benchmarks/engine.py            # everything (~5 min on a quiet 2-core machine)
+    .venv/bin/python benchmarks/engine.py            # everything (~2 min on a quiet 2-core machine)
     .venv/bin/python benchmarks/engine.py --quick    # MobileNetV1 only, 1 thread, 20 runs
 """
 
