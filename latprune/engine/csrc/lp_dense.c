@@ -163,7 +163,8 @@ LP_INLINE void lp_grid_zero_slack(float *scratch, const lp_conv_shape *s) {
  * of at least LP_LANES columns: a vector of grid columns then holds at most two runs of output pixels (the end of
  * one row and the start of the next), each stored by one masked store at a shifted base (lane l of run k goes to
  * o_k + l). Computed once per vector of a tile, shared by all its rows: the finish stays in registers, without the
- * run tables of the general path below (measured: 14-16% of a sparse 3x3 layer's time at 56x56, ~8% at 28x28). */
+ * run tables of the general path below. That path cost 14-16% of a sparse 3x3 layer's time at 56x56 and ~8% at
+ * 28x28; this one recovers about a third of it (group-of-4 64 -> 64 at 56x56, 80%: 420 -> 397 us). */
 #if LP_LANES == 16 && defined(__AVX512F__)
 #define LP_MASKED_FINISH 1
 typedef struct {
@@ -473,7 +474,8 @@ LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, cons
                           int act, const int np, float *part, int first, int last, const float *pf, int npf) {
     lp_vf acc[12][LP_CM_NV];
     for (int q = 0; q < np; q++)
-        for (int v = 0; v < LP_CM_NV; v++) acc[q][v] = first ? lp_vsplat(0.f) : lp_vload(part + q * LP_CM + v * LP_LANES);
+        for (int v = 0; v < LP_CM_NV; v++)
+            acc[q][v] = first ? lp_vsplat(0.f) : lp_vload(part + q * LP_CM + v * LP_LANES);
     if (npf > K) npf = K;
 #define LP_CM_STEP(PF)                                                                                                \
     do {                                                                                                               \
@@ -507,7 +509,9 @@ LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, cons
 }
 
 #define LP_CM_CASE(n)                                                                                                \
-    case n: lp_cm_tile(src, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n, part, first, last, pf, npf); break;
+    case n:                                                                                                          \
+        lp_cm_tile(src, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n, part, first, last, pf, npf);      \
+        break;
 static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w, int K, int co, int c_out, size_t hw,
                            size_t o0, const float *bias, const float *residual, float *out, int act, int np,
                            float *part, int first, int last, const float *pf, int npf) {
@@ -528,9 +532,9 @@ static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w,
 /* Dense convolution with channel-major tiles. Variant < 3, blocked: each thread takes whole panels, and per block of
  * LP_CM_KB taps runs every row segment (partial sums in a small buffer), so each weight comes from memory once and
  * is reused by all segments from L1. Panel by panel with the segments inside, the first segment streamed the whole
- * panel from memory (a ResNet18 512 x 512 7x7 layer's 9.4 MB of weights never stay in cache between inferences)
- * and waited on it. Variant >= 3, or too few panels to share: one tile per (panel, segment), the segment outermost
- * for variant >= 3. */
+ * panel from memory and waited on it (the 9.4 MB of weights of a ResNet18 512 x 512 3x3 layer at 7x7 never stay in
+ * cache between inferences). Variant >= 3, or too few panels to share: one tile per (panel, segment), the segment
+ * outermost for variant >= 3. */
 static void lp_dense_conv_cm(const float *in, float *out, const float *bias, const float *residual, float *scratch,
                              const lp_conv_shape *s, int act, int variant, int nthreads, const float *w,
                              const int32_t *off) {
@@ -559,7 +563,8 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
                      * at 7x7 with cold weights: 2121 us panel by panel, 1669 blocked, 1536 blocked + prefetch) */
                     const float *nxt = w + ((size_t)p * K + k0 + kb) * LP_CM;
                     const int left = k0 + kb < K ? K - k0 - kb : (p + 1 < panels ? K : 0);
-                    const int lines = (left < LP_CM_KB ? left : LP_CM_KB) * (LP_CM / 16), share = (lines + segs - 1) / segs;
+                    const int lines = (left < LP_CM_KB ? left : LP_CM_KB) * (LP_CM / 16);
+                    const int share = (lines + segs - 1) / segs;
                     for (int t = 0, q0 = 0; t < segs; t++) {
                         int oy, ox, np;
                         lp_cm_segment(s, t, &oy, &ox, &np);
@@ -574,7 +579,8 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
         } else {
 #pragma omp for schedule(static)
             for (long it = 0; it < items; it++) {
-                const int p = (int)(seg_outer ? it % panels : it / segs), t = (int)(seg_outer ? it / panels : it % segs);
+                const int p = (int)(seg_outer ? it % panels : it / segs);
+                const int t = (int)(seg_outer ? it / panels : it % segs);
                 int oy, ox, np;
                 lp_cm_segment(s, t, &oy, &ox, &np);
                 lp_cm_tile_any(g.src + (size_t)oy * g.wq + ox, off, w + (size_t)p * K * LP_CM, K, p * LP_CM, s->c_out,
@@ -868,7 +874,8 @@ LP_INLINE void lp_dw3_s1_chunk(const float *p, int wd, const __m512 *wt, __m512 
                                __m512 *u0, __m512 *u1, __m512 *u2, const float *res, float *dst, __mmask16 m,
                                int act) {
     const __m512 n0 = _mm512_loadu_ps(p - wd + 15), n1 = _mm512_loadu_ps(p + 15), n2 = _mm512_loadu_ps(p + wd + 15);
-#define LP_SHIFT(hi, lo, k) _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), k))
+#define LP_SHIFT(hi, lo, k)                                                                                            \
+    _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hi), _mm512_castps_si512(lo), k))
     __m512 l = _mm512_mul_ps(wt[0], *u0);
     __m512 c = _mm512_fmadd_ps(wt[1], LP_SHIFT(n0, *u0, 1), b);
     __m512 r = _mm512_mul_ps(wt[2], LP_SHIFT(n0, *u0, 2));
