@@ -31,6 +31,8 @@ from latprune.train.distributed import (
     init_distributed,
 )
 
+from helpers import WeightMask
+
 WORLD = 2
 CONFIG = TrainConfig(epochs=2, batch_size=16, lr=0.05, weight_decay=5e-4, seed=0, threads=1)
 JOIN_TIMEOUT_S = 60.0  # a hung collective fails the test instead of the CI job
@@ -43,24 +45,13 @@ def tiny_data(n: int = 64, seed: int = 0) -> ImageData:
     return ImageData(images.to(torch.uint8), labels)
 
 
-class Mask(nn.Module):
-    """A fixed weight mask, attached as pruning attaches one (a parametrization holding a buffer)."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask)
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.mask
-
-
 def tiny_model() -> nn.Module:
     """No BatchNorm (per-rank batch statistics are the one thing DDP does not make equal to one big batch), and a
     masked first layer, as masked fine-tuning trains."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
     mask = (torch.arange(model[0].weight.numel()) % 3 != 0).float().view_as(model[0].weight)
-    parametrize.register_parametrization(model[0], "weight", Mask(mask))
+    parametrize.register_parametrization(model[0], "weight", WeightMask(mask))
     return model
 
 

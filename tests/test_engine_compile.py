@@ -25,16 +25,7 @@ from latprune.engine.runtime import choose_kernels
 from latprune.errors import EngineError
 from latprune.models import create_model, list_models
 
-
-def randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Non-trivial BN statistics, so folding errors show up (fresh BN is the identity)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-    return model.eval()
+from helpers import randomize_bn
 
 
 def group4_sparsify(model: nn.Module, sparsity: float, gen: torch.Generator, every: int = 1) -> nn.Module:

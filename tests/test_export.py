@@ -24,24 +24,14 @@ from latprune.models import ModelSpec
 from latprune.prune import PruningPlan, apply_plan, build_pruned, load_pruned, uniform_plan, weight_masks
 from latprune.train import TrainConfig, checkpoint_meta, load_model_from_checkpoint, train_model
 
+from helpers import randomize_bn
+
 SPEC = ModelSpec("resnet20", num_classes=3, in_channels=1, input_size=12, width_mult=0.25)
-
-
-def randomize_bn(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BN statistics, so a wrongly loaded or folded BatchNorm changes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=gen) * 0.4 - 0.2)
-    return model.eval()
 
 
 def pruned_model(seed: int = 0) -> tuple[nn.Module, PruningPlan]:
     """resnet20 at width 0.25, half its channels kept and group-of-4 sparsity 0.5, weight masks attached."""
-    model = randomize_bn(SPEC.build(seed=seed), seed)
+    model = randomize_bn(SPEC.build(seed=seed), torch.Generator().manual_seed(seed))
     plan = uniform_plan(model, SPEC.input_size, SPEC.in_channels, 0.5, 0.5, "group4", model_spec=SPEC)
     return apply_plan(model, plan).eval(), plan
 
@@ -177,7 +167,7 @@ def test_cli_exports_a_trained_checkpoint(trained_checkpoint, tmp_path, capsys):
 
 
 def test_dense_checkpoint_exports_without_a_plan(tmp_path):
-    model = randomize_bn(SPEC.build(seed=2), 2)
+    model = randomize_bn(SPEC.build(seed=2), torch.Generator().manual_seed(2))
     ckpt = {**checkpoint_meta(SPEC), "state_dict": model.state_dict(), "epoch": 0, "metrics": {}}
     torch.save(ckpt, tmp_path / "dense.pt")
     bundle = export_checkpoint(tmp_path / "dense.pt", tmp_path / "out", ExportConfig(onnx=False))

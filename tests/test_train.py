@@ -27,6 +27,8 @@ from latprune.train import (
     train_model,
 )
 
+from helpers import WeightMask
+
 SPEC = ModelSpec("resnet20", num_classes=3, in_channels=1, input_size=12, width_mult=0.25)
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.05, seed=0, threads=1)
 
@@ -149,15 +151,6 @@ def test_evaluate_restores_mode_and_counts():
 
 def test_masked_weights_stay_zero(tmp_path):
     """A model carrying a parametrized weight mask (as pruning will) trains with its zeros held."""
-
-    class Mask(nn.Module):
-        def __init__(self, mask: torch.Tensor) -> None:
-            super().__init__()
-            self.register_buffer("mask", mask)
-
-        def forward(self, w: torch.Tensor) -> torch.Tensor:
-            return w * self.mask
-
     model = SPEC.build(seed=0)
     conv = (
         model.layer1[0].conv1
@@ -165,7 +158,7 @@ def test_masked_weights_stay_zero(tmp_path):
         else next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     )
     mask = (torch.rand(conv.weight.shape, generator=torch.Generator().manual_seed(0)) > 0.5).float()
-    parametrize.register_parametrization(conv, "weight", Mask(mask))
+    parametrize.register_parametrization(conv, "weight", WeightMask(mask))
     _, result = run(tmp_path / "m", replace(CONFIG, epochs=1), model=model)
     assert torch.all(conv.weight[mask == 0] == 0) and conv.weight.abs().sum() > 0
     state = torch.load(result.checkpoint_path, weights_only=False)["state_dict"]
