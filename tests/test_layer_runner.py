@@ -10,7 +10,7 @@ import pytest
 
 from latprune.engine import autotune
 from latprune.engine.build import CSRC_DIR
-from latprune.engine.isa import host_isa
+from latprune.engine.isa import host_isa, native_isa, runnable_isas
 from latprune.engine.kernels import ConvMeta, get_kernel
 from latprune.engine.layer import ConvShape, bind_layer, conv_shape, kernel_source, run_layer, time_layer
 from latprune.engine.reference import conv_reference
@@ -160,3 +160,15 @@ def test_layer_key_depends_on_density_threads_and_shape():
         autotune.layer_key("group4_conv", ConvMeta(6, 8, 9, 9, 3, 3, 1, 1, 1, 1), w, 1),
     }
     assert len(keys) == 4
+
+
+def test_isa_override_selects_a_runnable_target(monkeypatch):
+    """LATPRUNE_ISA picks the compile target; an unknown or unrunnable name is one sentence naming the variable."""
+    for name in runnable_isas():
+        monkeypatch.setenv("LATPRUNE_ISA", name)
+        assert host_isa().name == name
+    monkeypatch.setenv("LATPRUNE_ISA", "sse9")
+    with pytest.raises(EngineError, match="LATPRUNE_ISA='sse9'"):
+        host_isa()
+    monkeypatch.delenv("LATPRUNE_ISA")
+    assert host_isa() == native_isa()

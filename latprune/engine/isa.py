@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+
+from latprune.errors import EngineError
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ def _cpu_flags() -> set[str]:
 
 
 @functools.cache
-def host_isa() -> Isa:
-    """The best ISA the host CPU supports."""
+def native_isa() -> Isa:
+    """The best ISA the host CPU supports, whatever ``LATPRUNE_ISA`` says."""
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
         return ISAS["neon"]
@@ -49,6 +52,40 @@ def host_isa() -> Isa:
     if {"avx2", "fma"} <= flags:
         return ISAS["avx2"]
     return ISAS["generic"]
+
+
+#: The ISAs a host of each native ISA can execute, widest first (an AVX-512 host also runs AVX2 and generic code).
+RUNNABLE: dict[str, tuple[str, ...]] = {
+    "avx512": ("avx512", "avx2", "generic"),
+    "avx2": ("avx2", "generic"),
+    "neon": ("neon", "generic"),
+    "generic": ("generic",),
+}
+
+
+def runnable_isas() -> list[str]:
+    """ISAs whose code this host can execute: its own and the narrower ones, so one machine tests them all."""
+    return list(RUNNABLE[native_isa().name])
+
+
+def host_isa() -> Isa:
+    """The ISA the engine compiles for: ``$LATPRUNE_ISA`` when set (``avx512``, ``avx2``, ``generic``), else the
+    best one the CPU supports. The override lets an AVX-512 machine test and benchmark the narrower paths."""
+    name = os.environ.get("LATPRUNE_ISA", "").strip().lower()
+    if not name:
+        return native_isa()
+    return resolve_isa(name, "LATPRUNE_ISA")
+
+
+def resolve_isa(name: str, source: str = "--isa") -> Isa:
+    """The runnable ISA called ``name``; one sentence naming ``source`` when it is unknown or not runnable here."""
+    if name not in ISAS:
+        raise EngineError(f"{source}={name!r} is not an ISA latprune knows; use one of {', '.join(ISAS)}.")
+    if name not in RUNNABLE[native_isa().name]:
+        raise EngineError(
+            f"{source}={name!r} cannot run on this {native_isa().name} CPU; use one of {', '.join(runnable_isas())}."
+        )
+    return ISAS[name]
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latprune.engine.build import build_shared_library, load_library
-from latprune.engine.isa import ISAS, Isa, host_isa
+from latprune.engine.isa import ISAS, Isa, host_isa, runnable_isas
 from latprune.engine.kernels import ConvMeta, KernelSpec, get_kernel, list_kernels
 from latprune.engine.reference import as_batch, check_layer_args
 from latprune.errors import EngineError
@@ -50,13 +50,6 @@ def kernel_source(source: str, isa: Isa) -> str:
 def list_kernels_in(source: str) -> list[str]:
     """Names of the registered kernels whose C code lives in ``source``."""
     return [name for name in list_kernels() if get_kernel(name).source == source]
-
-
-def runnable_isas() -> list[str]:
-    """ISAs whose code this host can execute: its own and the narrower ones (AVX-512 hosts also run AVX2 and
-    generic 4-lane code), so tests can check every lane count's tiling on one machine."""
-    order = {"avx512": ["avx512", "avx2", "generic"], "avx2": ["avx2", "generic"], "neon": ["neon"]}
-    return order.get(host_isa().name, [host_isa().name])
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from latprune.engine.capture import capture
 from latprune.engine.codegen import aligned_empty, describe, lower
 from latprune.engine.detect import choose_kernel
 from latprune.engine.ir import Graph
-from latprune.engine.isa import host_isa
+from latprune.engine.isa import host_isa, runnable_isas
 from latprune.engine.kernels import SCHEMES
 from latprune.engine.torch_backend import TorchGraphRunner
 from latprune.errors import EngineError
@@ -279,7 +279,7 @@ class CompiledModel:
         blob = aligned_empty(len(raw))
         blob[:] = np.frombuffer(raw, np.uint8)
         lib = directory / "model.so"
-        if spec.isa != host_isa().name or not lib.is_file():
+        if spec.isa not in runnable_isas() or not lib.is_file():
             lib = build_shared_library(source)
         return cls(spec, source, blob, lib)
 
