@@ -164,4 +164,4 @@ def test_demo_uses_the_shipped_parent_and_the_quick_preset(monkeypatch, tmp_path
     cfg = seen["cfg"]
     assert cfg.preset == "quick" and cfg.threads == 2 and cfg.model == "resnet20"
     assert cfg.checkpoint == Path("benchmarks/results/resnet20-fashion-mnist.pt")
-    assert torch.load(cfg.checkpoint, map_location="cpu", weights_only=False)["model"] == "resnet20"
+    assert torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)["model"] == "resnet20"
