@@ -258,6 +258,10 @@ def test_a_saved_model_loads_only_its_recorded_library(cache, tmp_path) -> None:
     with pytest.raises(EngineError, match=r"records no library_sha256"):
         CompiledModel.load(saved)
     assert not marker.exists()
+    (saved / "weights.bin").unlink()
+    os.mkfifo(saved / "weights.bin")  # reading it would block forever
+    with pytest.raises(EngineError, match=r"weights\.bin' is not a regular file"):
+        CompiledModel.load(saved)
     saved.chmod(0o777)
     with pytest.raises(EngineError, match=r"saved model folder .* is writable by group or others"):
         CompiledModel.load(saved)

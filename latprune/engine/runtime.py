@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
 import re
+import stat
 import statistics
 import threading
 import time
@@ -289,9 +291,11 @@ class CompiledModel:
         """
         directory = Path(directory)
         check_private(directory, "saved model folder")
-        for name in ("model.json", "weights.bin"):
-            if (directory / name).exists():
-                check_private(directory / name, "saved model file")
+        for name in ("model.json", "weights.bin", "model.c"):
+            if os.path.lexists(directory / name) and not stat.S_ISREG(
+                check_private(directory / name, "saved model file").st_mode
+            ):  # a FIFO or device would block or never end the read
+                raise EngineError(f"'{directory / name}' is not a regular file; save the model again.")
         meta = read_json(directory / "model.json", "compiled model description")
         try:
             spec = _spec_from_json(meta)
