@@ -270,25 +270,16 @@ def read_image_folder(
     """Decode every image under ``root`` (class = subfolder) to (N, C, size, size) uint8, C = 1 or 3.
 
     Each image is resized (antialiased) straight to a square: fine for small, roughly square datasets held
-    in memory. Returns images, int64 labels and class names.
+    in memory. Larger folders are streamed instead (:class:`latprune.data.folder.FolderData`, chosen by
+    ``load_dataset``). Returns images, int64 labels and class names.
     """
-    from PIL import Image, UnidentifiedImageError
+    from latprune.data.folder import decode_image
 
     classes, samples = list_image_folder(root)
     channels = 1 if grayscale else 3
     images = torch.empty(len(samples), channels, image_size, image_size, dtype=torch.uint8)
     labels = torch.empty(len(samples), dtype=torch.int64)
     for i, (path, label) in enumerate(tqdm(samples, desc=f"decode {Path(root).name}", disable=not show_progress)):
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert("L" if grayscale else "RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise DataError(
-                f"The image '{path}' cannot be decoded ({exc.__class__.__name__}); it is truncated or corrupt, "
-                "so replace or delete it."
-            ) from None
-        tensor = torch.from_numpy(array.copy())
-        tensor = tensor.unsqueeze(0) if grayscale else tensor.permute(2, 0, 1)  # (H, W, C) -> (C, H, W)
-        images[i] = resize_uint8(tensor.unsqueeze(0), image_size)[0]
+        images[i] = decode_image(path, image_size, grayscale)
         labels[i] = label
     return images, labels, classes
