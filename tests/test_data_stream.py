@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -84,20 +86,36 @@ def test_a_corrupt_image_in_a_streamed_folder_is_one_sentence(tmp_path, monkeypa
     with pytest.raises(DataError, match=r"0003\.png' cannot be decoded .*truncated or corrupt") as info:
         list(make_loader(splits.train, splits.info, 4, train=False))
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    # A PNG whose header claims 60000 x 60000 pixels: PIL refuses to decode it, in one sentence here too.
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\0" * 100)), (b"IEND", b"")]
+    png = b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d)) for t, d in chunks
+    )
+    bad.write_bytes(png)
+    with pytest.raises(DataError, match=r"0003\.png' declares over .* pixels \(a decompression bomb"):
+        list(make_loader(splits.train, splits.info, 4, train=False))
 
 
 _PEAK_SCRIPT = """
-import json, resource, sys
+import json, re, resource, sys
 import torch
 from latprune.data import DataConfig, load_splits, make_loader, normalize
+
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+
 normalize(torch.zeros(8, 3, 224, 224, dtype=torch.uint8), (0.5,) * 3, (0.2,) * 3)  # warm up allocators
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# Peak RSS from here on: ru_maxrss would include the pytest process this one was forked from (Linux keeps it
+# across exec), so reset the high-water mark and read VmHWM.
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
 splits = load_splits(DataConfig(sys.argv[1], val_per_class=2, image_size=224))
 seen = sum(len(y) for _, y in make_loader(splits.train, splits.info, 8, train=True))
-grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"kind": type(splits.train).__name__, "seen": seen, "grew_kb": grew, "before_kb": before,
-                  "workers_kb": workers}))
+workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # forked workers: they start at our size
+print(json.dumps({"kind": type(splits.train).__name__, "seen": seen, "grew_kb": status("VmHWM") - before,
+                  "before_kb": before, "workers_kb": workers}))
 """
 
 

@@ -248,8 +248,11 @@ def test_a_saved_model_loads_only_its_recorded_library(cache, tmp_path) -> None:
     meta = json.loads((saved / "model.json").read_text())
     assert meta["library_sha256"] == hashlib.sha256((saved / "model.so").read_bytes()).hexdigest()
     assert {stat.S_IMODE((saved / n).stat().st_mode) & 0o022 for n in os.listdir(saved)} == {0}
+    (tmp_path / "link").symlink_to(saved)  # a symlink the user passes is followed; its target is what is checked
     with torch.no_grad():
-        np.testing.assert_allclose(CompiledModel.load(saved)(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            CompiledModel.load(tmp_path / "link")(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-4
+        )
     marker = tmp_path / "marker"
     os.replace(_planted_library(tmp_path / "planted.so", marker), saved / "model.so")
     with pytest.raises(EngineError, match=r"model\.so' does not match the sha256"):

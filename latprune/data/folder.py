@@ -46,6 +46,11 @@ def decode_image(path: str | Path, size: int, grayscale: bool) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"The image '{path}' declares over {Image.MAX_IMAGE_PIXELS * 2:,} pixels (a decompression bomb, or not a "
+            "photo); delete it or shrink it."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"The image '{path}' cannot be decoded ({exc.__class__.__name__}); it is truncated or corrupt, "

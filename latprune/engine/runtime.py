@@ -289,7 +289,7 @@ class CompiledModel:
         array layout, and the library's own arena, input, output and op counts must match model.json. Any
         mismatch is one sentence; without these checks an edited model.json crashed the process (SIGSEGV).
         """
-        directory = Path(directory)
+        directory = Path(directory).resolve()  # a symlink you pass is yours; the folder it names is checked
         check_private(directory, "saved model folder")
         for name in ("model.json", "weights.bin", "model.c"):
             if os.path.lexists(directory / name) and not stat.S_ISREG(

@@ -80,15 +80,22 @@ def sha256_bytes(data: bytes) -> str:
 
 @functools.cache
 def _salt(cache: Path) -> str:
-    """The cache's random salt, created once (owner-only) and read by every process that uses the cache."""
+    """The cache's random salt, created once (owner-only) and read by every process that uses the cache.
+
+    It is written to a temporary file and hard-linked into place, so a concurrent process never reads it empty.
+    """
     path = cache / _SALT_NAME
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        check_private(path, "engine cache salt")
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(16))
+    if not os.path.lexists(path):
+        fd, tmp = tempfile.mkstemp(dir=cache, prefix=".salt.")  # created 0600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(16))
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        finally:
+            os.unlink(tmp)
+    check_private(path, "engine cache salt")
     return path.read_text().strip()
 
 
