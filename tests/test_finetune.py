@@ -272,10 +272,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(parent, tmp_path, monk
     admm_stamp = admm_ckpt.stat().st_mtime_ns if admm_ckpt.exists() else None
     resumed = finetune(parent, plan, config, out, resume=True, show_progress=False)
     if method == "admm":
-        assert torch.load(admm_ckpt, weights_only=False)["epoch"] == config.admm_epochs
+        assert torch.load(admm_ckpt, weights_only=True)["epoch"] == config.admm_epochs
         assert admm_ckpt.stat().st_mtime_ns == admm_stamp  # the finished ADMM phase was not redone
-    a = torch.load(whole.checkpoint_path, weights_only=False)
-    b = torch.load(resumed.checkpoint_path, weights_only=False)
+    a = torch.load(whole.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
     assert same_state(a["state_dict"], b["state_dict"])
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
     model, _ = load_model_from_checkpoint(resumed.checkpoint_path)

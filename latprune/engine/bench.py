@@ -7,12 +7,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from latprune._busy import LoadCheck, busy_warning, load_check, worst
 from latprune.engine.runtime import compile
 from latprune.errors import EngineError
 from latprune.models import create_model
@@ -64,6 +65,7 @@ class BenchResult:
     max_rel_error: float  # engine vs torch output, relative to max |torch output|
     sparse_layers: int
     kernels: dict[str, int]  # kernel name -> number of layers using it
+    load_warning: str | None = None  # one sentence when the machine looked busy while timing (latprune._busy)
 
     @property
     def speedup_vs_onnxruntime(self) -> float | None:
@@ -141,10 +143,11 @@ class Timing:
     median_ms: float
     min_ms: float
     cpu_ms: float
+    load: LoadCheck = field(default_factory=LoadCheck)  # did the machine look busy meanwhile (latprune._busy)
 
 
-def measure(fn: Callable[[], object], warmup: int, runs: int) -> Timing:
-    """Time ``fn()`` ``runs`` times after ``warmup`` untimed calls."""
+def measure(fn: Callable[[], object], warmup: int, runs: int, threads: int = 1) -> Timing:
+    """Time ``fn()`` ``runs`` times after ``warmup`` untimed calls (``threads``: how many the runtime uses)."""
     for _ in range(warmup):
         fn()
     wall, cpu = [], []
@@ -153,32 +156,34 @@ def measure(fn: Callable[[], object], warmup: int, runs: int) -> Timing:
         fn()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.thread_time() - c0)
-    return Timing(1e3 * statistics.median(wall), 1e3 * min(wall), 1e3 * statistics.median(cpu))
+    load = load_check(wall, cpu if threads == 1 else None)
+    return Timing(1e3 * statistics.median(wall), 1e3 * min(wall), 1e3 * statistics.median(cpu), load)
 
 
 TIMING_ROUNDS = 10
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, runs: int, rounds: int = TIMING_ROUNDS
+    fns: dict[str, Callable[[], object]], warmup: int, runs: int, rounds: int = TIMING_ROUNDS, threads: int = 1
 ) -> dict[str, Timing]:
     """Time several runtimes in ``rounds`` interleaved rounds of ``runs / rounds`` calls; each keeps its best round.
 
     This machine (a VM) flips between a fast and a ~1.5x slower state every few seconds, for every runtime
     alike. Timing runtimes one after the other let a slow spell land on one of them and move a speed-up by 50%;
-    each runtime's fastest round median (and fastest round CPU-time median) repeats to a few percent.
+    each runtime's fastest round median (and fastest round CPU-time median) repeats to a few percent. Each
+    result's ``load`` says whether the machine was busy meanwhile: its lowest CPU / wall ratio of a round
+    (one-thread runtimes only) and the spread of its round medians.
     """
     per_round = max(5, runs // rounds)
-    best: dict[str, Timing] = {}
+    timed: dict[str, list[Timing]] = {name: [] for name in fns}
     for r in range(rounds):
         for name, fn in fns.items():
-            t = measure(fn, warmup if r == 0 else 2, per_round)
-            old = best.get(name)
-            best[name] = (
-                t
-                if old is None
-                else Timing(min(old.median_ms, t.median_ms), min(old.min_ms, t.min_ms), min(old.cpu_ms, t.cpu_ms))
-            )
+            timed[name].append(measure(fn, warmup if r == 0 else 2, per_round, threads))
+    best = {}
+    for name, ts in timed.items():
+        spread = load_check([], None, [t.median_ms for t in ts])
+        load = worst([spread, *(t.load for t in ts)])
+        best[name] = Timing(min(t.median_ms for t in ts), min(t.min_ms for t in ts), min(t.cpu_ms for t in ts), load)
     return best
 
 
@@ -225,7 +230,7 @@ def benchmark_model(cfg: BenchConfig) -> BenchResult:
     try:
         with torch.inference_mode():
             ref = model(x)
-            timings = measure_interleaved(fns, cfg.warmup, cfg.runs)
+            timings = measure_interleaved(fns, cfg.warmup, cfg.runs, threads=cfg.threads)
     finally:
         torch.set_num_threads(old)
     err = float(np.abs(cm(xa) - ref.numpy()).max() / max(float(ref.abs().max()), 1e-12))
@@ -245,6 +250,7 @@ def benchmark_model(cfg: BenchConfig) -> BenchResult:
         max_rel_error=err,
         sparse_layers=n_sparse,
         kernels=kernels,
+        load_warning=busy_warning(worst(t.load for t in timings.values()), "This benchmark"),
     )
 
 
@@ -269,6 +275,8 @@ def format_result(r: BenchResult) -> str:
         cpu += [f"PyTorch {r.torch_cpu_ms:.3f}"] if r.torch_cpu_ms is not None else []
         lines.append("  CPU time (ms): " + ", ".join(cpu))
     lines.append("  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.kernels.items())))
+    if r.load_warning:
+        lines.append(f"  warning: {r.load_warning}")
     return "\n".join(lines)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from latprune._busy import LoadCheck
 from latprune._io import atomic_write_json, read_json
 from latprune.engine.fingerprint import DeviceFingerprint
 from latprune.errors import LatpruneError, ProfileError
@@ -202,6 +203,7 @@ class Measurements:
     models: tuple[float, ...]  # same order as jobs.models
     seconds: float
     call_overhead_ms: float = 0.0  # median Python-to-C call overhead taken out of every table point
+    load: LoadCheck = field(default_factory=LoadCheck)  # whether the machine looked busy while measuring
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -211,6 +213,7 @@ class Measurements:
             "fingerprint": self.fingerprint.to_json(),
             "seconds": round(self.seconds, 3),
             "call_overhead_ms": round(self.call_overhead_ms, 6),
+            "load": self.load.to_json(),
             "tables": [
                 {"key": j.signature.key, "ms": np.round(ms, 6).tolist()}
                 for j, ms in zip(self.jobs.tables, self.tables, strict=True)
@@ -248,6 +251,7 @@ class Measurements:
             tuple(float(m["ms"]) for m in d["models"]),
             float(d["seconds"]),
             float(d["call_overhead_ms"]),
+            LoadCheck.from_json(d.get("load")),
         )
 
 
@@ -333,6 +337,7 @@ def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
         build_seconds=m.seconds,
         statistic=jobs.timing.statistic,
         layer_overhead_ms=m.call_overhead_ms,
+        load=m.load,
     )
     predictor = LatencyPredictor(bare, space)
     points = []

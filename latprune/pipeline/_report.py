@@ -75,6 +75,7 @@ class RunReport:
     preset: str
     rows: tuple[ModelRow, ...]
     stage_seconds: dict[str, float]
+    load_warning: str | None = None  # one sentence when the machine looked busy while latency was measured
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -109,6 +110,8 @@ class RunReport:
             f"{self.threads} thread(s), fastest of interleaved rounds' medians, {self.cpu}; weights: the engine's "
             "packed weights on disk."
         )
+        if self.load_warning:
+            lines.append(f"WARNING: {self.load_warning}")
         return "\n".join(lines)
 
 
@@ -167,13 +170,16 @@ def report_html(report: RunReport, png: bytes) -> str:
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     stages = "".join(f"<li>{html.escape(k)}: {v:.0f} s</li>" for k, v in report.stage_seconds.items())
     img = base64.b64encode(png).decode()
+    warning = (
+        f'<p style="color:#b00"><b>Warning:</b> {html.escape(report.load_warning)}</p>' if report.load_warning else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>latprune run: {html.escape(report.model)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:nth-child(2){{text-align:left}}</style></head>
 <body><h1>latprune run: {html.escape(report.model)} on {html.escape(report.data)}</h1>
 <p>Preset {html.escape(report.preset)}; latency measured at batch 1 with {report.threads} thread(s) on
-{html.escape(report.cpu)}; speed-ups are the dense model's latency over each model's engine latency.</p>
+{html.escape(report.cpu)}; speed-ups are the dense model's latency over each model's engine latency.</p>{warning}
 <img alt="measured latency against test accuracy" src="data:image/png;base64,{img}">
 <table><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
 {"".join(body)}</table>

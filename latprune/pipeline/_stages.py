@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from latprune._busy import LoadCheck, busy_warning, worst
 from latprune._io import atomic_write_json, load_checkpoint, read_json
 from latprune.engine import compile
 from latprune.engine.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
@@ -189,7 +190,8 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
     from latprune.train.checkpoint import resolve_checkpoint_path
 
     if cfg.profile is not None:
-        load_profile(cfg.profile, force=cfg.force_profile)  # refuse another device's profile now, not mid-search
+        # Refuse another device's profile, or one timed with other --threads, now rather than mid-search.
+        load_profile(cfg.profile, force=cfg.force_profile, threads=cfg.threads)
         return {"profile": str(cfg.profile)}
     spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
     n, m = cfg.profile_grid
@@ -329,11 +331,12 @@ def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> di
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            timings = measure_interleaved(calls, warmup=20, runs=runs)
+            timings = measure_interleaved(calls, warmup=20, runs=runs, threads=threads)
     finally:
         torch.set_num_threads(old)
     weights = int(engine.blob.nbytes) if engine.blob is not None else 0
-    return {k: t.median_ms for k, t in timings.items()} | {"engine_weights_bytes": weights}
+    load = worst(t.load for t in timings.values()).to_json()  # was the machine busy meanwhile (latprune._busy)
+    return {k: t.median_ms for k, t in timings.items()} | {"engine_weights_bytes": weights, "load": load}
 
 
 def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[str, Any]:
@@ -349,7 +352,12 @@ def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[
         rows[name] = time_model(model, x, cfg.threads, cfg.timing_runs) | {"params": count_params(model, nonzero=True)}
         speedup = rows["dense"]["onnxruntime_ms"] / rows[name]["engine_ms"]
         print(f"{name}: engine {rows[name]['engine_ms']:.3f} ms ({speedup:.2f}x ONNX Runtime on the dense model)")
-    atomic_write_json(out / "measure.json", {"cpu": cpu_model(), "threads": cfg.threads, "models": rows})
+    load = worst(LoadCheck.from_json(row.get("load")) for row in rows.values())
+    warning = busy_warning(load, "The latency table")
+    if warning:
+        print(f"warning: {warning}")
+    record = {"cpu": cpu_model(), "threads": cfg.threads, "models": rows, "load": load.to_json()}
+    atomic_write_json(out / "measure.json", record)
     return {"measure": str(out / "measure.json")}
 
 
@@ -386,6 +394,7 @@ def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
         preset=cfg.preset,
         rows=tuple(rows),
         stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
+        load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measured latency"),
     )
     write_report(report, out)
     return {"report": str(out / "report.json")}

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latprune.data.datasets import DatasetInfo, ImageData
+from latprune.data.datasets import DatasetInfo, ImageData, Images, in_memory
 from latprune.data.sampling import class_subset
 from latprune.data.transforms import Augment, apply_augment, normalize
 from latprune.errors import SearchError
@@ -32,8 +32,8 @@ class SupernetData:
     Never the test split: the search ranks candidates on a validation split carved from the training set.
     """
 
-    train: ImageData
-    val: ImageData
+    train: Images
+    val: Images
     info: DatasetInfo
 
 
@@ -68,7 +68,7 @@ def supernet_subsets(data: SupernetData, config: SupernetConfig, seed: int) -> t
         val = val.subset(class_subset(val.labels, None, config.val_per_class, seed + 1))
     if len(val) == 0:
         raise SearchError("The validation split holds no image of the super-net's classes; raise val_per_class.")
-    return train, val
+    return in_memory(train), in_memory(val)  # read every epoch: a streamed folder's subsets are decoded once
 
 
 def _distributed() -> ModuleType:

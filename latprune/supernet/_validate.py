@@ -17,7 +17,7 @@ import torch.nn as nn
 from scipy import stats
 
 from latprune._io import atomic_write_bytes, atomic_write_json, read_json
-from latprune.data import DataConfig, ImageData, class_subset, load_splits, make_loader
+from latprune.data import DataConfig, Images, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
 from latprune.report import figure_png
@@ -129,8 +129,8 @@ def _finetune(
     space: SearchSpace,
     x: tuple[int, ...],
     ckpt: dict[str, Any],
-    train: ImageData,
-    val: ImageData,
+    train: Images,
+    val: Images,
     data: SupernetData,
     config: ValidateConfig,
     out_dir: Path,
@@ -252,7 +252,7 @@ def validate_accuracy(
     )  # fmt: skip
 
 
-def _per_class(data: ImageData, per_class: int | None, seed: int) -> torch.Tensor:
+def _per_class(data: Images, per_class: int | None, seed: int) -> torch.Tensor:
     return class_subset(data.labels, None, per_class, seed)
 
 
