@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-from latprune._io import atomic_torch_save, atomic_write_json, load_checkpoint, read_json
+from latprune._io import atomic_write_json, read_json
 from latprune.errors import LatpruneError
+from latprune.train.checkpoint import atomic_torch_save, load_checkpoint
 
 
 def test_json_round_trip_leaves_no_temporary_files(tmp_path):

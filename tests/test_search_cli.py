@@ -108,7 +108,6 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     and the super-net estimator on a tiny Fashion-MNIST subset."""
     import numpy as np
 
-    from latprune._io import atomic_torch_save
     from latprune.data import DataConfig, find_dataset_root
     from latprune.engine.fingerprint import current_fingerprint
     from latprune.errors import DataError
@@ -117,6 +116,7 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     from latprune.models import ModelSpec
     from latprune.space import SearchSpace
     from latprune.train import checkpoint_meta
+    from latprune.train.checkpoint import atomic_torch_save
 
     try:
         find_dataset_root("fashion-mnist")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_write_json, load_checkpoint, read_json
+from latprune._io import atomic_write_json, read_json
 from latprune.engine import compile
 from latprune.engine.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
 from latprune.engine.isa import cpu_model
@@ -186,7 +186,7 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
     from latprune.latency.grid import GridConfig
     from latprune.latency.profile import load_profile, save_profile
     from latprune.latency.profiling import ProfileConfig, profile_model
-    from latprune.train.checkpoint import resolve_checkpoint_path
+    from latprune.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 
     if cfg.profile is not None:
         load_profile(cfg.profile, force=cfg.force_profile)  # refuse another device's profile now, not mid-search

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -9,13 +10,35 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from latprune._io import load_checkpoint
+from latprune._io import _atomic_write
 from latprune.data import DataConfig
-from latprune.errors import DataError, ModelError
+from latprune.errors import DataError, LatpruneError, ModelError
 from latprune.train.config import ModelSpec
-from latprune.train.loop import CHECKPOINT_NAME
 
+CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("model", "model_kwargs", "state_dict", "epoch", "metrics")
+
+
+def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Atomically ``torch.save`` ``obj`` (checkpoints survive a kill -9 mid-write)."""
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a latprune checkpoint dict, with one clear sentence for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatpruneError(f"The checkpoint '{path}' does not exist; train one with `latprune train` or fix the path.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises many types for truncated/corrupt zip files
+        raise LatpruneError(
+            f"The checkpoint '{path}' cannot be read ({exc.__class__.__name__}); it is truncated or not a "
+            "torch checkpoint, so retrain or copy it again."
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise LatpruneError(f"The checkpoint '{path}' holds a {type(ckpt).__name__}, not a latprune checkpoint dict.")
+    return ckpt
 
 
 def checkpoint_meta(spec: ModelSpec, data: DataConfig | None = None) -> dict[str, Any]:
