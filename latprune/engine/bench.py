@@ -91,7 +91,7 @@ def sparsify_model(model: nn.Module, scheme: str, sparsity: float, layers: str =
     pointwise for networks with depthwise convs (MobileNets, where 1x1 convs hold the FLOPs) and kxk
     otherwise (ResNets). The stem (the first conv) and depthwise convs are never sparsified, as in JCW.
     """
-    from latprune.prune.schemes import make_mask
+    from latprune.schemes import make_mask
 
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if layers == "auto":

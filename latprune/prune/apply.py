@@ -14,7 +14,7 @@ import torch_pruning as tp
 from latprune.errors import ModelError, PlanError
 from latprune.graph import ChannelGraph, build_graph, is_depthwise
 from latprune.prune.plan import ModelSpec, PruningPlan
-from latprune.prune.schemes import make_mask
+from latprune.schemes import make_mask
 
 
 class WeightMask(nn.Module):

@@ -15,7 +15,7 @@ from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.models import ModelSpec
 from latprune.prune.channels import CRITERIA, Criterion, group_importance, select_channels
-from latprune.prune.schemes import SchemeParams, get_scheme
+from latprune.schemes import SchemeParams, get_scheme
 from latprune.space import Arch, SearchSpace, SpaceBounds, kept_channels
 
 PLAN_VERSION = 1

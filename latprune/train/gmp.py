@@ -12,7 +12,7 @@ import torch.nn.utils.parametrize as parametrize
 from latprune.errors import PlanError
 from latprune.prune.apply import WeightMask
 from latprune.prune.plan import LayerPlan
-from latprune.prune.schemes import make_mask
+from latprune.schemes import make_mask
 from latprune.train.loop import TrainHook, unwrap
 
 
