@@ -10,73 +10,26 @@ from typing import Any, Literal
 import numpy as np
 import torch.nn as nn
 
+from latprune._space_layers import (
+    _SPARSITIES,
+    _WIDTHS,
+    SPACE_SCHEMES,
+    SPARSITY_CHOICES,
+    WIDTH_CHOICES,
+    GroupSpec,
+    LayerSpec,
+    SpaceBounds,
+    _group_specs,
+    _layer_from_dict,
+    _layer_specs,
+    _variable_bounds,
+    kept_channels,
+    kept_channels_array,
+)
 from latprune.errors import PlanError
-from latprune.graph import ChannelGraph, LayerKind, build_graph
+from latprune.graph import ChannelGraph, build_graph
 
-#: JCW's candidate list for channel width ratios and weight sparsities.
-WIDTH_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-SPARSITY_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-_WIDTHS = np.asarray(WIDTH_CHOICES)
-_SPARSITIES = np.asarray(SPARSITY_CHOICES)
-
-#: Schemes whose packed formats group 4 output channels (or 4 rows), so kept counts are rounded to 4.
-_BLOCKED_SCHEMES = ("group4", "block_punched", "block_fc", "nm24")
-SPACE_SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
 Mode = Literal["joint", "weight-only", "channel-only"]
-
-
-@dataclass(frozen=True)
-class SpaceBounds:
-    """Lower bounds on width and upper bounds on sparsity, as the official JCW search uses.
-
-    Very thin or very sparse layers lose accuracy that fine-tuning cannot win back, and residual-coupled
-    groups or strided layers feed many later layers, so they get tighter bounds than the rest.
-    """
-
-    min_width: float = 0.5
-    min_width_residual: float = 0.7
-    min_width_strided: float = 0.6
-    max_sparsity: float = 0.7
-    max_sparsity_strided: float = 0.6
-    max_sparsity_first_last: float = 0.5
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A conv or linear layer of the space (full sizes; ``in_group``/``out_group`` index ``SearchSpace.groups``).
-
-    ``in_group`` is None when the input is not exactly one group (the image, or a concatenation: then
-    ``in_parts`` lists ``(group, repeat)`` and ``in_fixed`` the channels of no group; ``layer_dims`` uses those).
-    """
-
-    name: str
-    kind: LayerKind
-    c_in: int
-    c_out: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    groups: int
-    in_hw: tuple[int, int]
-    in_group: int | None
-    out_group: int | None
-    scheme: str = "group4"
-    sparse: bool = True
-    in_parts: tuple[tuple[int, int], ...] = ()
-    in_fixed: int = 0
-    max_sparsity: float = 1.0  # the role bound (first/last, strided, SpaceBounds.max_sparsity), not on the grid
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """One width variable: channels that must keep the same indices in every member layer."""
-
-    name: str
-    channels: int
-    members: tuple[str, ...]
-    min_width: float
-    fixed: bool
-    multiple: int = 1  # kept channel counts are rounded to this (4 where a member layer packs groups of 4)
 
 
 @dataclass(frozen=True)
@@ -97,43 +50,11 @@ class Arch:
             raise PlanError("The architecture dict needs 'widths' and 'sparsities' lists of numbers.") from None
 
 
-def kept_channels(width: float, channels: int, multiple: int = 1) -> int:
-    """Channels kept at ``width``: rounded to a multiple of ``multiple``, at least ``multiple``, never 0.
-
-    Width 1.0 keeps every channel (the dense model) even when ``channels`` is not a multiple.
-    """
-    return int(kept_channels_array(np.asarray([width]), channels, multiple)[0])
-
-
-def kept_channels_array(widths: np.ndarray, channels: int, multiple: int = 1) -> np.ndarray:
-    """Vectorised ``kept_channels`` over an array of widths (same rounding, so search and pruning agree)."""
-    widths = np.asarray(widths, dtype=np.float64)
-    k = np.round(widths * channels / multiple + 1e-9) * multiple  # +eps: round half up, 0.5 * 12 / 4 -> 2
-    k = np.minimum(np.maximum(k, multiple), channels)
-    k = np.where(widths >= 1.0 - 1e-9, channels, k)
-    return np.maximum(k, 1).astype(np.int64)
-
-
 def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
     i = int(np.argmin(np.abs(np.asarray(choices) - value)))
     if abs(choices[i] - value) > 1e-6:
         raise PlanError(f"The {what} {value} is not one of the candidates {list(choices)}; pick one of those.")
     return i
-
-
-def _scheme_for(kind: LayerKind, kernel: tuple[int, int], scheme: str) -> str:
-    """The scheme a layer uses when the space asks for ``scheme`` (NPAS mixes them the same way).
-
-    Depthwise convs stay dense; pattern needs 3x3, so other convs fall back to block-punched and linear
-    layers to block-based FC; block_fc is for linear layers, so convs use block-punched.
-    """
-    if kind == "depthwise":
-        return "dense"
-    if kind == "linear":
-        return "block_fc" if scheme in ("pattern", "block_punched") else scheme
-    if scheme == "pattern" and kernel != (3, 3):
-        return "block_punched"
-    return "block_punched" if scheme == "block_fc" else scheme
 
 
 class SearchSpace:
@@ -175,7 +96,7 @@ class SearchSpace:
         input_size: int | tuple[int, int],
         in_channels: int = 3,
         scheme: str = "group4",
-        bounds: SpaceBounds = SpaceBounds(),
+        bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
         graph: ChannelGraph | None = None,
     ) -> SearchSpace:
         """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds."""
@@ -386,88 +307,6 @@ class SearchSpace:
             f"SearchSpace({self.n_groups} groups, {len(self.layers)} layers, scheme={self.scheme!r}, "
             f"input={self.in_channels}x{self.input_size[0]}x{self.input_size[1]})"
         )
-
-
-def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
-    """One LayerSpec per conv/linear, with its per-layer scheme and its role's sparsity cap."""
-    layers = []
-    for info in graph.layers:
-        single = len(info.in_parts) == 1 and info.in_parts[0][1] == 1 and info.in_fixed == 0
-        layer_scheme = _scheme_for(info.kind, info.kernel, scheme)
-        sparse = layer_scheme != "dense" and info.kind != "depthwise"
-        layers.append(
-            LayerSpec(
-                info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
-                info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
-                layer_scheme, sparse, info.in_parts, info.in_fixed,
-            )
-        )  # fmt: skip
-    n = len(layers)
-    return [dataclasses.replace(ly, max_sparsity=_sparsity_cap(i, ly, n, bounds)) for i, ly in enumerate(layers)]
-
-
-def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBounds) -> list[GroupSpec]:
-    """One GroupSpec per coupled group: residual and strided-output groups get the higher width bounds."""
-    strided = {ly.out_group for ly in layers if max(ly.stride) > 1 and ly.out_group is not None}
-    groups = []
-    for gi, g in enumerate(graph.groups):
-        members = [ly for ly in layers if ly.out_group == gi or gi in (p for p, _ in ly.in_parts)]
-        min_width = bounds.min_width
-        if g.residual:
-            min_width = max(min_width, bounds.min_width_residual)
-        if gi in strided:
-            min_width = max(min_width, bounds.min_width_strided)
-        multiple = 4 if any(ly.sparse and ly.scheme in _BLOCKED_SCHEMES for ly in members) else 1
-        names = tuple(ly.name for ly in members)
-        groups.append(GroupSpec(g.name, g.channels, names, 1.0 if g.fixed else min_width, g.fixed, multiple))
-    return groups
-
-
-def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap."""
-    g = len(groups)
-    xl = np.zeros(g + len(layers), dtype=np.int64)
-    xu = np.zeros(g + len(layers), dtype=np.int64)
-    for gi, group in enumerate(groups):
-        xl[gi], xu[gi] = _ceil_index(group.min_width, WIDTH_CHOICES), len(WIDTH_CHOICES) - 1
-    half = SPARSITY_CHOICES.index(0.5)
-    for li, ly in enumerate(layers):
-        if not ly.sparse:
-            continue
-        xu[g + li] = _floor_index(ly.max_sparsity, SPARSITY_CHOICES)
-        if ly.scheme == "nm24":  # 2:4 zeroes at least half the weights: 0.5 and up, or dense where capped below
-            xl[g + li] = half if xu[g + li] >= half else 0
-            xu[g + li] = xu[g + li] if xu[g + li] >= half else 0
-    return xl, xu
-
-
-def _sparsity_cap(index: int, layer: LayerSpec, n_layers: int, bounds: SpaceBounds) -> float:
-    """Highest sparsity layer ``index`` may take: first/last and strided layers are capped tighter."""
-    if not layer.sparse:
-        return 0.0
-    cap = bounds.max_sparsity
-    if index in (0, n_layers - 1):
-        cap = min(cap, bounds.max_sparsity_first_last)
-    if max(layer.stride) > 1:
-        cap = min(cap, bounds.max_sparsity_strided)
-    return cap
-
-
-def _layer_from_dict(d: dict[str, Any]) -> LayerSpec:
-    tuples = ("kernel", "stride", "padding", "in_hw")
-    fields = {k: (tuple(v) if k in tuples else v) for k, v in d.items()}
-    fields["in_parts"] = tuple(tuple(p) for p in d.get("in_parts", ()))
-    return LayerSpec(**fields)
-
-
-def _ceil_index(value: float, choices: Sequence[float]) -> int:
-    """Index of the smallest choice >= value."""
-    return int(np.searchsorted(np.asarray(choices), value - 1e-9))
-
-
-def _floor_index(value: float, choices: Sequence[float]) -> int:
-    """Index of the largest choice <= value."""
-    return int(np.searchsorted(np.asarray(choices), value + 1e-9) - 1)
 
 
 __all__ = [
