@@ -33,7 +33,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "PruningPlan": ("latprune.prune", "PruningPlan"),
     "apply_plan": ("latprune.prune", "apply_plan"),
     "bake_masks": ("latprune.prune", "bake_masks"),
-    "list_schemes": ("latprune.prune", "list_schemes"),
+    "list_schemes": ("latprune.schemes", "list_schemes"),
     "load_pruned": ("latprune.prune", "load_pruned"),
     "plan_from_arch": ("latprune.prune", "plan_from_arch"),
     "uniform_plan": ("latprune.prune", "uniform_plan"),

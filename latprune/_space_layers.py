@@ -9,17 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from latprune.graph import ChannelGraph, LayerKind
+from latprune.graph import ChannelGraph, LayerInfo, LayerKind
+from latprune.schemes import SchemeLayer, get_scheme, layer_scheme
 
 #: JCW's candidate list for channel width ratios and weight sparsities.
 WIDTH_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 SPARSITY_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 _WIDTHS = np.asarray(WIDTH_CHOICES)
 _SPARSITIES = np.asarray(SPARSITY_CHOICES)
-
-#: Schemes whose packed formats group 4 output channels (or 4 rows), so kept counts are rounded to 4.
-_BLOCKED_SCHEMES = ("group4", "block_punched", "block_fc", "nm24")
-SPACE_SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
 
 
 @dataclass(frozen=True)
@@ -93,19 +90,9 @@ def kept_channels_array(widths: np.ndarray, channels: int, multiple: int = 1) ->
     return np.maximum(k, 1).astype(np.int64)
 
 
-def _scheme_for(kind: LayerKind, kernel: tuple[int, int], scheme: str) -> str:
-    """The scheme a layer uses when the space asks for ``scheme`` (NPAS mixes them the same way).
-
-    Depthwise convs stay dense; pattern needs 3x3, so other convs fall back to block-punched and linear
-    layers to block-based FC; block_fc is for linear layers, so convs use block-punched.
-    """
-    if kind == "depthwise":
-        return "dense"
-    if kind == "linear":
-        return "block_fc" if scheme in ("pattern", "block_punched") else scheme
-    if scheme == "pattern" and kernel != (3, 3):
-        return "block_punched"
-    return "block_punched" if scheme == "block_fc" else scheme
+def scheme_layer(info: LayerInfo) -> SchemeLayer:
+    """The registry's view of a graph layer: the space treats only linear layers as matrix-vector products."""
+    return SchemeLayer(info.kind, info.kernel, fc=info.kind == "linear")
 
 
 def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
@@ -113,13 +100,12 @@ def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[
     layers = []
     for info in graph.layers:
         single = len(info.in_parts) == 1 and info.in_parts[0][1] == 1 and info.in_fixed == 0
-        layer_scheme = _scheme_for(info.kind, info.kernel, scheme)
-        sparse = layer_scheme != "dense" and info.kind != "depthwise"
+        chosen = layer_scheme(scheme, scheme_layer(info))  # the scheme, or its fallback where it does not apply
         layers.append(
             LayerSpec(
                 info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
                 info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
-                layer_scheme, sparse, info.in_parts, info.in_fixed,
+                chosen, get_scheme(chosen).prunes, info.in_parts, info.in_fixed,
             )
         )  # fmt: skip
     n = len(layers)
@@ -137,7 +123,8 @@ def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBoun
             min_width = max(min_width, bounds.min_width_residual)
         if gi in strided:
             min_width = max(min_width, bounds.min_width_strided)
-        multiple = 4 if any(ly.sparse and ly.scheme in _BLOCKED_SCHEMES for ly in members) else 1
+        # Kept counts round to what the member layers' packed formats tile (4 next to group-of-4 layers).
+        multiple = max((get_scheme(ly.scheme).channel_multiple for ly in members if ly.sparse), default=1)
         names = tuple(ly.name for ly in members)
         groups.append(GroupSpec(g.name, g.channels, names, 1.0 if g.fixed else min_width, g.fixed, multiple))
     return groups
@@ -150,14 +137,14 @@ def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[
     xu = np.zeros(g + len(layers), dtype=np.int64)
     for gi, group in enumerate(groups):
         xl[gi], xu[gi] = _ceil_index(group.min_width, WIDTH_CHOICES), len(WIDTH_CHOICES) - 1
-    half = SPARSITY_CHOICES.index(0.5)
     for li, ly in enumerate(layers):
         if not ly.sparse:
             continue
         xu[g + li] = _floor_index(ly.max_sparsity, SPARSITY_CHOICES)
-        if ly.scheme == "nm24":  # 2:4 zeroes at least half the weights: 0.5 and up, or dense where capped below
-            xl[g + li] = half if xu[g + li] >= half else 0
-            xu[g + li] = xu[g + li] if xu[g + li] >= half else 0
+        least = _ceil_index(get_scheme(ly.scheme).min_sparsity, SPARSITY_CHOICES)
+        if least > 0:  # e.g. 2:4 zeroes at least half the weights: its minimum and up, or dense where capped below
+            xl[g + li] = least if xu[g + li] >= least else 0
+            xu[g + li] = xu[g + li] if xu[g + li] >= least else 0
     return xl, xu
 
 

@@ -13,7 +13,6 @@ import torch.nn as nn
 from latprune._space_layers import (
     _SPARSITIES,
     _WIDTHS,
-    SPACE_SCHEMES,
     SPARSITY_CHOICES,
     WIDTH_CHOICES,
     GroupSpec,
@@ -28,6 +27,7 @@ from latprune._space_layers import (
 )
 from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
+from latprune.schemes import get_scheme
 
 Mode = Literal["joint", "weight-only", "channel-only"]
 
@@ -100,8 +100,7 @@ class SearchSpace:
         graph: ChannelGraph | None = None,
     ) -> SearchSpace:
         """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds."""
-        if scheme not in SPACE_SCHEMES:
-            raise PlanError(f"Unknown sparsity scheme '{scheme}'; choose one of: {', '.join(SPACE_SCHEMES)}.")
+        get_scheme(scheme)  # an unknown name fails here with the list of valid ones
         graph = graph if graph is not None else build_graph(model, input_size, in_channels)
         layers = _layer_specs(graph, scheme, bounds)
         groups = _group_specs(graph, layers, bounds)

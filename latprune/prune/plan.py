@@ -206,9 +206,9 @@ def uniform_plan(
         raise PlanError(f"The width {width} leaves no channel or is above 1; use a value in (0, 1].")
     if not 0.0 <= sparsity < 1.0:
         raise PlanError(f"The sparsity {sparsity} is outside [0, 1); use e.g. 0.5.")
-    if scheme == "dense" and sparsity > 0:
+    if not get_scheme(scheme).prunes and sparsity > 0:
         raise PlanError(
-            f"The dense scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
+            f"The {scheme} scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
         )
     role_bounds = dataclasses.replace(bounds, min_width=0.0, max_sparsity=1.0)
     graph = build_graph(model, input_size, in_channels)
@@ -217,8 +217,12 @@ def uniform_plan(
     sparsities = [min(sparsity, ly.max_sparsity) if ly.sparse else 0.0 for ly in space.layers]
     schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
     for ly, s in zip(space.layers, sparsities, strict=True):
-        if ly.scheme == "nm24" and 0.0 < s < 0.5:
-            raise PlanError(f"Layer '{ly.name}' would get nm24 sparsity {s}; 2:4 needs at least 0.5 (or 0.0).")
+        spec = get_scheme(ly.scheme)
+        if 0.0 < s < spec.min_sparsity - 1e-9:
+            raise PlanError(
+                f"Layer '{ly.name}' would get {ly.scheme} sparsity {s}; {spec.title} needs at least "
+                f"{spec.min_sparsity} (or 0.0)."
+            )
     return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
 
 

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latprune.errors import EngineError
-
-#: Weight-sparsity schemes the engine knows (the pruning package produces masks with these structures).
-SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
+from latprune.schemes import list_schemes
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class KernelSpec:
     name: str
     c_function: str
     source: str  # file name in latprune/engine/csrc/
-    scheme: str  # one of SCHEMES
+    scheme: str  # the latprune.schemes entry whose packed format this kernel runs
     supports: Callable[[ConvMeta], bool]
     pack: PackFn
     scratch_floats: Callable[[ConvMeta], int]
@@ -92,7 +90,7 @@ _TABLE: dict[str, KernelSpec] = {}
 
 def register_kernel(spec: KernelSpec) -> KernelSpec:
     """Add ``spec`` to the kernel table (names are unique)."""
-    if spec.scheme not in SCHEMES:
+    if spec.scheme not in list_schemes():
         raise ValueError(f"kernel {spec.name}: unknown scheme {spec.scheme!r}")
     if spec.name in _TABLE:
         raise ValueError(f"kernel {spec.name} is already registered")
@@ -132,4 +130,4 @@ def _load_all() -> None:
         importlib.import_module(f"latprune.engine.kernels.{mod}")
 
 
-__all__ = ["SCHEMES", "ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]
+__all__ = ["ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]
