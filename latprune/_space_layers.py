@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, LayerInfo, LayerKind
 from latprune.schemes import SchemeLayer, get_scheme, layer_scheme
 
@@ -41,6 +42,8 @@ class LayerSpec:
 
     ``in_group`` is None when the input is not exactly one group (the image, or a concatenation: then
     ``in_parts`` lists ``(group, repeat)`` and ``in_fixed`` the channels of no group; ``layer_dims`` uses those).
+    ``scheme_choices`` lists the schemes the search picks among for this layer (``scheme``, the first, is its
+    default); it is empty when the layer has only ``scheme``, as in JCW's one-scheme spaces.
     """
 
     name: str
@@ -59,6 +62,12 @@ class LayerSpec:
     in_parts: tuple[tuple[int, int], ...] = ()
     in_fixed: int = 0
     max_sparsity: float = 1.0  # the role bound (first/last, strided, SpaceBounds.max_sparsity), not on the grid
+    scheme_choices: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The schemes this layer can take, its default first."""
+        return self.scheme_choices or (self.scheme,)
 
 
 @dataclass(frozen=True)
@@ -95,17 +104,34 @@ def scheme_layer(info: LayerInfo) -> SchemeLayer:
     return SchemeLayer(info.kind, info.kernel, fc=info.kind == "linear")
 
 
+def requested_schemes(scheme: str) -> tuple[str, ...]:
+    """The schemes a space is asked for: one name ("group4"), or several joined by commas ("group4,pattern"), in
+    which case every layer chooses among those that apply to it. Unknown names fail with the list of valid ones."""
+    names = tuple(dict.fromkeys(s.strip() for s in scheme.split(",") if s.strip()))
+    if not names:
+        raise PlanError(
+            f"The scheme '{scheme}' names no scheme; write one such as group4, or several like group4,pattern."
+        )
+    for name in names:
+        get_scheme(name)
+    return names
+
+
 def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
-    """One LayerSpec per conv/linear, with its per-layer scheme and its role's sparsity cap."""
+    """One LayerSpec per conv/linear, with the schemes it can take and its role's sparsity cap."""
+    requested = requested_schemes(scheme)
     layers = []
     for info in graph.layers:
         single = len(info.in_parts) == 1 and info.in_parts[0][1] == 1 and info.in_fixed == 0
-        chosen = layer_scheme(scheme, scheme_layer(info))  # the scheme, or its fallback where it does not apply
+        # Each requested scheme, or its fallback where it does not apply; duplicates collapse.
+        options = tuple(dict.fromkeys(layer_scheme(s, scheme_layer(info)) for s in requested))
+        chosen = options[0]
         layers.append(
             LayerSpec(
                 info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
                 info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
-                chosen, get_scheme(chosen).prunes, info.in_parts, info.in_fixed,
+                chosen, any(get_scheme(s).prunes for s in options), info.in_parts, info.in_fixed,
+                scheme_choices=options if len(options) > 1 else (),
             )
         )  # fmt: skip
     n = len(layers)
@@ -124,17 +150,20 @@ def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBoun
         if gi in strided:
             min_width = max(min_width, bounds.min_width_strided)
         # Kept counts round to what the member layers' packed formats tile (4 next to group-of-4 layers).
-        multiple = max((get_scheme(ly.scheme).channel_multiple for ly in members if ly.sparse), default=1)
+        multiple = max((get_scheme(s).channel_multiple for ly in members if ly.sparse for s in ly.options), default=1)
         names = tuple(ly.name for ly in members)
         groups.append(GroupSpec(g.name, g.channels, names, 1.0 if g.fixed else min_width, g.fixed, multiple))
     return groups
 
 
 def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap."""
+    """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap, then one
+    scheme index per layer that has a choice of schemes."""
     g = len(groups)
-    xl = np.zeros(g + len(layers), dtype=np.int64)
-    xu = np.zeros(g + len(layers), dtype=np.int64)
+    choices = [len(ly.scheme_choices) for ly in layers if ly.scheme_choices]
+    xl = np.zeros(g + len(layers) + len(choices), dtype=np.int64)
+    xu = np.zeros(g + len(layers) + len(choices), dtype=np.int64)
+    xu[g + len(layers) :] = np.asarray(choices, dtype=np.int64) - 1
     for gi, group in enumerate(groups):
         xl[gi], xu[gi] = _ceil_index(group.min_width, WIDTH_CHOICES), len(WIDTH_CHOICES) - 1
     for li, ly in enumerate(layers):
@@ -142,7 +171,9 @@ def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[
             continue
         xu[g + li] = _floor_index(ly.max_sparsity, SPARSITY_CHOICES)
         least = _ceil_index(get_scheme(ly.scheme).min_sparsity, SPARSITY_CHOICES)
-        if least > 0:  # e.g. 2:4 zeroes at least half the weights: its minimum and up, or dense where capped below
+        # E.g. 2:4 zeroes at least half the weights: its minimum and up, or dense where capped below. With a choice
+        # of schemes the bounds cannot depend on it, so SearchSpace.layer_dims applies each one's minimum instead.
+        if least > 0 and not ly.scheme_choices:
             xl[g + li] = least if xu[g + li] >= least else 0
             xu[g + li] = xu[g + li] if xu[g + li] >= least else 0
     return xl, xu
@@ -161,7 +192,7 @@ def _sparsity_cap(index: int, layer: LayerSpec, n_layers: int, bounds: SpaceBoun
 
 
 def _layer_from_dict(d: dict[str, Any]) -> LayerSpec:
-    tuples = ("kernel", "stride", "padding", "in_hw")
+    tuples = ("kernel", "stride", "padding", "in_hw", "scheme_choices")
     fields = {k: (tuple(v) if k in tuples else v) for k, v in d.items()}
     fields["in_parts"] = tuple(tuple(p) for p in d.get("in_parts", ()))
     return LayerSpec(**fields)

@@ -1,4 +1,4 @@
-"""The search vocabulary: a width per coupled channel group and a sparsity per layer, encoded as integer vectors."""
+"""The search vocabulary: a width per coupled group, a sparsity and a scheme per layer, encoded as integer vectors."""
 
 from __future__ import annotations
 
@@ -34,20 +34,41 @@ Mode = Literal["joint", "weight-only", "channel-only"]
 
 @dataclass(frozen=True)
 class Arch:
-    """One architecture: a width ratio per group and a sparsity per layer (0.0 where not sparse)."""
+    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse) and a scheme.
+
+    ``schemes`` names each layer's scheme, "dense" where the layer has no weight sparsity. It is empty in an
+    architecture written before schemes were chosen per layer: each layer then takes its default in the space.
+    """
 
     widths: tuple[float, ...]
     sparsities: tuple[float, ...]
+    schemes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.schemes and len(self.schemes) != len(self.sparsities):
+            raise PlanError(
+                f"The architecture has {len(self.sparsities)} sparsities but {len(self.schemes)} schemes; give one "
+                "scheme per layer."
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": list(self.widths), "sparsities": list(self.sparsities)}
+        d: dict[str, Any] = {"widths": list(self.widths), "sparsities": list(self.sparsities)}
+        if self.schemes:
+            d["schemes"] = list(self.schemes)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Arch:
         try:
-            return cls(tuple(float(w) for w in d["widths"]), tuple(float(s) for s in d["sparsities"]))
-        except (KeyError, TypeError, ValueError):
-            raise PlanError("The architecture dict needs 'widths' and 'sparsities' lists of numbers.") from None
+            return cls(
+                tuple(float(w) for w in d["widths"]),
+                tuple(float(s) for s in d["sparsities"]),
+                tuple(str(s) for s in d.get("schemes", ())),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PlanError(
+                "The architecture dict needs 'widths' and 'sparsities' lists of numbers (and optionally 'schemes')."
+            ) from None
 
 
 def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
@@ -58,10 +79,12 @@ def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
 
 
 class SearchSpace:
-    """Integer-encoded space: variables are one width index per group, then one sparsity index per layer.
+    """Integer-encoded space: one width index per group, one sparsity index per layer, then one scheme index per
+    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged).
 
-    ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``
-    and ``SPARSITY_CHOICES``. The search only ever sees these integer vectors.
+    ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``,
+    ``SPARSITY_CHOICES`` and each layer's ``options``. The search only ever sees these integer vectors. A layer
+    whose chosen scheme zeroes no weights (dense), or whose sparsity is below its scheme's minimum, has sparsity 0.
     """
 
     def __init__(
@@ -99,8 +122,11 @@ class SearchSpace:
         bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
         graph: ChannelGraph | None = None,
     ) -> SearchSpace:
-        """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds."""
-        get_scheme(scheme)  # an unknown name fails here with the list of valid ones
+        """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds.
+
+        ``scheme`` is one scheme for every layer, or several joined by commas ("group4,pattern,unstructured"):
+        each layer then chooses among those that apply to it (a fallback replaces one that does not).
+        """
         graph = graph if graph is not None else build_graph(model, input_size, in_channels)
         layers = _layer_specs(graph, scheme, bounds)
         groups = _group_specs(graph, layers, bounds)
@@ -127,12 +153,26 @@ class SearchSpace:
         self._channels = np.asarray([gr.channels for gr in self.groups], dtype=np.int64)
         self._multiples = np.asarray([gr.multiple for gr in self.groups], dtype=np.int64)
         self._sparse = np.asarray([ly.sparse for ly in self.layers], dtype=bool)
+        # Layers with a choice of schemes, and per (choice, option): does it prune, and from which sparsity.
+        self._choice_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.scheme_choices], np.int64)
+        width = max((len(self.layers[li].scheme_choices) for li in self._choice_layers), default=1)
+        self._opt_prunes = np.zeros((len(self._choice_layers), width), dtype=bool)
+        self._opt_least = np.zeros((len(self._choice_layers), width))
+        for c, li in enumerate(self._choice_layers):
+            for k, name in enumerate(self.layers[li].scheme_choices):
+                self._opt_prunes[c, k] = get_scheme(name).prunes
+                self._opt_least[c, k] = get_scheme(name).min_sparsity
 
     # -- basic facts -----------------------------------------------------------------------------------
 
     @property
     def n_var(self) -> int:
-        return len(self.groups) + len(self.layers)
+        return len(self.groups) + len(self.layers) + self.n_choices
+
+    @property
+    def n_choices(self) -> int:
+        """Scheme variables: one per layer with a choice of schemes."""
+        return sum(1 for ly in self.layers if ly.scheme_choices)
 
     @property
     def n_groups(self) -> int:
@@ -163,11 +203,22 @@ class SearchSpace:
                 f"The architecture has {len(arch.widths)} widths and {len(arch.sparsities)} sparsities but the "
                 f"space needs {self.n_groups} and {len(self.layers)}; it was made for another model."
             )
-        x = np.empty(self.n_var, dtype=np.int64)
+        x = np.zeros(self.n_var, dtype=np.int64)
         for i, w in enumerate(arch.widths):
             x[i] = _choice_index(w, WIDTH_CHOICES, f"width of group '{self.groups[i].name}'")
         for i, s in enumerate(arch.sparsities):
             x[self.n_groups + i] = _choice_index(s, SPARSITY_CHOICES, f"sparsity of layer '{self.layers[i].name}'")
+        choice = {int(li): c for c, li in enumerate(self._choice_layers)}
+        for li, name in enumerate(arch.schemes):  # none: every layer at its default scheme
+            ly = self.layers[li]
+            if name in ly.options:
+                if li in choice:
+                    x[self.n_groups + len(self.layers) + choice[li]] = ly.options.index(name)
+            elif name != "dense" or arch.sparsities[li] > 0:  # "dense" means sparsity 0 on any layer
+                raise PlanError(
+                    f"Layer '{ly.name}' takes {' or '.join(ly.options)} in this space, not '{name}' at sparsity "
+                    f"{arch.sparsities[li]}; choose one of those."
+                )
         return x
 
     def check(self, arch: Arch) -> np.ndarray:
@@ -188,13 +239,18 @@ class SearchSpace:
             raise PlanError(f"An encoded architecture needs shape ({self.n_var},), got {x.shape}.")
         g = self.n_groups
         widths = tuple(WIDTH_CHOICES[int(i)] for i in x[:g])
-        sparsities = tuple(SPARSITY_CHOICES[int(i)] if self.layers[j].sparse else 0.0 for j, i in enumerate(x[g:]))
-        return Arch(widths, sparsities)
+        sparsities = tuple(float(s) for s in self.layer_dims(x[None])[2][0])
+        options = self.layer_options(x[None])[0]
+        schemes = tuple(ly.options[k] if ly.sparse else "dense" for ly, k in zip(self.layers, options, strict=True))
+        return Arch(widths, sparsities, schemes)
 
-    def _describe(self, j: int, idx: int) -> tuple[str, float]:
+    def _describe(self, j: int, idx: int) -> tuple[str, float | str]:
         if j < self.n_groups:
             return f"width of group '{self.groups[j].name}'", WIDTH_CHOICES[int(idx)]
-        return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        if j < self.n_groups + len(self.layers):
+            return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        layer = self.layers[self._choice_layers[j - self.n_groups - len(self.layers)]]
+        return f"scheme of layer '{layer.name}'", layer.options[int(idx)]
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Arch]:
         """``n`` architectures drawn uniformly within the bounds (integers, so every one is on the grid)."""
@@ -205,7 +261,7 @@ class SearchSpace:
         return rng.integers(self.xl, self.xu + 1, size=(n, self.n_var))
 
     def dense_arch(self) -> Arch:
-        """The unpruned model: every width 1.0, every sparsity 0.0."""
+        """The unpruned model: every width 1.0, every sparsity 0.0 (each layer at its default scheme)."""
         return Arch((1.0,) * self.n_groups, (0.0,) * len(self.layers))
 
     # -- restriction ---------------------------------------------------------------------------------------
@@ -272,8 +328,22 @@ class SearchSpace:
         kept = self.kept(X)  # (n, G)
         c_out = kept @ self._out_onehot + self._out_fixed  # (n, L)
         c_in = kept @ self._in_mat + self._in_fixed  # (n, L)
-        sparsity = np.where(self._sparse, _SPARSITIES[X[:, self.n_groups :]], 0.0)  # (n, L)
+        g, n_layers = self.n_groups, len(self.layers)
+        sparsity = np.where(self._sparse, _SPARSITIES[X[:, g : g + n_layers]], 0.0)  # (n, L)
+        if len(self._choice_layers):
+            k = X[:, g + n_layers :]  # (n, C) the chosen option of each layer with a choice
+            rows = np.arange(len(self._choice_layers))
+            s = sparsity[:, self._choice_layers]  # (n, C)
+            keep = self._opt_prunes[rows, k] & (s >= self._opt_least[rows, k] - 1e-9)
+            sparsity[:, self._choice_layers] = np.where(keep, s, 0.0)
         return c_in, c_out, sparsity
+
+    def layer_options(self, X: np.ndarray) -> np.ndarray:
+        """Index into ``layers[j].options`` of every layer's scheme, shape (n, L), for encodings ``X`` (n, n_var)."""
+        X = np.atleast_2d(np.asarray(X))
+        out = np.zeros((X.shape[0], len(self.layers)), dtype=np.int64)
+        out[:, self._choice_layers] = X[:, self.n_groups + len(self.layers) :]
+        return out
 
     # -- serialisation -------------------------------------------------------------------------------------
 

@@ -141,7 +141,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", help="Input as CxHxW, e.g. 3x224x224 or 1x28x28 (default: the model's own).")
     p.add_argument("--num-classes", type=int, help="Classifier outputs (default: the model's own, e.g. 1000).")
     p.add_argument("--threads", type=int, default=1, help="Engine threads to profile with (default 1).")
-    p.add_argument("--scheme", default="group4", help="Weight-sparsity scheme of the search space (default group4).")
+    p.add_argument(
+        "--scheme",
+        default="group4",
+        help="Weight-sparsity scheme of the search space (default group4), or several joined by commas "
+        "(group4,pattern): each layer then chooses among them and gets one table per scheme.",
+    )
     p.add_argument("--grid", default="8,10", help="N,M: channel grid i/N and sparsity grid k/M (default 8,10).")
     p.add_argument(
         "--full-grid",

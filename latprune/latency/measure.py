@@ -181,18 +181,13 @@ def build_model(
     if job is None or job.widths is None:
         return model, {}
     from latprune.prune import apply_plan, bake_masks, plan_from_arch
-    from latprune.space import Arch, SearchSpace
+    from latprune.space import SearchSpace
 
     if space is None:
         space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme)
-    arch = Arch(job.widths, job.sparsities or ())
-    plan = plan_from_arch(model, space, arch)
-    schemes = {
-        layer.name: d
-        for layer, s in zip(space.layers, arch.sparsities, strict=True)
-        if (d := declared_scheme(layer.scheme, s)) is not None
-    }
-    return bake_masks(apply_plan(model, plan)).eval(), schemes  # plain weights with zeros, as export does
+    plan = plan_from_arch(model, space, job.arch())
+    # plain weights with zeros, as export does; every sparse layer's scheme declared to the engine
+    return bake_masks(apply_plan(model, plan)).eval(), plan.layer_schemes()
 
 
 def compile_model(

@@ -173,14 +173,15 @@ def plan_from_arch(
     model_spec: ModelSpec | None = None,
 ) -> PruningPlan:
     """The plan of ``arch``: each group keeps its ``kept_channels`` most important channels (by ``importance``
-    on ``model``'s current weights), each layer gets the space's scheme at the arch's sparsity."""
-    space.encode(arch)  # validates the grid (not the search bounds: any point of the grid can be pruned to)
+    on ``model``'s current weights), each layer gets its scheme in ``arch`` (its default in the space when the
+    architecture names none) at the arch's sparsity."""
+    # Encoding validates the grid (not the search bounds: any point of the grid can be pruned to); decoding gives
+    # what the search sees: "dense" and sparsity 0 on layers without weight sparsity, every layer's scheme named.
+    arch = space.decode(space.encode(arch))
     graph = build_graph(model, space.input_size, space.in_channels)
     _check_space_matches(space, graph)
     keep = [kept_channels(w, g.channels, g.multiple) for w, g in zip(arch.widths, space.groups, strict=True)]
-    sparsities = [s if ly.sparse else 0.0 for s, ly in zip(arch.sparsities, space.layers, strict=True)]
-    schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
-    return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
+    return _make_plan(model, graph, keep, list(arch.schemes), list(arch.sparsities), importance, params, model_spec)
 
 
 def uniform_plan(

@@ -127,7 +127,9 @@ class MaskedSupernet:
             cols = self.kept_indices(name, "in", candidate).to(weight.device)
             sub = weight[rows][:, cols]  # (c_out_kept, c_in_kept[, kh, kw])
             mask = torch.zeros_like(weight)
-            scheme = candidate.schemes.get(name, "group4")
+            scheme = candidate.schemes.get(name)
+            if scheme is None:
+                raise PlanError(f"Layer '{name}' has a weight sparsity but the candidate names no scheme for it.")
             # The same generator apply_plan uses on the physically pruned layer, so both keep the same weights.
             sub_mask = make_mask(scheme, sub, sparsity, SchemeParams(), name).to(weight.dtype)
             mask[rows.view(-1, 1), cols.view(1, -1)] = sub_mask
