@@ -22,7 +22,7 @@ from latprune.search import (
     run_search,
     uniform_nondominated_select,
 )
-from latprune.search.nsga import Genome
+from latprune.search.genome import Genome
 from latprune.search.results import smallest_latency
 from latprune.search.selection import latency_targets
 from latprune.search.synthetic import SyntheticProblem

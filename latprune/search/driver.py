@@ -15,8 +15,9 @@ from tqdm import tqdm
 from latprune._io import atomic_write_json, read_json
 from latprune.errors import SearchError
 from latprune.search.config import SearchConfig
+from latprune.search.genome import Genome
 from latprune.search.interfaces import AccuracyEstimator, LatencyPredictor, SpaceLike, TimedEstimator, arch_to_dict
-from latprune.search.nsga import Genome, algorithm_state, make_algorithm, restore_algorithm, stage_seed
+from latprune.search.nsga import algorithm_state, make_algorithm, restore_algorithm, stage_seed
 from latprune.search.results import (
     FRONT_FORMAT,
     GENERATION_FORMAT,
