@@ -170,6 +170,13 @@ class SearchSpace:
         return len(self.groups) + len(self.layers) + self.n_choices
 
     @property
+    def categorical(self) -> np.ndarray:
+        """Which variables are unordered labels (the scheme variables), shape (n_var,) bool."""
+        flags = np.zeros(self.n_var, dtype=bool)
+        flags[self.n_groups + len(self.layers) :] = True
+        return flags
+
+    @property
     def n_choices(self) -> int:
         """Scheme variables: one per layer with a choice of schemes."""
         return sum(1 for ly in self.layers if ly.scheme_choices)

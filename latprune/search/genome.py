@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from latprune.errors import SearchError
+from latprune.search.algorithms import DecisionSpace
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ class Genome:
         if self.has_choice:
             lo, hi = [0, *lo], [len(self.choice_table) - 1, *hi]
         return np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+
+    def decision_space(self, categorical: np.ndarray | None = None) -> DecisionSpace:
+        """The box an algorithm searches; ``categorical`` (n_var,) marks the encoding's unordered variables (the
+        choice variable of the sequential mode is one too)."""
+        lo, hi = self.bounds()
+        flags = np.zeros(len(self.base), dtype=bool) if categorical is None else np.asarray(categorical, dtype=bool)
+        cat = [bool(flags[i]) for i in self.free]
+        return DecisionSpace(lo, hi, np.asarray([True, *cat] if self.has_choice else cat, dtype=bool))
 
     def expand(self, Z: np.ndarray) -> np.ndarray:
         """Decision vectors ``Z`` (n, n_dec) -> full encodings (n, n_var), clipped to the bounds."""
