@@ -23,16 +23,13 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
         return model, int(kw.get("in_channels", 3)), int(args.input_size or kw["input_size"])
     if not args.model:
         raise EngineError("Name a model with --model NAME (see `latprune models`) or pass --checkpoint PATH.")
-    from latprune.models import create_model, model_info
+    from latprune.models import ModelSpec, model_info
 
     info = model_info(args.model)
-    size = args.input_size or info.default_input_size
-    with torch.random.fork_rng():  # random weights, but the same ones for the same --seed
-        torch.manual_seed(args.seed)
-        model = create_model(
-            args.model, num_classes=info.default_num_classes, input_size=size, width_mult=args.width_mult
-        )
-    return model.eval(), 3, size
+    spec = ModelSpec(
+        args.model, info.default_num_classes, 3, args.input_size or info.default_input_size, args.width_mult
+    )
+    return spec.build(seed=args.seed).eval(), spec.in_channels, spec.input_size  # random weights, the same per --seed
 
 
 def _maybe_sparsify(model: nn.Module, args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from latprune.cli._parsers import parse_grid, parse_input_size
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, load_jobs, load_measurements, save_jobs, save_measurements
@@ -14,26 +15,6 @@ from latprune.latency.profile import load_profile, save_profile
 from latprune.latency.profiling import ProfileConfig, assemble, make_jobs, model_space, profile_model
 from latprune.latency.validate import ValidationConfig, validate_latency, write_validation
 from latprune.models import ModelSpec
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'3x224x224' -> (3, 224); square images only, since the zoo models take one input size."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or parts[1] != parts[2] or min(parts) < 1:
-        raise ProfileError(f"The input size '{text}' must be CxHxW with H == W, e.g. 3x224x224 or 1x28x28.")
-    return parts[0], parts[1]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """'8,10' -> (8, 10): channel divisions N and sparsity divisions M."""
-    try:
-        n, m = (int(p) for p in text.split(","))
-    except ValueError:
-        raise ProfileError(f"The grid '{text}' must be two integers N,M such as 8,10.") from None
-    return n, m
 
 
 def _model_spec(args: argparse.Namespace) -> ModelSpec:

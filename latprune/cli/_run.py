@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latprune.errors import LatpruneError
+from latprune.cli._parsers import parse_grid, parse_latency
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
 from latprune.search import MODES, SELECTIONS
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    from latprune.cli._search import parse_latency
-
     return RunConfig(
         out_dir=Path(args.out),
         model=args.model,
@@ -21,7 +19,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         profile=Path(args.profile) if args.profile else None,
         force_profile=args.force_profile,
-        profile_grid=_grid(args.profile_grid),
+        profile_grid=parse_grid(args.profile_grid, "--profile-grid"),
         population=args.population,
         generations=args.generations,
         mode=args.mode,
@@ -40,14 +38,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         export=not args.no_export,
         redo_from=args.redo_from,
     )
-
-
-def _grid(text: str) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in text.split(","))
-    except ValueError:
-        raise LatpruneError(f"--profile-grid '{text}' is not two integers N,M; write it like 8,10.") from None
-    return n, m
 
 
 def _run(args: argparse.Namespace) -> int:

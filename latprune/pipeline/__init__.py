@@ -2,7 +2,16 @@
 
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, PipelinePreset, RunConfig
 from latprune.pipeline._report import ModelRow, RunReport, write_report
-from latprune.pipeline._search_inputs import SearchInputs, build_search_inputs, checkpoint_data, completed_calls
+from latprune.pipeline._search_inputs import (
+    SearchInputs,
+    SearchJob,
+    SearchOutcome,
+    build_search_inputs,
+    checkpoint_data,
+    completed_calls,
+    search_checkpoint,
+    search_inputs,
+)
 from latprune.pipeline._stages import run_pipeline, time_model
 
 __all__ = [
@@ -13,10 +22,14 @@ __all__ = [
     "RunConfig",
     "RunReport",
     "SearchInputs",
+    "SearchJob",
+    "SearchOutcome",
     "build_search_inputs",
     "checkpoint_data",
     "completed_calls",
     "run_pipeline",
+    "search_checkpoint",
+    "search_inputs",
     "time_model",
     "write_report",
 ]

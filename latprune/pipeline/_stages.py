@@ -8,7 +8,6 @@ inside themselves from their own checkpoints. ``status.json`` is what a person r
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,12 +25,14 @@ from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
 from latprune.pipeline._report import ModelRow, RunReport, write_report
-from latprune.pipeline._search_inputs import build_search_inputs
+from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
-from latprune.search import Candidate, SearchResult, get_preset, run_search
+from latprune.search import Candidate, SearchResult, get_preset
 from latprune.space import SearchSpace
 
 RUN_FORMAT = "latprune.run/1"
+#: RunConfig fields that are SearchConfig fields of the same name: they replace the search preset's values.
+_SEARCH_SETTINGS = ("population", "generations", "mode", "selection", "seed", "latency_budget_ms")
 # Settings that may change between a run and its resumption: they only change how results are measured or shown.
 _RESUMABLE = frozenset(
     (
@@ -200,37 +201,16 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
 
 
 def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str, Any]:
-    from latprune.report import front_table, plot_search
-    from latprune.supernet import SupernetConfig
-
-    preset = get_preset(PIPELINE_PRESETS[cfg.preset].search_preset)
-    search_cfg = dataclasses.replace(
-        preset.search_config(),
-        population=cfg.population,
-        generations=cfg.generations,
-        mode=cfg.mode,
-        selection=cfg.selection,
-        seed=cfg.seed,
-        latency_budget_ms=cfg.latency_budget_ms,
-    )
+    preset = PIPELINE_PRESETS[cfg.preset].search_preset
     run_dir = out / "search"
-    resume = (run_dir / "state.json").exists()
-    inputs = build_search_inputs(
-        parent,
-        profile,
-        SupernetConfig.preset(preset.supernet_preset),
-        seed=cfg.seed,
-        data=cfg.data,
-        force_profile=cfg.force_profile,
-        device=cfg.device,
-        resume_dir=run_dir if resume else None,
-    )
-    result = run_search(
-        inputs.space, inputs.predictor, inputs.estimator, search_cfg, run_dir, resume=resume, meta=inputs.meta
-    )
-    plot_search(run_dir, result=result, title=f"{cfg.model}: {cfg.mode}, {cfg.selection}")
-    print(front_table(result))
-    return {"search": str(run_dir), "front": len(result.front)}
+    search = get_preset(preset).search_config().override(**{k: getattr(cfg, k) for k in _SEARCH_SETTINGS})
+    job = SearchJob(
+        parent, profile, run_dir, preset, search, data=cfg.data, force_profile=cfg.force_profile, device=cfg.device,
+        resume=(run_dir / "state.json").exists(),
+    )  # fmt: skip
+    outcome = search_checkpoint(job)
+    print(outcome.table)
+    return {"search": str(run_dir), "front": len(outcome.result.front)}
 
 
 def _select_text(cfg: RunConfig) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from latprune._overrides import override
 from latprune.errors import SearchError
 from latprune.search.algorithms import list_algorithms
 from latprune.search.selection import SELECTIONS
@@ -79,11 +80,7 @@ class SearchConfig:
 
         Unknown field names are rejected by name so a typo never silently does nothing.
         """
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
-        if unknown:
-            raise SearchError(f"Unknown search setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}.")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return override(self, changes, "search setting")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:
