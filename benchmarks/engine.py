@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune._version import __version__
+from latprune.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine import compile
-from latprune.engine.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine.build import compiler_version
 from latprune.engine.isa import cpu_model, host_isa
 from latprune.models import create_model

@@ -34,14 +34,14 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
 
 def _maybe_sparsify(model: nn.Module, args: argparse.Namespace) -> None:
     if args.sparsity:
-        from latprune.engine.bench import sparsify_model
+        from latprune.bench import sparsify_model
 
         n = sparsify_model(model, args.scheme, args.sparsity, args.layers)
         print(f"sparsified {n} convs to {args.sparsity:.0%} with the {args.scheme} scheme")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from latprune.engine.bench import BenchConfig, benchmark_model, format_result
+    from latprune.bench import BenchConfig, benchmark_model, format_result
     from latprune.models import model_info
 
     if not args.model:

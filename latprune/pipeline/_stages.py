@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from latprune._io import atomic_write_json, read_json
+from latprune.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
 from latprune.engine import compile
-from latprune.engine.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
 from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
@@ -294,7 +294,7 @@ def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> di
     """Batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
 
     The three run in this process with the same thread count, interleaved in rounds, and each reports its
-    fastest round's median (see :func:`latprune.engine.bench.measure_interleaved` for why).
+    fastest round's median (see :func:`latprune.bench.measure_interleaved` for why).
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
