@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune.bench.runtimes import onnxruntime_session
-from latprune.bench.timing import measure_interleaved
+from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime, time_runtimes
+from latprune.bench.timing import Timing
 from latprune.engine.runtime import compile
 from latprune.errors import EngineError
-from latprune.models import create_model
+from latprune.models import ModelSpec
 
 LAYER_SETS = ("auto", "pointwise", "kxk", "all")
 
@@ -36,8 +35,7 @@ class BenchConfig:
     runs: int = 50
     seed: int = 0
     autotune: bool = False
-    onnxruntime: bool = True
-    torch_eager: bool = True
+    baselines: tuple[str, ...] = DEFAULT_BASELINES  # runtimes timed beside the engine (latprune.bench.list_runtimes)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -46,36 +44,34 @@ class BenchConfig:
             raise EngineError(f"--layers {self.layers!r} is unknown; choose one of {', '.join(LAYER_SETS)}.")
         if self.threads < 1 or self.batch < 1 or self.runs < 1 or self.warmup < 0:
             raise EngineError("--threads, --batch and --runs must be at least 1 and --warmup at least 0.")
+        for name in self.baselines:
+            if name == "engine":
+                raise EngineError("The engine is always timed; list only the runtimes to compare it with.")
+            get_runtime(name)  # unknown or not installed: one sentence
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Median latencies in milliseconds (None where a baseline was not run) and the speed-ups over them."""
+    """Timings per runtime ("engine" and each baseline) and the engine's speed-ups over the baselines."""
 
     config: BenchConfig
-    engine_ms: float
-    onnxruntime_ms: float | None
-    torch_ms: float | None
-    engine_cpu_ms: float  # median CPU time of the calling thread (see Timing)
-    onnxruntime_cpu_ms: float | None
-    torch_cpu_ms: float | None
+    timings: dict[str, Timing]  # runtime name -> median / min wall time and median CPU time (see Timing)
     compile_s: float
     max_rel_error: float  # engine vs torch output, relative to max |torch output|
     sparse_layers: int
     kernels: dict[str, int]  # kernel name -> number of layers using it
 
     @property
-    def speedup_vs_onnxruntime(self) -> float | None:
-        return None if self.onnxruntime_ms is None else self.onnxruntime_ms / self.engine_ms
+    def engine_ms(self) -> float:
+        return self.timings["engine"].median_ms
 
-    @property
-    def speedup_vs_torch(self) -> float | None:
-        return None if self.torch_ms is None else self.torch_ms / self.engine_ms
+    def speedup(self, runtime: str) -> float:
+        """How many times faster the engine is than ``runtime`` (median latencies)."""
+        return self.timings[runtime].median_ms / self.engine_ms
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
-        d["speedup_vs_onnxruntime"] = self.speedup_vs_onnxruntime
-        d["speedup_vs_torch"] = self.speedup_vs_torch
+        d["speedups"] = {name: self.speedup(name) for name in self.timings if name != "engine"}
         return d
 
 
@@ -130,12 +126,9 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 def benchmark_model(cfg: BenchConfig) -> BenchResult:
-    """Build the zoo model with random weights, sparsify it, compile it, and time the three runtimes."""
-    with torch.random.fork_rng():  # zoo models initialise from the global generator: seed a private copy of it
-        torch.manual_seed(cfg.seed)
-        model = create_model(
-            cfg.model, num_classes=cfg.num_classes, input_size=cfg.input_size, width_mult=cfg.width_mult
-        )
+    """Build the zoo model with random weights, sparsify it, compile it, and time the engine and its baselines."""
+    spec = ModelSpec(cfg.model, cfg.num_classes, 3, cfg.input_size, cfg.width_mult)
+    model = spec.build(seed=cfg.seed)  # random weights, the same ones for the same seed
     model.eval()
     n_sparse = sparsify_model(model, cfg.scheme, cfg.sparsity, cfg.layers)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -145,42 +138,21 @@ def benchmark_model(cfg: BenchConfig) -> BenchResult:
     cm = compile(model, x, threads=cfg.threads, autotune=cfg.autotune)
     compile_s = time.perf_counter() - t0
     xa = x.numpy()
-    fns: dict[str, Callable[[], object]] = {"engine": lambda: cm(xa)}
-    if cfg.onnxruntime:
-        sess = onnxruntime_session(model, x, cfg.threads)
-        fns["ort"] = lambda: sess.run(None, {"x": xa})
-    if cfg.torch_eager:
-        fns["torch"] = lambda: model(x)
-    old = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with torch.inference_mode():
-            ref = model(x)
-            timings = measure_interleaved(fns, cfg.warmup, cfg.runs)
-    finally:
-        torch.set_num_threads(old)
+    with torch.inference_mode():
+        ref = model(x)
+    timings = time_runtimes(
+        model, x, cfg.threads, ("engine", *cfg.baselines), warmup=cfg.warmup, runs=cfg.runs,
+        prepared={"engine": lambda: cm(xa)},
+    )  # fmt: skip
     err = float(np.abs(cm(xa) - ref.numpy()).max() / max(float(ref.abs().max()), 1e-12))
-    engine, ort, eager = timings["engine"], timings.get("ort"), timings.get("torch")
     kernels: dict[str, int] = {}
     for layer in cm.spec.layers:
         kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
-    return BenchResult(
-        config=cfg,
-        engine_ms=engine.median_ms,
-        onnxruntime_ms=ort.median_ms if ort else None,
-        torch_ms=eager.median_ms if eager else None,
-        engine_cpu_ms=engine.cpu_ms,
-        onnxruntime_cpu_ms=ort.cpu_ms if ort else None,
-        torch_cpu_ms=eager.cpu_ms if eager else None,
-        compile_s=compile_s,
-        max_rel_error=err,
-        sparse_layers=n_sparse,
-        kernels=kernels,
-    )
+    return BenchResult(cfg, timings, compile_s, err, n_sparse, kernels)
 
 
 def format_result(r: BenchResult) -> str:
-    """A few human lines: the three medians and the engine's speed-ups."""
+    """A few human lines: each runtime's median and the engine's speed-ups."""
     c = r.config
     lines = [
         f"{c.model} @ {c.input_size}px, batch {c.batch}, {c.threads} thread(s), {c.scheme} sparsity {c.sparsity:.0%} "
@@ -188,16 +160,14 @@ def format_result(r: BenchResult) -> str:
         f"  latprune engine  {r.engine_ms:9.3f} ms   (compiled in {r.compile_s:.1f} s, "
         f"max rel error {r.max_rel_error:.1e})",
     ]
-    if r.onnxruntime_ms is not None:
-        lines.append(
-            f"  ONNX Runtime     {r.onnxruntime_ms:9.3f} ms   engine is {r.speedup_vs_onnxruntime:.2f}x faster"
-        )
-    if r.torch_ms is not None:
-        lines.append(f"  PyTorch eager    {r.torch_ms:9.3f} ms   engine is {r.speedup_vs_torch:.2f}x faster")
+    baselines = [name for name in r.timings if name != "engine"]
+    for name in baselines:
+        label = get_runtime(name).label
+        ms = r.timings[name].median_ms
+        lines.append(f"  {label:<16} {ms:9.3f} ms   engine is {r.speedup(name):.2f}x faster")
     if c.threads == 1:  # CPU time of the calling thread: what preemption on a busy machine does not inflate
-        cpu = [f"engine {r.engine_cpu_ms:.3f}"]
-        cpu += [f"ONNX Runtime {r.onnxruntime_cpu_ms:.3f}"] if r.onnxruntime_cpu_ms is not None else []
-        cpu += [f"PyTorch {r.torch_cpu_ms:.3f}"] if r.torch_cpu_ms is not None else []
+        cpu = [f"engine {r.timings['engine'].cpu_ms:.3f}"]
+        cpu += [f"{get_runtime(name).label} {r.timings[name].cpu_ms:.3f}" for name in baselines]
         lines.append("  CPU time (ms): " + ", ".join(cpu))
     lines.append("  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.kernels.items())))
     return "\n".join(lines)

@@ -37,4 +37,12 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-__all__ = ["parse_grid", "parse_input_size", "parse_latency"]
+def parse_names(text: str, flag: str) -> tuple[str, ...]:
+    """'onnxruntime,torch' -> ('onnxruntime', 'torch'): a comma-separated list of names, in order, without repeats."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise ArgumentError(f"{flag} '{text}' names nothing; write names separated by commas, like onnxruntime,torch.")
+    return names
+
+
+__all__ = ["parse_grid", "parse_input_size", "parse_latency", "parse_names"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latprune.cli._parsers import parse_grid, parse_latency
+from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
+from latprune.cli._parsers import parse_grid, parse_latency, parse_names
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
 from latprune.search import MODES, SELECTIONS
 
@@ -32,6 +33,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         distill=args.distill,
         baseline_epochs=args.baseline_epochs,
         threads=args.threads,
+        runtimes=parse_names(args.runtimes, "--runtimes"),
         timing_runs=args.timing_runs,
         seed=args.seed,
         device=args.device,
@@ -108,6 +110,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
     t = p.add_argument_group("measurement")
     t.add_argument("--threads", type=int, default=1, help="Threads for profiling and latency measurement (default 1).")
     t.add_argument("--timing-runs", type=int, default=200, help="Timed runs per model; the median is reported.")
+    t.add_argument(
+        "--runtimes",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"Runtimes every model is also timed on, comma-separated (default {','.join(DEFAULT_BASELINES)}; "
+        f"registered: {', '.join(list_runtimes(available_only=False))}; openvino needs `pip install openvino`).",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

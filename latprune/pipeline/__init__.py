@@ -12,7 +12,7 @@ from latprune.pipeline._search_inputs import (
     search_checkpoint,
     search_inputs,
 )
-from latprune.pipeline._stages import run_pipeline, time_model
+from latprune.pipeline._stages import run_pipeline
 
 __all__ = [
     "PIPELINE_PRESETS",
@@ -30,6 +30,5 @@ __all__ = [
     "run_pipeline",
     "search_checkpoint",
     "search_inputs",
-    "time_model",
     "write_report",
 ]
