@@ -18,7 +18,7 @@ from latprune.engine.fingerprint import current_fingerprint
 from latprune.engine.kernels import ConvMeta
 from latprune.errors import PlanError
 from latprune.latency.grid import GridConfig, plan_grids
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import AdditiveTerm, LatencyProfile, LatencyTable
 from latprune.models import ModelSpec, create_model
 from latprune.prune import PruningPlan, apply_plan, bake_masks, plan_from_arch, weight_masks
@@ -114,7 +114,7 @@ def test_predictor_reads_one_table_per_layer_and_scheme(space):
         current_fingerprint(), 1, ModelSpec("resnet20", 10, 1, SIZE), ",".join(MIX), tuple(tables),
         AdditiveTerm(0.0, 1.0), 4, 10, 1.0,
     )  # fmt: skip
-    predictor = LatencyPredictor(profile, space)
+    predictor = TrilinearPredictor(profile, space)
     arch = mixed_arch(space)
     x = space.encode(arch)[None]
     c_in, c_out, sparsity = space.layer_dims(x)

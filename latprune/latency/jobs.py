@@ -20,7 +20,7 @@ from latprune._io import atomic_write_json, read_json
 from latprune.engine.fingerprint import DeviceFingerprint
 from latprune.errors import LatpruneError, ProfileError
 from latprune.latency.grid import GridConfig, plan_grids
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import (
     AdditiveTerm,
     CalibrationPoint,
@@ -346,7 +346,7 @@ def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
         statistic=jobs.timing.statistic,
         layer_overhead_ms=m.call_overhead_ms,
     )
-    predictor = LatencyPredictor(bare, space)
+    predictor = TrilinearPredictor(bare, space)
     points = []
     for job, measured in zip(jobs.models, m.models, strict=True):
         arch = space.dense_arch() if job.widths is None else job.arch()

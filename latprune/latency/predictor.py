@@ -61,8 +61,9 @@ def _kernel_area(layer: Any) -> int:
     return int(k[0]) * int(k[1]) if isinstance(k, (tuple, list)) else int(k) * int(k)
 
 
-class LatencyPredictor:
-    """Predict end-to-end engine latency (ms) of pruned architectures from a device profile.
+class TrilinearPredictor:
+    """Predict end-to-end engine latency (ms) of pruned architectures from a device profile (the search's
+    ``latprune.search.LatencyPredictor``).
 
     Each layer's latency is the trilinear interpolation of its signature's table at its (input channels,
     output channels, sparsity): T = sum_ijk tau(c_in - i) tau(c_out - j) tau(s - k) T_ijk on the grid's

@@ -172,7 +172,7 @@ class LatencyTable:
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One whole model measured end to end, against the sum of its interpolated layer latencies and the size of
-    its packed weights (MB, see ``LatencyPredictor.weight_mb``)."""
+    its packed weights (MB, see ``TrilinearPredictor.weight_mb``)."""
 
     name: str
     layer_sum_ms: float

@@ -12,7 +12,7 @@ from latprune._io import read_json
 from latprune.data import DataConfig, load_splits
 from latprune.data.datasets import canonical_name
 from latprune.errors import DataError, ModelError, ProfileError
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import load_profile
 from latprune.search import SearchConfig, SearchResult, get_preset, run_search
 from latprune.space import SearchSpace
@@ -26,7 +26,7 @@ class SearchInputs:
     """What :func:`latprune.search.run_search` needs, built from files, plus the metadata the run records."""
 
     space: SearchSpace
-    predictor: LatencyPredictor
+    predictor: TrilinearPredictor
     estimator: SupernetEstimator
     meta: dict[str, Any]
 
@@ -89,7 +89,7 @@ def build_search_inputs(
             f"{kwargs['input_size']}."
         )
     space = SearchSpace.from_model(parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme)
-    predictor = LatencyPredictor(prof, space)
+    predictor = TrilinearPredictor(prof, space)
     data_cfg = checkpoint_data(ckpt, checkpoint, data)
     splits = load_splits(data_cfg)
     estimator = SupernetEstimator(

@@ -10,11 +10,11 @@ from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.prune import group_importance, select_channels
 from latprune.space import SearchSpace
-from latprune.supernet._masks import Candidate
+from latprune.supernet._masks import Subnet
 
 
 class SpaceAdapter:
-    """Turns the search's integer encodings into :class:`Candidate` masks for one model.
+    """Turns the search's integer encodings into :class:`Subnet` masks for one model.
 
     Channel importance is ranked once, on the parent's weights, with the same ``group_importance`` and
     ``select_channels`` that ``plan_from_arch`` uses, and kept counts come from ``SearchSpace.kept`` (the
@@ -31,7 +31,7 @@ class SpaceAdapter:
             raise PlanError("The search space was built for another model (its groups or layers differ); rebuild it.")
         self.importance = {g.name: group_importance(model, g, importance) for g in self.graph.groups}  # type: ignore[arg-type]
 
-    def candidates(self, X: np.ndarray) -> list[Candidate]:
+    def candidates(self, X: np.ndarray) -> list[Subnet]:
         """One candidate per row of ``X`` (n, n_var): the top-k channels per group, the sparse layers' values and
         each one's scheme (per candidate: a space may let every layer choose its scheme)."""
         X = np.atleast_2d(np.asarray(X))
@@ -49,5 +49,5 @@ class SpaceAdapter:
             layers = self.space.layers
             sparse = {ly.name: float(s) for ly, s in zip(layers, sparsity[row], strict=True) if s > 0.0}
             schemes = {ly.name: ly.options[k] for ly, k in zip(layers, options[row], strict=True) if ly.name in sparse}
-            out.append(Candidate(keep, sparse, schemes))
+            out.append(Subnet(keep, sparse, schemes))
         return out
