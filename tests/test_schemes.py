@@ -3,6 +3,9 @@ with it, and its kernels compute what torch's conv2d computes on the masked weig
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +109,15 @@ def test_registry_vocabulary():
     assert layer_scheme("group4", SchemeLayer("depthwise", (3, 3))) == "dense"
     with pytest.raises(PlanError, match="Unknown sparsity scheme 'zigzag'"):
         get_scheme("zigzag")
+
+
+def test_the_engine_imports_neither_pruning_nor_models():
+    """The scheme vocabulary is neutral: the engine reads it without importing pruning, models, search or training."""
+    code = (
+        "import sys, latprune.engine, latprune.engine.detect, latprune.engine.export;"
+        "bad = [m for m in sys.modules if m.startswith(('latprune.prune', 'latprune.models', 'latprune.search',"
+        " 'latprune.train', 'latprune.bench', 'latprune.space'))];"
+        "sys.exit(', '.join(bad) or None)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latprune.cli._parsers import parse_latency
-from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, get_preset
+from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, get_preset, list_algorithms
 
 if TYPE_CHECKING:
     from latprune.pipeline import SearchJob
@@ -23,6 +23,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
         .override(
             population=args.population,
             generations=args.generations,
+            algorithm=args.algorithm,
             selection=args.selection,
             latency_targets=args.latency_targets,
             mode=args.mode,
@@ -164,6 +165,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=list(PRESETS),
         help="Budget: 'quick' (~10 min for "
         "ResNet20 / Fashion-MNIST here) or 'paper' (JCW: population 64, 128 generations, 10+20 epochs).",
+    )
+    s.add_argument(
+        "--algorithm",
+        default=None,
+        choices=list_algorithms(),
+        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW).",
     )
     s.add_argument(
         "--mode",
