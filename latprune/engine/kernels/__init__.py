@@ -119,15 +119,14 @@ def kernels_for(scheme: str, meta: ConvMeta) -> list[KernelSpec]:
     return [k for k in _TABLE.values() if k.scheme == scheme and k.supports(meta)]
 
 
-_KERNEL_MODULES = ("dense", "group4", "npas")
-
-
 def _load_all() -> None:
-    """Import every kernel family (importing registers its kernels); a missing one is an error, not a gap."""
+    """Import every kernel module of this package, in name order (importing registers its kernels), so a new kernel
+    family is one module here and one C source in csrc/; a module that fails to import is an error, not a gap."""
     import importlib
+    import pkgutil
 
-    for mod in _KERNEL_MODULES:
-        importlib.import_module(f"latprune.engine.kernels.{mod}")
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 __all__ = ["ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]
