@@ -9,7 +9,8 @@ import warnings
 import pytest
 from test_latency import SPACE, make_profile, multilinear
 
-import latprune.engine.bench as bench
+import latprune.bench as bench
+import latprune.bench.timing as timing
 import latprune.latency.measure as measure
 from latprune._busy import LoadCheck, LoadMonitor, busy_warning, load_check, worst
 from latprune.engine.fingerprint import current_fingerprint
@@ -58,7 +59,7 @@ def test_load_check_reads_preemption_and_round_spread():
 @pytest.mark.parametrize(("share", "threads", "busy"), [(1.0, 1, False), (0.5, 1, True), (0.5, 2, False)])
 def test_interleaved_timing_flags_a_preempted_runtime(monkeypatch, share, threads, busy):
     clock = FakeClock(share)
-    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(timing, "time", clock)
     timings = bench.measure_interleaved({"engine": lambda: clock.work(2.0)}, warmup=1, runs=50, threads=threads)
     t = timings["engine"]
     assert t.median_ms == pytest.approx(2.0) and t.load.busy is busy
@@ -68,7 +69,7 @@ def test_interleaved_timing_flags_a_preempted_runtime(monkeypatch, share, thread
 def test_interleaved_timing_flags_a_burst_of_load(monkeypatch):
     clock = FakeClock()
     calls = iter(range(10**6))
-    monkeypatch.setattr(bench, "time", clock)
+    monkeypatch.setattr(timing, "time", clock)
     # Calls 30..59 take 3x as long (a burst of load on the VM): a few rounds' medians are 3x the others.
     timings = bench.measure_interleaved(
         {"engine": lambda: clock.work(3.0 if 30 <= next(calls) < 60 else 1.0)}, warmup=0, runs=50, threads=2
@@ -78,9 +79,9 @@ def test_interleaved_timing_flags_a_burst_of_load(monkeypatch):
 
 
 def test_bench_result_prints_the_warning():
-    cfg = bench.BenchConfig(model="resnet20", onnxruntime=False, torch_eager=False)
+    cfg = bench.BenchConfig(model="resnet20", baselines=())
     warning = busy_warning(LoadCheck(0.45, None), "This benchmark")
-    r = bench.BenchResult(cfg, 1.0, None, None, 0.5, None, None, 0.1, 0.0, 3, {"dense": 3}, warning)
+    r = bench.BenchResult(cfg, {"engine": bench.Timing(1.0, 1.0, 0.5)}, 0.1, 0.0, 3, {"dense": 3}, warning)
     assert f"warning: {warning}" in bench.format_result(r) and r.to_json()["load_warning"] == warning
 
 

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from latprune._io import atomic_torch_save
 from latprune.cli import build_parser, main
 from latprune.data import BatchLoader
 from latprune.errors import LatpruneError, PlanError
@@ -39,6 +38,7 @@ from latprune.train import (
     load_model_from_checkpoint,
 )
 from latprune.train.admm import project
+from latprune.train.checkpoint import atomic_torch_save
 from latprune.train.gmp import attach_dense_masks, gmp_fraction, gmp_sparsity
 
 SPEC = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.25)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from latprune._io import atomic_torch_save, atomic_write_json, check_plain, load_checkpoint, read_json
+from latprune._io import atomic_write_json, read_json
 from latprune.cli import main
 from latprune.errors import LatpruneError
+from latprune.train.checkpoint import atomic_torch_save, check_plain, load_checkpoint
 
 
 def test_json_round_trip_leaves_no_temporary_files(tmp_path):

@@ -86,11 +86,11 @@ def test_run_end_to_end_writes_report_plot_and_exports(tmp_path, tiny, parent, p
     run = tmp_path / "run"
     assert [r.name for r in report.rows] == ["dense", "m0", "m1"]
     dense, *pruned = report.rows
-    assert dense.speedup_vs_dense_engine == 1.0 and dense.predicted_ms is None
+    assert dense.speedup_vs_dense["engine"] == 1.0 and dense.predicted_ms is None
     for r in pruned:
         assert r.engine_ms > 0 and r.predicted_ms > 0 and 0.0 <= r.test_acc <= 1.0
         assert r.nonzero_params < dense.nonzero_params
-        assert r.speedup_vs_dense_onnxruntime == pytest.approx(dense.onnxruntime_ms / r.engine_ms)
+        assert r.speedup_vs_dense["onnxruntime"] == pytest.approx(dense.latency_ms["onnxruntime"] / r.engine_ms)
         assert r.export_bytes and r.export_bytes > 0
         assert (run / "models" / r.name / "export" / "model.onnx").is_file()
     assert (

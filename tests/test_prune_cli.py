@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latprune._io import atomic_torch_save
 from latprune.cli import main
 from latprune.prune import ModelSpec, PruningPlan, bake_masks, list_schemes, load_pruned, weight_masks
+from latprune.train.checkpoint import atomic_torch_save
 
 SPEC = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
 

@@ -28,10 +28,10 @@ from latprune.engine.codegen import aligned_empty, describe, lower
 from latprune.engine.detect import choose_kernel
 from latprune.engine.ir import Graph
 from latprune.engine.isa import host_isa, runnable_isas
-from latprune.engine.kernels import SCHEMES
 from latprune.engine.torch_backend import TorchGraphRunner
 from latprune.engine.trust import check_private, read_verified, verify_library, write_private
 from latprune.errors import EngineError
+from latprune.schemes import list_schemes
 
 BACKENDS = ("c", "torch")
 
@@ -77,9 +77,9 @@ def choose_kernels(graph: Graph, schemes: Mapping[str, str] | None, threads: int
             f"The schemes mapping names layer(s) {', '.join(unknown)} that the model does not have; "
             f"use conv/linear module names such as {sorted(names)[:3]}."
         )
-    bad = sorted(f"{k}={v}" for k, v in schemes.items() if v not in SCHEMES)
+    bad = sorted(f"{k}={v}" for k, v in schemes.items() if v not in list_schemes())
     if bad:
-        raise EngineError(f"Unknown sparsity scheme in {', '.join(bad)}; choose one of {', '.join(SCHEMES)}.")
+        raise EngineError(f"Unknown sparsity scheme in {', '.join(bad)}; choose one of {', '.join(list_schemes())}.")
     for op in graph.conv_ops():
         spec, variant = choose_kernel(op.weight, op.meta, declared_scheme=schemes.get(op.name), nthreads=threads)
         if autotune and len(spec.variants) > 1:

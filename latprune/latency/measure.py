@@ -20,6 +20,7 @@ from latprune.errors import ProfileError
 from latprune.latency.jobs import Measurements, ModelJob, ProfileJobs, TableJob, TimingConfig, check_statistic
 from latprune.latency.profile import LayerSignature
 from latprune.models import ModelSpec
+from latprune.schemes import get_scheme, make_mask
 
 #: Activation timed with every layer (ReLU; the fused epilogue costs about the same for every activation).
 _ACT_RELU = 1
@@ -41,14 +42,12 @@ def layer_meta(sig: LayerSignature, c_in: int, c_out: int) -> Any:
 def masked_weight(full: np.ndarray, sig: LayerSignature, c_in: int, c_out: int, sparsity: float) -> np.ndarray:
     """The top-left (c_out, c_in/groups) slice of ``full`` with the scheme's mask at ``sparsity`` applied.
 
-    The mask comes from the pruning package's generator, so the zeros have exactly the structure (and the
-    spread over groups) that a pruned model hands to the engine.
+    The mask comes from the scheme registry's generator (what pruning uses), so the zeros have exactly the
+    structure (and the spread over groups) that a pruned model hands to the engine.
     """
-    from latprune.prune import make_mask
-
     per_group = 1 if sig.kind == "depthwise" else c_in // sig.groups
     w = np.ascontiguousarray(full[:c_out, :per_group])  # (c_out, c_in/groups, kh, kw)
-    if sparsity <= 0.0 or sig.scheme == "dense":
+    if sparsity <= 0.0 or not get_scheme(sig.scheme).prunes:
         return w
     wt = torch.from_numpy(w)
     if sig.kind == "linear":
@@ -59,7 +58,7 @@ def masked_weight(full: np.ndarray, sig: LayerSignature, c_in: int, c_out: int, 
 
 def declared_scheme(scheme: str, sparsity: float) -> str | None:
     """The scheme declared to the engine: the layer's scheme once it has zeros, else none (dense weights)."""
-    return scheme if sparsity > 0.0 and scheme != "dense" else None
+    return scheme if sparsity > 0.0 and get_scheme(scheme).prunes else None
 
 
 def time_call(
@@ -197,18 +196,13 @@ def build_model(
     if job is None or job.widths is None:
         return model, {}
     from latprune.prune import apply_plan, bake_masks, plan_from_arch
-    from latprune.space import Arch, SearchSpace
+    from latprune.space import SearchSpace
 
     if space is None:
         space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme)
-    arch = Arch(job.widths, job.sparsities or ())
-    plan = plan_from_arch(model, space, arch)
-    schemes = {
-        layer.name: d
-        for layer, s in zip(space.layers, arch.sparsities, strict=True)
-        if (d := declared_scheme(layer.scheme, s)) is not None
-    }
-    return bake_masks(apply_plan(model, plan)).eval(), schemes  # plain weights with zeros, as export does
+    plan = plan_from_arch(model, space, job.arch())
+    # plain weights with zeros, as export does; every sparse layer's scheme declared to the engine
+    return bake_masks(apply_plan(model, plan)).eval(), plan.layer_schemes()
 
 
 def compile_model(

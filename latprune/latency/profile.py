@@ -56,8 +56,9 @@ class LayerSignature:
         )
 
     @classmethod
-    def of_layer(cls, layer: Any) -> LayerSignature:
-        """The signature of a search-space ``LayerSpec`` (any object with its fields)."""
+    def of_layer(cls, layer: Any, scheme: str | None = None) -> LayerSignature:
+        """The signature of a search-space ``LayerSpec`` (any object with its fields) under ``scheme`` (default: the
+        layer's own); a layer with a choice of schemes has one signature, and one table, per scheme."""
         hw = _pair(layer.in_hw) if layer.in_hw is not None else (1, 1)
         return cls(
             kind=str(layer.kind),
@@ -68,7 +69,7 @@ class LayerSignature:
             padding=_pair(layer.padding),
             groups=int(layer.groups),
             in_hw=hw,
-            scheme=str(layer.scheme),
+            scheme=str(scheme or layer.scheme),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -172,7 +173,7 @@ class LatencyTable:
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One whole model measured end to end, against the sum of its interpolated layer latencies and the size of
-    its packed weights (MB, see ``LatencyPredictor.weight_mb``)."""
+    its packed weights (MB, see ``TrilinearPredictor.weight_mb``)."""
 
     name: str
     layer_sum_ms: float
@@ -290,7 +291,7 @@ class LatencyProfile:
     fingerprint: DeviceFingerprint
     threads: int
     model: ModelSpec
-    scheme: str  # the search space's sparsity scheme (SearchSpace.from_model(..., scheme=))
+    scheme: str  # the search space's scheme(s), "group4" or "group4,pattern" (SearchSpace.from_model(..., scheme=))
     tables: tuple[LatencyTable, ...]
     additive: AdditiveTerm
     grid_n: int  # channel grid divisions (JCW's N)

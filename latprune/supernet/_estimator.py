@@ -21,7 +21,7 @@ from latprune.errors import SearchError
 from latprune.space import SearchSpace
 from latprune.supernet._bn import recalibrate_bn
 from latprune.supernet._config import SupernetConfig
-from latprune.supernet._masks import Candidate, MaskedSupernet
+from latprune.supernet._masks import MaskedSupernet, Subnet
 from latprune.supernet._space import SpaceAdapter
 
 
@@ -162,7 +162,7 @@ class SupernetEstimator:
         errors = self.evaluate_candidates(candidates)
         return errors[np.asarray(inverse).reshape(-1)]
 
-    def evaluate_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
+    def evaluate_candidates(self, candidates: Sequence[Subnet]) -> np.ndarray:
         """Train a super-net holding exactly ``candidates``, then return each one's validation error."""
         if not candidates:
             raise SearchError("The estimator was given no candidate to evaluate.")
@@ -189,7 +189,7 @@ class SupernetEstimator:
 
     # ------------------------------------------------------------------ training
 
-    def train_supernet(self, candidates: Sequence[Candidate], gen: torch.Generator) -> None:
+    def train_supernet(self, candidates: Sequence[Subnet], gen: torch.Generator) -> None:
         """Both stages of super-net training on the shared weights, sampling candidates per batch from ``gen``."""
         cfg = self.config
         epochs = cfg.channel_epochs + cfg.weight_epochs
@@ -243,7 +243,7 @@ class SupernetEstimator:
     # ------------------------------------------------------------------ scoring
 
     @torch.no_grad()
-    def _score(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, float]:
+    def _score(self, candidates: Sequence[Subnet]) -> tuple[np.ndarray, float]:
         """Recalibrate BN and measure validation error per candidate; returns (errors, seconds spent in BN).
 
         Each candidate is scored as a physically smaller copy (``MaskedSupernet.extract``), which computes the

@@ -65,7 +65,7 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
-class ValidationResult:
+class AccuracyValidation:
     """Rank agreement between the super-net's estimate and standalone fine-tuned accuracy."""
 
     estimated_acc: tuple[float, ...]
@@ -172,7 +172,7 @@ def validate_accuracy(
     *,
     device: str = "cpu",
     progress: bool = True,
-) -> ValidationResult:
+) -> AccuracyValidation:
     """Fine-tune ``config.k`` candidates of a search's last generation and rank-correlate with the super-net.
 
     Writes ``validate_accuracy.json`` and ``validate_accuracy.png`` into ``search_dir`` and one fine-tuning
@@ -246,7 +246,7 @@ def validate_accuracy(
         },
     )
     atomic_write_bytes(png_path, _scatter_png(est, true, np.array([r["latency_ms"] for r in rows]), tau, rho))
-    return ValidationResult(
+    return AccuracyValidation(
         tuple(est.tolist()), tuple(true.tolist()), tuple(r["latency_ms"] for r in rows), float(tau), float(rho),
         json_path, png_path,
     )  # fmt: skip
