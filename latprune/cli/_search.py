@@ -1,4 +1,5 @@
-"""`latprune search`: JCW's NSGA-II search over a trained model, with a device profile and a super-net estimator."""
+"""`latprune search`: JCW's NSGA-II or NPAS's search over a trained model, with a device profile and a super-net
+estimator; `latprune search-worker`: help a running search score its candidates."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
             sequential_channel_share=args.sequential_share,
             sequential_widths=args.sequential_widths,
             latency_budget_ms=parse_latency(args.latency_budget) if args.latency_budget else None,
+            npas_rl_share=args.npas_rl_share,
+            npas_elites=args.npas_elites,
+            npas_penalty=args.npas_penalty,
+            npas_policy_lr=args.npas_policy_lr,
+            npas_latency_floor=args.npas_latency_floor,
         )
     )
 
@@ -97,6 +103,7 @@ def search_job_from_args(args: argparse.Namespace) -> SearchJob:
     job = SearchJob(
         Path(args.checkpoint), Path(args.profile), Path(args.out), args.preset, search_config_from_args(args),
         model=args.model, data=args.data, force_profile=args.force_profile, device=args.device, resume=args.resume,
+        workers=args.workers, storage=args.storage,
     )  # fmt: skip
     return dataclasses.replace(job, supernet=supernet_from_args(job.supernet_config(), args))
 
@@ -157,6 +164,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Continue the search in --out after its last completed generation (e.g. after a kill).",
     )
     io.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the super-net trains.")
+    io.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Processes scoring candidates on this machine (this one included): each generation's candidates "
+        "become trials in an optuna storage that all of them share (default 1: no storage, all in this process).",
+    )
+    io.add_argument(
+        "--storage",
+        default=None,
+        help="Where the trials live: an optuna journal file (default --out/trials.journal when --workers > 1) or "
+        "an RDB URL (sqlite:///trials.db, postgresql://...) that `latprune search-worker` on other machines reach.",
+    )
 
     s = p.add_argument_group("search")
     s.add_argument(
@@ -214,7 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--latency-budget",
         default=None,
         help="Also report the most accurate candidate at or under "
-        "this predicted latency, e.g. 2.5ms (the search itself is unchanged).",
+        "this predicted latency, e.g. 2.5ms (NSGA-II's search is unchanged; NPAS maximises accuracy under it).",
     )
     s.add_argument(
         "--seed", type=int, default=None, help="Seed of the search and the super-net (same seed, same front)."
@@ -251,5 +271,74 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the channel stage's front the weight stage chooses among (default 4).",
     )
 
+    add_npas_arguments(p.add_argument_group("NPAS (--algorithm npas; see README, 'NPAS')"))
     add_supernet_arguments(p.add_argument_group("super-net estimator (defaults come from the preset)"))
     p.set_defaults(func=_search)
+    _register_worker(sub)
+
+
+def add_npas_arguments(n: argparse._ActionsContainer) -> None:
+    """The NPAS settings (SearchConfig's npas_* fields)."""
+    d = SearchConfig()
+    n.add_argument(
+        "--npas-rl-share",
+        type=float,
+        default=None,
+        help=f"Share of each batch the RL controller proposes; optuna's TPE proposes the rest "
+        f"(default {d.npas_rl_share}).",
+    )
+    n.add_argument(
+        "--npas-elites",
+        type=int,
+        default=None,
+        help=f"Best candidates so far re-estimated in every batch (default {d.npas_elites}).",
+    )
+    n.add_argument(
+        "--npas-penalty",
+        type=float,
+        default=None,
+        help=f"λ of the reward accuracy − λ·max(0, latency/budget − 1) (default {d.npas_penalty}).",
+    )
+    n.add_argument(
+        "--npas-policy-lr",
+        type=float,
+        default=None,
+        help=f"The controller's REINFORCE step size (default {d.npas_policy_lr}).",
+    )
+    n.add_argument(
+        "--npas-latency-floor",
+        type=float,
+        default=None,
+        help="Proposals predicted faster than this share of the budget are redrawn before they are scored "
+        f"(default {d.npas_latency_floor}).",
+    )
+
+
+def _search_worker(args: argparse.Namespace) -> int:
+    from latprune.pipeline._workers import serve_search
+
+    serve_search(
+        Path(args.run), args.storage, name=args.name, parent_pid=args.parent_pid, idle_timeout_s=args.idle_timeout,
+        device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def _register_worker(sub: argparse._SubParsersAction) -> None:
+    desc = (
+        "Score the candidates of a running `latprune search` (started with --workers or --storage): rebuild its "
+        "super-net estimator from the run folder, then claim trials from its optuna storage until the search ends. "
+        "Run it on any machine that sees the run folder (for the saved super-nets) and the storage."
+    )
+    p = sub.add_parser("search-worker", help="Help a running search score its candidates.", description=desc)
+    p.add_argument("--run", required=True, help="The search's run folder (its --out).")
+    p.add_argument(
+        "--storage", default=None, help="The search's trial storage (default: the one its run record names)."
+    )
+    p.add_argument("--name", default=None, help="This worker's name in the trials (default host:pid).")
+    p.add_argument(
+        "--idle-timeout", type=float, default=1800.0, help="Exit after this many seconds without a trial (1800)."
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where candidates are scored.")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by --workers: exit with it
+    p.set_defaults(func=_search_worker)

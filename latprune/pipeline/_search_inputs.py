@@ -11,7 +11,7 @@ from typing import Any
 from latprune._io import read_json
 from latprune.data import DataConfig, load_splits
 from latprune.data.datasets import canonical_name
-from latprune.errors import DataError, ModelError, ProfileError
+from latprune.errors import DataError, ModelError, ProfileError, SearchError
 from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import load_profile
 from latprune.search import SearchConfig, SearchResult, get_preset, run_search
@@ -121,7 +121,10 @@ class SearchJob:
     ``search`` and ``supernet`` default to the ``preset``'s (``latprune.search.PRESETS``, which also names the
     super-net schedule); callers change settings on top of those with ``SearchConfig.override`` and
     ``SupernetConfig.override``. ``model`` and ``data`` are only checked against what the checkpoint records.
-    ``resume`` continues the run in ``out_dir`` after its last completed generation.
+    ``resume`` continues the run in ``out_dir`` after its last completed generation. With ``workers`` > 1, or a
+    ``storage``, candidates are scored through optuna's storage (``latprune.search.trials``): ``workers - 1`` helper
+    processes start on this machine, and ``latprune search-worker --run OUT_DIR`` joins from others. ``storage`` is
+    an optuna journal file or RDB URL (default: ``OUT_DIR/trials.journal``).
     """
 
     checkpoint: Path
@@ -136,9 +139,13 @@ class SearchJob:
     device: str = "cpu"
     resume: bool = False
     progress: bool = True
+    workers: int = 1
+    storage: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)  # an unknown name fails here with the list of valid ones
+        if self.workers < 1:
+            raise SearchError(f"--workers is {self.workers}; use 1 (this process alone) or more.")
 
     def search_config(self) -> SearchConfig:
         """The search's settings: ``search``, or the preset's."""
@@ -187,10 +194,31 @@ def search_checkpoint(job: SearchJob) -> SearchOutcome:
 
     config = job.search_config()
     inputs = search_inputs(job)
-    result = run_search(
-        inputs.space, inputs.predictor, inputs.estimator, config, job.out_dir, resume=job.resume, meta=inputs.meta,
-        progress=job.progress,
-    )  # fmt: skip
+    estimator: Any = inputs.estimator
+    queue, procs = None, []
+    if job.workers > 1 or job.storage:
+        from latprune.pipeline._workers import spawn_workers
+        from latprune.search.trials import TrialQueue, default_storage
+        from latprune.supernet._shared import SharedEstimator
+
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        url = job.storage or default_storage(job.out_dir)
+        queue = TrialQueue(url, worker="search")
+        queue.reopen()
+        inputs.meta["storage"] = url
+        estimator = SharedEstimator(inputs.estimator, queue, job.out_dir / "supernet")
+        procs = spawn_workers(job.workers - 1, job.out_dir, url)
+    try:
+        result = run_search(
+            inputs.space, inputs.predictor, estimator, config, job.out_dir, resume=job.resume, meta=inputs.meta,
+            progress=job.progress,
+        )  # fmt: skip
+    finally:
+        if queue is not None:
+            from latprune.pipeline._workers import stop_workers
+
+            queue.close()
+            stop_workers(procs)
     if not is_main():
         return SearchOutcome(result, None, "")
     title = f"{inputs.meta.get('model', 'search')}: {config.mode}, {config.selection}"
