@@ -39,6 +39,12 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         export=not args.no_export,
         redo_from=args.redo_from,
+        search=args.search,
+        scheme=args.scheme,
+        workers=args.workers,
+        shortlist=args.shortlist,
+        phase3_epochs=args.phase3_epochs,
+        phase3_per_class=None if args.phase3_per_class == 0 else args.phase3_per_class,
     )
 
 
@@ -80,6 +86,21 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
     )
     s = p.add_argument_group("search and retraining (unset values come from the preset)")
     s.add_argument("--preset", default="quick", choices=list(PIPELINE_PRESETS), help=f"Budget. {presets}")
+    s.add_argument(
+        "--search",
+        default="nsga2",
+        choices=["nsga2", "npas"],
+        help="nsga2: JCW's NSGA-II over widths and sparsities (default); npas: NPAS's phases (an RL controller and "
+        "TPE choose every layer's scheme, sparsity and width under --latency-budget, the pick is measured on the "
+        "engine, then masked/ADMM/GMP retraining compete on a short run and the best retrains the model).",
+    )
+    s.add_argument(
+        "--scheme",
+        default=None,
+        help="Sparsity schemes the layers choose among, comma-separated (default group4 for nsga2, "
+        "dense,group4,block_punched,pattern,unstructured for npas).",
+    )
+    s.add_argument("--workers", type=int, default=1, help="Processes scoring search candidates (default 1).")
     s.add_argument("--population", type=int, default=None, help="Search population size.")
     s.add_argument("--generations", type=int, default=None, help="Search generations after the first.")
     s.add_argument("--mode", default="joint", choices=list(MODES), help="What the search prunes (default joint).")
@@ -87,7 +108,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
     s.add_argument(
         "--latency-budget",
         default=None,
-        help="Retrain only the most accurate candidate at or under this predicted latency, e.g. 0.2ms.",
+        help="Retrain only the most accurate candidate at or under this predicted latency, e.g. 0.2ms (npas: the "
+        "constraint it searches under, and the pick must measure under it).",
     )
     s.add_argument("--top-k", type=int, default=None, help="Front models to retrain, spread over latency.")
     s.add_argument(
@@ -106,6 +128,18 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
         help="Distil from the dense parent while retraining.",
     )
     s.add_argument("--baseline-epochs", type=int, default=None, help="Epochs of the dense baseline when trained here.")
+    s.add_argument(
+        "--shortlist", type=int, default=4, help="NPAS: best candidates under the budget measured on the engine (4)."
+    )
+    s.add_argument(
+        "--phase3-epochs", type=int, default=2, help="NPAS phase 3: epochs each retraining method gets (default 2)."
+    )
+    s.add_argument(
+        "--phase3-per-class",
+        type=int,
+        default=1000,
+        help="NPAS phase 3: training images per class of the short runs (default 1000; 0: all).",
+    )
     s.add_argument("--seed", type=int, default=0, help="Seed of training, search and super-net (default 0).")
     t = p.add_argument_group("measurement")
     t.add_argument("--threads", type=int, default=1, help="Threads for profiling and latency measurement (default 1).")

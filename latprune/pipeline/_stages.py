@@ -8,6 +8,7 @@ inside themselves from their own checkpoints. ``status.json`` is what a person r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
+from latprune.pipeline._npas import measured_select, phase3_retrain
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
@@ -49,8 +51,15 @@ _RESUMABLE = frozenset(
         "profile_grid",
         "redo_from",
         "runtimes",
+        "workers",
     )
 )
+# A run recorded before a field existed ran with its default (as the search driver's check).
+_DEFAULTS = {
+    f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+    for f in dataclasses.fields(RunConfig)
+    if f.default is not dataclasses.MISSING
+}
 
 
 class _Status:
@@ -90,7 +99,7 @@ class _Status:
 
 def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     for key, value in now.items():
-        if key not in _RESUMABLE and saved.get(key) != value:
+        if key not in _RESUMABLE and saved.get(key, _DEFAULTS.get(key)) != value:
             raise LatpruneError(
                 f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
                 "same setting to resume it, or choose another --out."
@@ -123,23 +132,10 @@ def run_pipeline(config: RunConfig) -> RunReport:
     parent_path = Path(base["checkpoint"])
     prof = _stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
     profile_path = Path(prof["profile"])
-    _stage(
-        status,
-        "search",
-        3,
-        f"NSGA-II, population {cfg.population}, {cfg.generations} generations, {cfg.mode}, {cfg.selection} selection",
-        lambda: _search(cfg, out, parent_path, profile_path),
-    )
+    _stage(status, "search", 3, _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
     sel = _stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
     names = [c["name"] for c in sel["models"]]
-    _stage(
-        status,
-        "retrain",
-        5,
-        f"{len(names)} model(s), {cfg.finetune_method} fine-tuning for {cfg.finetune_epochs} epoch(s)"
-        + (", distilled from the parent" if cfg.distill else ""),
-        lambda: _retrain(cfg, out, parent_path, sel["models"]),
-    )
+    _stage(status, "retrain", 5, _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
     _stage(
         status,
         "measure",
@@ -199,19 +195,30 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
         return {"profile": str(cfg.profile)}
     spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
     n, m = cfg.profile_grid
-    profile = profile_model(spec, ProfileConfig(threads=cfg.threads, grid=GridConfig(n_channels=n, n_sparsity=m)))
+    grid = GridConfig(n_channels=n, n_sparsity=m)
+    profile = profile_model(spec, ProfileConfig(threads=cfg.threads, scheme=cfg.schemes, grid=grid))
     path = save_profile(profile, out / "profile.json")
     print(f"profile: {len(profile.tables)} tables in {profile.build_seconds:.0f} s -> {path}")
     return {"profile": str(path)}
 
 
+def _search_text(cfg: RunConfig) -> str:
+    if cfg.search == "npas":
+        return (
+            f"NPAS (RL controller + TPE), {cfg.population} candidates per generation, {cfg.generations} generations, "
+            f"budget {cfg.latency_budget_ms:g} ms, schemes {cfg.schemes}"
+        )
+    return f"NSGA-II, population {cfg.population}, {cfg.generations} generations, {cfg.mode}, {cfg.selection} selection"
+
+
 def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str, Any]:
     preset = PIPELINE_PRESETS[cfg.preset].search_preset
     run_dir = out / "search"
-    search = get_preset(preset).search_config().override(**{k: getattr(cfg, k) for k in _SEARCH_SETTINGS})
+    settings = {k: getattr(cfg, k) for k in _SEARCH_SETTINGS} | {"algorithm": cfg.search}
+    search = get_preset(preset).search_config().override(**settings)
     job = SearchJob(
         parent, profile, run_dir, preset, search, data=cfg.data, force_profile=cfg.force_profile, device=cfg.device,
-        resume=(run_dir / "state.json").exists(),
+        resume=(run_dir / "state.json").exists(), workers=cfg.workers,
     )  # fmt: skip
     outcome = search_checkpoint(job)
     print(outcome.table)
@@ -219,6 +226,11 @@ def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str,
 
 
 def _select_text(cfg: RunConfig) -> str:
+    if cfg.search == "npas":
+        return (
+            f"the {cfg.shortlist} most accurate candidates predicted under {cfg.latency_budget_ms:g} ms, compiled and "
+            "measured; the most accurate that measures under it"
+        )
     if cfg.latency_budget_ms is not None:
         return f"the most accurate candidate at or under {cfg.latency_budget_ms:g} ms predicted"
     return f"{cfg.top_k} candidates of the Pareto front, spread evenly over predicted latency"
@@ -227,6 +239,8 @@ def _select_text(cfg: RunConfig) -> str:
 def _select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
     from latprune.train import load_model_from_checkpoint
 
+    if cfg.search == "npas":
+        return measured_select(cfg, out, parent_path)
     result = SearchResult.load(out / "search")
     if cfg.latency_budget_ms is not None:
         if result.best_under_budget is None:
@@ -274,9 +288,22 @@ def top_k_candidates(result: SearchResult, k: int) -> list[Candidate]:
     return sorted(picked + spread(rest, k - len(picked)), key=lambda c: c.latency_ms)
 
 
+def _retrain_text(cfg: RunConfig, n: int) -> str:
+    if cfg.search == "npas":
+        return (
+            f"phase 3: masked, ADMM and GMP retraining {cfg.phase3_epochs} epoch(s) each on a subset, then the best "
+            f"(validation accuracy) for {cfg.finetune_epochs} epoch(s)" + (", distilled" if cfg.distill else "")
+        )
+    return f"{n} model(s), {cfg.finetune_method} fine-tuning for {cfg.finetune_epochs} epoch(s)" + (
+        ", distilled from the parent" if cfg.distill else ""
+    )
+
+
 def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
     from latprune.train import FinetuneConfig, finetune
 
+    if cfg.search == "npas":
+        return phase3_retrain(cfg, out, parent, models)
     epochs = cfg.finetune_epochs or 1
     ft = FinetuneConfig(
         method=cfg.finetune_method,
@@ -295,7 +322,14 @@ def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any
     return {"test_acc": accs}
 
 
-def _time_runtimes(model: nn.Module, x: torch.Tensor, threads: int, runs: int, baselines: tuple[str, ...]) -> dict:
+def _time_runtimes(
+    model: nn.Module,
+    x: torch.Tensor,
+    threads: int,
+    runs: int,
+    baselines: tuple[str, ...],
+    schemes: dict[str, str] | None = None,
+) -> dict:
     """Batch-1 latency (ms) of ``model`` compiled by the engine and on each baseline runtime, and the size of the
     engine's packed weights.
 
@@ -304,7 +338,7 @@ def _time_runtimes(model: nn.Module, x: torch.Tensor, threads: int, runs: int, b
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
-    engine = compile(model, x, threads=threads)
+    engine = compile(model, x, threads=threads, schemes=schemes)  # each layer's scheme declared, as export does
     timings = time_runtimes(
         model, x, threads, ("engine", *baselines), warmup=20, runs=runs, prepared={"engine": lambda: engine(xa)}
     )
@@ -323,9 +357,10 @@ def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[
     rows = {"dense": timed(dense) | {"params": count_params(dense)}}
     ref = reference_runtime(cfg.runtimes)
     for name in names:
-        model, _ = load_model_from_checkpoint(out / "models" / name / "finetune")
+        model, ckpt = load_model_from_checkpoint(out / "models" / name / "finetune")
         model = bake_masks(copy.deepcopy(model))
-        rows[name] = timed(model) | {"params": count_params(model, nonzero=True)}
+        schemes = PruningPlan.from_dict(ckpt["plan"]).layer_schemes()
+        rows[name] = timed(model, schemes=schemes) | {"params": count_params(model, nonzero=True)}
         ms = rows[name]["latency_ms"]["engine"]
         speedup = rows["dense"]["latency_ms"][ref] / ms
         print(f"{name}: engine {ms:.3f} ms ({speedup:.2f}x {runtime_info(ref).label} on the dense model)")
@@ -372,6 +407,8 @@ def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
         rows=tuple(rows),
         stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
         load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measured latency"),
+        latency_budget_ms=cfg.latency_budget_ms,
+        search=cfg.search,
     )
     write_report(report, out)
     return {"report": str(out / "report.json")}

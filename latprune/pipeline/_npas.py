@@ -1,0 +1,161 @@
+"""The NPAS stages of `latprune run --search npas` that differ from JCW's: picking the model by MEASURED latency
+(NPAS measures on the target), and phase 3, the search over retraining methods before the full retraining."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latprune._io import atomic_write_json, read_json
+from latprune.bench.timing import measure_interleaved
+from latprune.engine import compile
+from latprune.errors import LatpruneError
+from latprune.pipeline._config import RunConfig
+from latprune.prune import PruningPlan, apply_plan, bake_masks, model_spec_from_checkpoint, plan_from_arch
+from latprune.search import Candidate, SearchResult
+from latprune.space import SearchSpace
+
+#: The retraining methods phase 3 compares (latprune.train.finetune.METHODS, in the order they are tried).
+PHASE3_METHODS = ("masked", "admm", "gmp")
+
+
+def scheme_mix(arch: dict[str, Any] | None) -> str:
+    """How many sparse layers take each scheme, e.g. "group4 x5, pattern x9" ("all dense" when none is sparse)."""
+    if not isinstance(arch, dict) or not arch.get("schemes"):
+        return "one scheme"
+    counts: dict[str, int] = {}
+    for scheme, s in zip(arch["schemes"], arch["sparsities"], strict=True):
+        if s > 0:
+            counts[scheme] = counts.get(scheme, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) or "all dense"
+
+
+def measured_select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
+    """The most accurate of the ``shortlist`` best candidates under the budget whose compiled model MEASURES under it.
+
+    The search ranked candidates by predicted latency (within a few percent of the engine's, see BENCHMARKS.md);
+    NPAS measures its models on the target, so the shortlist is compiled (the parent's weights with the plan's
+    channels and masks: retraining changes the values, not the structure the engine runs) and timed interleaved,
+    each keeping its fastest round's median as the measure stage does.
+    """
+    from latprune.train import load_model_from_checkpoint
+
+    budget = float(cfg.latency_budget_ms)  # type: ignore[arg-type]
+    result = SearchResult.load(out / "search")
+    under = sorted((c for c in result.population if c.latency_ms <= budget), key=lambda c: (c.error, c.latency_ms))
+    if not under:
+        raise LatpruneError(result.budget_note or f"No candidate is predicted under {budget:g} ms; raise the budget.")
+    shortlist = under[: cfg.shortlist]
+    space = SearchSpace.from_dict(read_json(out / "search" / "search.json", what="search record")["space"])
+    parent, ckpt = load_model_from_checkpoint(parent_path)
+    spec = model_spec_from_checkpoint(ckpt)
+    x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
+    xa = x.numpy()
+    plans, fns = [], {}
+    for i, cand in enumerate(shortlist):
+        plan = plan_from_arch(parent, space, space.decode(np.asarray(cand.x)), model_spec=spec)
+        model = bake_masks(apply_plan(copy.deepcopy(parent), plan)).eval()
+        engine = compile(model, x, threads=cfg.threads, schemes=plan.layer_schemes())
+        fns[f"c{i}"] = lambda engine=engine: engine(xa)
+        plans.append(plan)
+    timings = measure_interleaved(fns, warmup=10, runs=max(50, cfg.timing_runs // 2), threads=cfg.threads)
+    rows = [_shortlist_row(c, timings[f"c{i}"].median_ms) for i, c in enumerate(shortlist)]
+    for r in rows:
+        print(
+            f"  candidate {100 * r['estimated_error']:.2f}% est. error: {r['predicted_ms']:.4f} ms predicted, "
+            f"{r['measured_ms']:.4f} ms measured ({r['schemes']})"
+        )
+    fits = [i for i, r in enumerate(rows) if r["measured_ms"] <= budget]
+    atomic_write_json(out / "shortlist.json", {"budget_ms": budget, "candidates": rows})
+    if not fits:
+        fastest = min(r["measured_ms"] for r in rows)
+        raise LatpruneError(
+            f"None of the {len(rows)} most accurate candidates predicted under {budget:g} ms measures under it (the "
+            f"fastest: {fastest:.4g} ms); raise --latency-budget, or rerun this stage on a quieter machine."
+        )
+    pick = fits[0]
+    cand, plan = shortlist[pick], plans[pick]
+    folder = out / "models" / "m0"
+    plan.save(folder / "plan.json")
+    print(f"m0: {rows[pick]['measured_ms']:.4f} ms measured (budget {budget:g} ms) -> {folder}")
+    return {"models": [{**_selected(cand, folder), "measured_before_retraining_ms": rows[pick]["measured_ms"]}]}
+
+
+def _shortlist_row(c: Candidate, measured_ms: float) -> dict[str, Any]:
+    return {
+        "x": list(c.x),
+        "predicted_ms": c.latency_ms,
+        "measured_ms": measured_ms,
+        "estimated_error": c.error,
+        "schemes": scheme_mix(c.arch),
+    }
+
+
+def _selected(c: Candidate, folder: Path) -> dict[str, Any]:
+    return {
+        "name": folder.name,
+        "x": list(c.x),
+        "predicted_ms": c.latency_ms,
+        "estimated_error": c.error,
+        "arch": c.arch,
+        "plan": str(folder / "plan.json"),
+    }
+
+
+def method_budget(method: str, epochs: int) -> tuple[int, int]:
+    """(epochs, admm_epochs) giving ``method`` ``epochs`` epochs of training in all: ADMM splits them between its
+    penalty phase and the masked retraining after it (it needs one of each, so it takes at least 2)."""
+    if method != "admm":
+        return epochs, 1
+    admm = max(1, math.ceil(epochs / 2))
+    return max(1, epochs - admm), admm
+
+
+def phase3_retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
+    """NPAS phase 3: each retraining method gets the same short budget (``phase3_epochs`` on ``phase3_per_class``
+    images per class), the one with the best VALIDATION accuracy (the test set never chooses) then retrains the
+    model for ``finetune_epochs`` on the whole training split. Every run resumes after a kill."""
+    from latprune.train import finetune
+
+    accs, methods = {}, {}
+    for m in models:
+        plan, folder = PruningPlan.load(m["plan"]), out / "models" / m["name"]
+        trial_acc = {}
+        for method in PHASE3_METHODS:
+            epochs, admm_epochs = method_budget(method, cfg.phase3_epochs)
+            short = _finetune_config(cfg, method, epochs, admm_epochs, cfg.phase3_per_class)
+            print(f"{m['name']}: phase 3, {method} for {cfg.phase3_epochs} epoch(s) on a training subset")
+            result = finetune(parent, plan, short, folder / "phase3" / method, resume=True)
+            trial_acc[method] = float(result.final["val_acc"])
+        best = max(PHASE3_METHODS, key=lambda k: (trial_acc[k], -PHASE3_METHODS.index(k)))
+        print(
+            f"{m['name']}: validation accuracy after the short runs: "
+            + ", ".join(f"{k} {v:.2%}" for k, v in trial_acc.items())
+            + f"; retraining with {best}"
+        )
+        epochs, admm_epochs = method_budget(best, cfg.finetune_epochs or 1)
+        full = _finetune_config(cfg, best, epochs, admm_epochs, None)
+        result = finetune(parent, plan, full, folder / "finetune", resume=True)
+        accs[m["name"]] = float(result.final["test_acc"])
+        methods[m["name"]] = {"short_val_acc": trial_acc, "chosen": best}
+    return {"test_acc": accs, "phase3": methods}
+
+
+def _finetune_config(cfg: RunConfig, method: str, epochs: int, admm_epochs: int, per_class: int | None) -> Any:
+    from latprune.train import FinetuneConfig
+
+    return FinetuneConfig(
+        method=method,
+        epochs=epochs,
+        admm_epochs=admm_epochs,
+        lr=cfg.finetune_lr or 0.01,
+        distill=bool(cfg.distill),
+        seed=cfg.seed,
+        device=cfg.device,
+        train_per_class=per_class,
+    )
