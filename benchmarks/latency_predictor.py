@@ -81,7 +81,7 @@ def run_case(case: Case, samples: int, reuse: bool, statistic: str, out: Path) -
             case.spec, ProfileConfig(threads=case.threads, timing=TimingConfig(statistic=statistic))
         )
         save_profile(profile, profile_path)
-    space = model_space(case.spec, profile.scheme)
+    space = model_space(case.spec, profile.scheme, profile.kernel_sizes)
     speed = prediction_speed(TrilinearPredictor(profile, space), space)
     config = ValidationConfig(samples=samples, seed=1, statistic=profile.statistic)
     result = validate_latency(profile, space, config)

@@ -34,27 +34,34 @@ Mode = Literal["joint", "weight-only", "channel-only"]
 
 @dataclass(frozen=True)
 class Arch:
-    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse) and a scheme.
+    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse), a scheme and
+    a kernel size.
 
     ``schemes`` names each layer's scheme, "dense" where the layer has no weight sparsity. It is empty in an
     architecture written before schemes were chosen per layer: each layer then takes its default in the space.
+    ``kernels`` holds each layer's (square) kernel size; empty when the space offers no kernel choice, and then
+    every layer keeps the parent's.
     """
 
     widths: tuple[float, ...]
     sparsities: tuple[float, ...]
     schemes: tuple[str, ...] = ()
+    kernels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.schemes and len(self.schemes) != len(self.sparsities):
-            raise PlanError(
-                f"The architecture has {len(self.sparsities)} sparsities but {len(self.schemes)} schemes; give one "
-                "scheme per layer."
-            )
+        for name in ("schemes", "kernels"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.sparsities):
+                raise PlanError(
+                    f"The architecture has {len(self.sparsities)} sparsities but {len(getattr(self, name))} {name}; "
+                    f"give one per layer."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"widths": list(self.widths), "sparsities": list(self.sparsities)}
         if self.schemes:
             d["schemes"] = list(self.schemes)
+        if self.kernels:
+            d["kernels"] = list(self.kernels)
         return d
 
     @classmethod
@@ -64,6 +71,7 @@ class Arch:
                 tuple(float(w) for w in d["widths"]),
                 tuple(float(s) for s in d["sparsities"]),
                 tuple(str(s) for s in d.get("schemes", ())),
+                tuple(int(k) for k in d.get("kernels", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PlanError(
@@ -80,7 +88,8 @@ def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
 
 class SearchSpace:
     """Integer-encoded space: one width index per group, one sparsity index per layer, then one scheme index per
-    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged).
+    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged), then one
+    kernel-size index per depthwise layer with a choice of sizes (none unless asked for).
 
     ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``,
     ``SPARSITY_CHOICES`` and each layer's ``options``. The search only ever sees these integer vectors. A layer
@@ -97,8 +106,10 @@ class SearchSpace:
         scheme: str,
         xl: np.ndarray,
         xu: np.ndarray,
+        kernel_sizes: Sequence[int] = (),
     ) -> None:
         self.groups = tuple(groups)
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)  # as asked of from_model (layers hold the choices)
         self.layers = tuple(layers)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.in_channels = int(in_channels)
@@ -121,18 +132,21 @@ class SearchSpace:
         scheme: str = "group4",
         bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
         graph: ChannelGraph | None = None,
+        kernel_sizes: Sequence[int] = (),
     ) -> SearchSpace:
         """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds.
 
         ``scheme`` is one scheme for every layer, or several joined by commas ("group4,pattern,unstructured"):
         each layer then chooses among those that apply to it (a fallback replaces one that does not).
+        ``kernel_sizes`` (e.g. (3, 5, 7)) lets every depthwise conv with a square odd kernel and "same" padding
+        choose its size among those and its own (see ``_space_layers.kernel_choices``).
         """
         graph = graph if graph is not None else build_graph(model, input_size, in_channels)
-        layers = _layer_specs(graph, scheme, bounds)
+        layers = _layer_specs(graph, scheme, bounds, kernel_sizes)
         groups = _group_specs(graph, layers, bounds)
         xl, xu = _variable_bounds(groups, layers)
         num_classes = graph.layers[-1].c_out if graph.layers else 0
-        return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu)
+        return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu, kernel_sizes)
 
     def _build_index(self) -> None:
         """Precompute the matrices that make ``layer_dims`` a few vectorised numpy operations."""
@@ -162,24 +176,41 @@ class SearchSpace:
             for k, name in enumerate(self.layers[li].scheme_choices):
                 self._opt_prunes[c, k] = get_scheme(name).prunes
                 self._opt_least[c, k] = get_scheme(name).min_sparsity
+        # Layers with a choice of kernel sizes, and each one's sizes (padded with its largest).
+        self._kernel_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.kernel_choices], np.int64)
+        width = max((len(self.layers[li].kernel_choices) for li in self._kernel_layers), default=1)
+        self._kernel_sizes = np.asarray(
+            [list(ly.kernels) + [ly.kernels[-1]] * (width - len(ly.kernels)) for ly in self.layers], dtype=np.int64
+        ).reshape(len(self.layers), width)  # (L, K): a layer without a choice has its own size everywhere
+        self._own_kernel = np.asarray([ly.own_kernel_index for ly in self.layers], dtype=np.int64)
 
     # -- basic facts -----------------------------------------------------------------------------------
 
     @property
     def n_var(self) -> int:
-        return len(self.groups) + len(self.layers) + self.n_choices
+        return len(self.groups) + len(self.layers) + self.n_choices + self.n_kernel_choices
 
     @property
     def categorical(self) -> np.ndarray:
-        """Which variables are unordered labels (the scheme variables), shape (n_var,) bool."""
+        """Which variables are unordered labels (the scheme variables; kernel sizes are ordered), shape (n_var,)."""
         flags = np.zeros(self.n_var, dtype=bool)
-        flags[self.n_groups + len(self.layers) :] = True
+        start = self.n_groups + len(self.layers)
+        flags[start : start + self.n_choices] = True
         return flags
 
     @property
     def n_choices(self) -> int:
         """Scheme variables: one per layer with a choice of schemes."""
         return sum(1 for ly in self.layers if ly.scheme_choices)
+
+    @property
+    def n_kernel_choices(self) -> int:
+        """Kernel-size variables (the last ones): one per layer with a choice of sizes."""
+        return sum(1 for ly in self.layers if ly.kernel_choices)
+
+    @property
+    def _kernel_start(self) -> int:
+        return self.n_groups + len(self.layers) + self.n_choices
 
     @property
     def n_groups(self) -> int:
@@ -215,6 +246,12 @@ class SearchSpace:
             x[i] = _choice_index(w, WIDTH_CHOICES, f"width of group '{self.groups[i].name}'")
         for i, s in enumerate(arch.sparsities):
             x[self.n_groups + i] = _choice_index(s, SPARSITY_CHOICES, f"sparsity of layer '{self.layers[i].name}'")
+        for li, ly in enumerate(self.layers):  # the parent's kernel unless the architecture names another
+            k = arch.kernels[li] if arch.kernels else int(ly.kernel[0])
+            if k not in ly.kernels:
+                raise PlanError(f"Layer '{ly.name}' takes kernel sizes {list(ly.kernels)} in this space, not {k}.")
+            if ly.kernel_choices:
+                x[self._kernel_start + int(np.flatnonzero(self._kernel_layers == li)[0])] = ly.kernels.index(k)
         choice = {int(li): c for c, li in enumerate(self._choice_layers)}
         for li, name in enumerate(arch.schemes):  # none: every layer at its default scheme
             ly = self.layers[li]
@@ -249,13 +286,17 @@ class SearchSpace:
         sparsities = tuple(float(s) for s in self.layer_dims(x[None])[2][0])
         options = self.layer_options(x[None])[0]
         schemes = tuple(ly.options[k] if ly.sparse else "dense" for ly, k in zip(self.layers, options, strict=True))
-        return Arch(widths, sparsities, schemes)
+        kernels = tuple(int(k) for k in self.layer_kernels(x[None])[0]) if self.n_kernel_choices else ()
+        return Arch(widths, sparsities, schemes, kernels)
 
     def _describe(self, j: int, idx: int) -> tuple[str, float | str]:
         if j < self.n_groups:
             return f"width of group '{self.groups[j].name}'", WIDTH_CHOICES[int(idx)]
         if j < self.n_groups + len(self.layers):
             return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        if j >= self._kernel_start:
+            layer = self.layers[self._kernel_layers[j - self._kernel_start]]
+            return f"kernel size of layer '{layer.name}'", layer.kernels[int(idx)]
         layer = self.layers[self._choice_layers[j - self.n_groups - len(self.layers)]]
         return f"scheme of layer '{layer.name}'", layer.options[int(idx)]
 
@@ -282,6 +323,8 @@ class SearchSpace:
             xl[:g] = xu[:g] = len(WIDTH_CHOICES) - 1
         elif mode == "channel-only":
             xl[g:] = xu[g:] = 0
+            own = self._own_kernel[self._kernel_layers]  # kernels stay the parent's: a channel-only search
+            xl[self._kernel_start :] = xu[self._kernel_start :] = own
         elif mode != "joint":
             raise PlanError(f"Unknown search mode '{mode}'; choose joint, weight-only or channel-only.")
         return self._with_bounds(xl, xu)
@@ -306,14 +349,16 @@ class SearchSpace:
             layers = list(space.layers)
             layers[li] = dataclasses.replace(layers[li], sparse=False, max_sparsity=0.0)
             space = SearchSpace(
-                space.groups, layers, space.input_size, space.in_channels, space.num_classes, space.scheme, xl, xu
-            )
+                space.groups, layers, space.input_size, space.in_channels, space.num_classes, space.scheme, xl, xu,
+                self.kernel_sizes,
+            )  # fmt: skip
         return space
 
     def _with_bounds(self, xl: np.ndarray, xu: np.ndarray) -> SearchSpace:
         return SearchSpace(
-            self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu
-        )
+            self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu,
+            self.kernel_sizes,
+        )  # fmt: skip
 
     # -- vectorised dimensions ---------------------------------------------------------------------------
 
@@ -338,7 +383,7 @@ class SearchSpace:
         g, n_layers = self.n_groups, len(self.layers)
         sparsity = np.where(self._sparse, _SPARSITIES[X[:, g : g + n_layers]], 0.0)  # (n, L)
         if len(self._choice_layers):
-            k = X[:, g + n_layers :]  # (n, C) the chosen option of each layer with a choice
+            k = X[:, g + n_layers : g + n_layers + self.n_choices]  # (n, C) the chosen option of each layer with one
             rows = np.arange(len(self._choice_layers))
             s = sparsity[:, self._choice_layers]  # (n, C)
             keep = self._opt_prunes[rows, k] & (s >= self._opt_least[rows, k] - 1e-9)
@@ -349,8 +394,21 @@ class SearchSpace:
         """Index into ``layers[j].options`` of every layer's scheme, shape (n, L), for encodings ``X`` (n, n_var)."""
         X = np.atleast_2d(np.asarray(X))
         out = np.zeros((X.shape[0], len(self.layers)), dtype=np.int64)
-        out[:, self._choice_layers] = X[:, self.n_groups + len(self.layers) :]
+        start = self.n_groups + len(self.layers)
+        out[:, self._choice_layers] = X[:, start : start + self.n_choices]
         return out
+
+    def layer_kernel_index(self, X: np.ndarray) -> np.ndarray:
+        """Index into ``layers[j].kernels`` of every layer's kernel size, shape (n, L), for encodings ``X``."""
+        X = np.atleast_2d(np.asarray(X))
+        out = np.tile(self._own_kernel, (X.shape[0], 1))  # (n, L)
+        out[:, self._kernel_layers] = X[:, self._kernel_start :]
+        return out
+
+    def layer_kernels(self, X: np.ndarray) -> np.ndarray:
+        """Every layer's square kernel size, shape (n, L), for encodings ``X`` (n, n_var)."""
+        idx = self.layer_kernel_index(X)  # (n, L)
+        return self._kernel_sizes[np.arange(len(self.layers))[None, :], idx]
 
     # -- serialisation -------------------------------------------------------------------------------------
 
@@ -364,7 +422,7 @@ class SearchSpace:
             "layers": [dataclasses.asdict(ly) for ly in self.layers],
             "xl": self.xl.tolist(),
             "xu": self.xu.tolist(),
-        }
+        } | ({"kernel_sizes": list(self.kernel_sizes)} if self.kernel_sizes else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
@@ -373,7 +431,7 @@ class SearchSpace:
             layers = [_layer_from_dict(ly) for ly in d["layers"]]
             return cls(
                 groups, layers, tuple(d["input_size"]), d["in_channels"], d["num_classes"], d["scheme"],
-                np.asarray(d["xl"]), np.asarray(d["xu"]),
+                np.asarray(d["xl"]), np.asarray(d["xu"]), tuple(d.get("kernel_sizes", ())),
             )  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise PlanError(f"The search-space dict is missing or has a bad field ({exc}); regenerate it.") from None

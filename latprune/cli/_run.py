@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
-from latprune.cli._parsers import parse_grid, parse_latency, parse_names
+from latprune.cli._parsers import parse_grid, parse_kernel_sizes, parse_latency, parse_names
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
 from latprune.search import MODES, SELECTIONS
 
@@ -45,6 +45,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         shortlist=args.shortlist,
         phase3_epochs=args.phase3_epochs,
         phase3_per_class=None if args.phase3_per_class == 0 else args.phase3_per_class,
+        kernel_sizes=None if args.kernel_sizes is None else parse_kernel_sizes(args.kernel_sizes),
     )
 
 
@@ -99,6 +100,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
         default=None,
         help="Sparsity schemes the layers choose among, comma-separated (default group4 for nsga2, "
         "dense,group4,block_punched,pattern,unstructured for npas).",
+    )
+    s.add_argument(
+        "--kernel-sizes",
+        default=None,
+        help="Square kernel sizes depthwise convs choose among, e.g. 3,5 (default 3,5,7 for npas, none for nsga2).",
     )
     s.add_argument("--workers", type=int, default=1, help="Processes scoring search candidates (default 1).")
     s.add_argument("--population", type=int, default=None, help="Search population size.")

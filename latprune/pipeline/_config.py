@@ -14,6 +14,8 @@ from latprune.search import MODES, SELECTIONS, list_algorithms
 STAGES = ("baseline", "profile", "search", "select", "retrain", "measure", "export", "report")
 #: The schemes an NPAS run's layers choose among (block_punched and pattern fall back to block_fc on linear layers).
 NPAS_SCHEMES = "dense,group4,block_punched,pattern,unstructured"
+#: The depthwise kernel sizes an NPAS run's depthwise convs choose among (MobileNetV3 / EfficientNet use 3 and 5).
+NPAS_KERNEL_SIZES = (3, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class RunConfig:
     shortlist: int = 4  # NPAS: best candidates under the budget compiled and measured before one is retrained
     phase3_epochs: int = 2  # NPAS phase 3: the equal, short budget each retraining method gets
     phase3_per_class: int | None = 1000  # ... on this many training images per class (None: all)
+    kernel_sizes: tuple[int, ...] | None = None  # depthwise sizes to choose among: None is (3, 5, 7) for NPAS, ()
 
     def __post_init__(self) -> None:
         if self.preset not in PIPELINE_PRESETS:
@@ -130,6 +133,8 @@ class RunConfig:
         for name in ("workers", "shortlist", "phase3_epochs"):
             if getattr(self, name) < 1:
                 raise LatpruneError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes or ()):
+            raise LatpruneError(f"--kernel-sizes {self.kernel_sizes} must be positive odd sizes, like 3,5,7.")
         if self.phase3_per_class is not None and self.phase3_per_class < 1:
             raise LatpruneError(f"--phase3-per-class is {self.phase3_per_class}; use at least 1 (or leave it unset).")
 
@@ -137,6 +142,13 @@ class RunConfig:
     def schemes(self) -> str:
         """The schemes the profile (and so the search space) offers each layer."""
         return self.scheme or (NPAS_SCHEMES if self.search == "npas" else "group4")
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        """The kernel sizes depthwise layers choose among (profiled, so searched): NPAS's filter-size choice."""
+        if self.kernel_sizes is not None:
+            return self.kernel_sizes
+        return NPAS_KERNEL_SIZES if self.search == "npas" else ()
 
     def resolved(self) -> RunConfig:
         """A copy with every preset-dependent field filled in (what the run records and compares on resume).

@@ -88,7 +88,9 @@ def build_search_inputs(
             f"x{kwargs['input_size']}; profile with --input-size {kwargs['in_channels']}x{kwargs['input_size']}x"
             f"{kwargs['input_size']}."
         )
-    space = SearchSpace.from_model(parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme)
+    space = SearchSpace.from_model(
+        parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme, kernel_sizes=prof.kernel_sizes
+    )
     predictor = TrilinearPredictor(prof, space)
     data_cfg = checkpoint_data(ckpt, checkpoint, data)
     splits = load_splits(data_cfg)

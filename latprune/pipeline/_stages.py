@@ -196,7 +196,8 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
     spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
     n, m = cfg.profile_grid
     grid = GridConfig(n_channels=n, n_sparsity=m)
-    profile = profile_model(spec, ProfileConfig(threads=cfg.threads, scheme=cfg.schemes, grid=grid))
+    config = ProfileConfig(threads=cfg.threads, scheme=cfg.schemes, grid=grid, kernel_sizes=cfg.kernels)
+    profile = profile_model(spec, config)
     path = save_profile(profile, out / "profile.json")
     print(f"profile: {len(profile.tables)} tables in {profile.build_seconds:.0f} s -> {path}")
     return {"profile": str(path)}

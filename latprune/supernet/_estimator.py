@@ -22,7 +22,7 @@ from latprune.space import SearchSpace
 from latprune.supernet._bn import recalibrate_bn
 from latprune.supernet._config import SupernetConfig
 from latprune.supernet._masks import MaskedSupernet, Subnet
-from latprune.supernet._space import SpaceAdapter
+from latprune.supernet._space import SpaceAdapter, expand_kernels
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +128,7 @@ class SupernetEstimator:
             )
         self.progress = progress and self.env.is_main
         # A private copy: the shared weights are trained in place, the caller's model stays the parent.
-        self.model = copy.deepcopy(model).to(self.device)
+        self.model = expand_kernels(copy.deepcopy(model), space).to(self.device)
         self.parent_state = copy.deepcopy(self.model.state_dict())
         self.adapter = SpaceAdapter(space, self.model, config.importance)
         self.supernet = MaskedSupernet(self.model, self.adapter.graph)
