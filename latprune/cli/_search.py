@@ -103,7 +103,7 @@ def search_job_from_args(args: argparse.Namespace) -> SearchJob:
     job = SearchJob(
         Path(args.checkpoint), Path(args.profile), Path(args.out), args.preset, search_config_from_args(args),
         model=args.model, data=args.data, force_profile=args.force_profile, device=args.device, resume=args.resume,
-        workers=args.workers, storage=args.storage,
+        workers=args.workers, storage=args.storage, scheme=args.scheme,
     )  # fmt: skip
     return dataclasses.replace(job, supernet=supernet_from_args(job.supernet_config(), args))
 
@@ -152,6 +152,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(e.g. fashion-mnist); the search ranks on its validation split, never the test set.",
     )
     io.add_argument("--profile", required=True, help="Latency profile JSON of this device from `latprune profile`.")
+    io.add_argument(
+        "--scheme",
+        default=None,
+        help="Search only these of the profile's schemes, comma-separated (default: every scheme it was measured for).",
+    )
     io.add_argument(
         "--force-profile",
         action="store_true",

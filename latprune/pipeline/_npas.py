@@ -54,17 +54,9 @@ def measured_select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, A
     space = SearchSpace.from_dict(read_json(out / "search" / "search.json", what="search record")["space"])
     parent, ckpt = load_model_from_checkpoint(parent_path)
     spec = model_spec_from_checkpoint(ckpt)
-    x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
-    xa = x.numpy()
-    plans, fns = [], {}
-    for i, cand in enumerate(shortlist):
-        plan = plan_from_arch(parent, space, space.decode(np.asarray(cand.x)), model_spec=spec)
-        model = bake_masks(apply_plan(copy.deepcopy(parent), plan)).eval()
-        engine = compile(model, x, threads=cfg.threads, schemes=plan.layer_schemes())
-        fns[f"c{i}"] = lambda engine=engine: engine(xa)
-        plans.append(plan)
-    timings = measure_interleaved(fns, warmup=10, runs=max(50, cfg.timing_runs // 2), threads=cfg.threads)
-    rows = [_shortlist_row(c, timings[f"c{i}"].median_ms) for i, c in enumerate(shortlist)]
+    plans = [plan_from_arch(parent, space, space.decode(np.asarray(c.x)), model_spec=spec) for c in shortlist]
+    measured = measure_plans(parent, plans, spec.in_channels, spec.input_size, cfg.threads, cfg.timing_runs)
+    rows = [_shortlist_row(c, ms) for c, ms in zip(shortlist, measured, strict=True)]
     for r in rows:
         print(
             f"  candidate {100 * r['estimated_error']:.2f}% est. error: {r['predicted_ms']:.4f} ms predicted, "
@@ -84,6 +76,22 @@ def measured_select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, A
     plan.save(folder / "plan.json")
     print(f"m0: {rows[pick]['measured_ms']:.4f} ms measured (budget {budget:g} ms) -> {folder}")
     return {"models": [{**_selected(cand, folder), "measured_before_retraining_ms": rows[pick]["measured_ms"]}]}
+
+
+def measure_plans(
+    parent: torch.nn.Module, plans: list[PruningPlan], in_channels: int, size: int, threads: int, runs: int
+) -> list[float]:
+    """Batch-1 engine latency (ms) of ``parent`` pruned by each plan: compiled with every layer's scheme declared,
+    timed interleaved in rounds, each keeping its fastest round's median (as ``latprune run``'s measure stage)."""
+    x = torch.randn(1, in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    xa = x.numpy()
+    fns = {}
+    for i, plan in enumerate(plans):
+        model = bake_masks(apply_plan(copy.deepcopy(parent), plan)).eval()
+        engine = compile(model, x, threads=threads, schemes=plan.layer_schemes())
+        fns[f"p{i}"] = lambda engine=engine: engine(xa)
+    timings = measure_interleaved(fns, warmup=10, runs=max(50, runs // 2), threads=threads)
+    return [timings[f"p{i}"].median_ms for i in range(len(plans))]
 
 
 def _shortlist_row(c: Candidate, measured_ms: float) -> dict[str, Any]:

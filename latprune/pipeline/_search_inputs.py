@@ -64,12 +64,14 @@ def build_search_inputs(
     device: str = "cpu",
     resume_dir: str | Path | None = None,
     progress: bool = True,
+    scheme: str | None = None,
 ) -> SearchInputs:
     """Checkpoint -> model and its search space, profile -> latency predictor, data -> super-net estimator.
 
-    ``model`` and ``data`` are only checked against what the checkpoint records. With ``resume_dir`` the
-    estimator's call counter continues from that run's completed generations: it seeds each call from the
-    counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
+    ``model`` and ``data`` are only checked against what the checkpoint records; ``scheme`` searches some of the
+    profile's schemes (default: all of them; a scheme the profile has no table for fails naming it). With
+    ``resume_dir`` the estimator's call counter continues from that run's completed generations: it seeds each call
+    from the counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
     """
     parent, ckpt = load_model_from_checkpoint(checkpoint)
     if model and ckpt["model"] != model:
@@ -89,7 +91,11 @@ def build_search_inputs(
             f"{kwargs['input_size']}."
         )
     space = SearchSpace.from_model(
-        parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme, kernel_sizes=prof.kernel_sizes
+        parent,
+        kwargs["input_size"],
+        kwargs["in_channels"],
+        scheme=scheme or prof.scheme,
+        kernel_sizes=prof.kernel_sizes,
     )
     predictor = TrilinearPredictor(prof, space)
     data_cfg = checkpoint_data(ckpt, checkpoint, data)
@@ -143,6 +149,7 @@ class SearchJob:
     progress: bool = True
     workers: int = 1
     storage: str | None = None
+    scheme: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)  # an unknown name fails here with the list of valid ones
@@ -183,6 +190,7 @@ def search_inputs(job: SearchJob) -> SearchInputs:
         device=job.device,
         resume_dir=job.out_dir if job.resume else None,
         progress=job.progress,
+        scheme=job.scheme,
     )
     inputs.meta["preset"] = job.preset
     return inputs
