@@ -10,9 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import torch.nn as nn
 
+from latprune._space_index import SpaceIndex
 from latprune._space_layers import (
-    _SPARSITIES,
-    _WIDTHS,
     SPARSITY_CHOICES,
     WIDTH_CHOICES,
     GroupSpec,
@@ -27,7 +26,6 @@ from latprune._space_layers import (
 )
 from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
-from latprune.schemes import get_scheme
 
 Mode = Literal["joint", "weight-only", "channel-only"]
 
@@ -86,7 +84,7 @@ def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
     return i
 
 
-class SearchSpace:
+class SearchSpace(SpaceIndex):
     """Integer-encoded space: one width index per group, one sparsity index per layer, then one scheme index per
     layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged), then one
     kernel-size index per depthwise layer with a choice of sizes (none unless asked for).
@@ -148,42 +146,6 @@ class SearchSpace:
         num_classes = graph.layers[-1].c_out if graph.layers else 0
         return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu, kernel_sizes)
 
-    def _build_index(self) -> None:
-        """Precompute the matrices that make ``layer_dims`` a few vectorised numpy operations."""
-        g, n = len(self.groups), len(self.layers)
-        self._out_onehot = np.zeros((g, n), dtype=np.int64)  # kept (N, G) @ this -> c_out of grouped layers
-        self._out_fixed = np.zeros(n, dtype=np.int64)
-        self._in_mat = np.zeros((g, n), dtype=np.int64)
-        self._in_fixed = np.zeros(n, dtype=np.int64)
-        for li, ly in enumerate(self.layers):
-            if ly.out_group is None:
-                self._out_fixed[li] = ly.c_out
-            else:
-                self._out_onehot[ly.out_group, li] = 1
-            parts = ly.in_parts or (((ly.in_group, 1),) if ly.in_group is not None else ())
-            for gi, rep in parts:
-                self._in_mat[gi, li] += rep
-            self._in_fixed[li] = ly.in_fixed if ly.in_parts or ly.in_group is not None else ly.c_in
-        self._channels = np.asarray([gr.channels for gr in self.groups], dtype=np.int64)
-        self._multiples = np.asarray([gr.multiple for gr in self.groups], dtype=np.int64)
-        self._sparse = np.asarray([ly.sparse for ly in self.layers], dtype=bool)
-        # Layers with a choice of schemes, and per (choice, option): does it prune, and from which sparsity.
-        self._choice_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.scheme_choices], np.int64)
-        width = max((len(self.layers[li].scheme_choices) for li in self._choice_layers), default=1)
-        self._opt_prunes = np.zeros((len(self._choice_layers), width), dtype=bool)
-        self._opt_least = np.zeros((len(self._choice_layers), width))
-        for c, li in enumerate(self._choice_layers):
-            for k, name in enumerate(self.layers[li].scheme_choices):
-                self._opt_prunes[c, k] = get_scheme(name).prunes
-                self._opt_least[c, k] = get_scheme(name).min_sparsity
-        # Layers with a choice of kernel sizes, and each one's sizes (padded with its largest).
-        self._kernel_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.kernel_choices], np.int64)
-        width = max((len(self.layers[li].kernel_choices) for li in self._kernel_layers), default=1)
-        self._kernel_sizes = np.asarray(
-            [list(ly.kernels) + [ly.kernels[-1]] * (width - len(ly.kernels)) for ly in self.layers], dtype=np.int64
-        ).reshape(len(self.layers), width)  # (L, K): a layer without a choice has its own size everywhere
-        self._own_kernel = np.asarray([ly.own_kernel_index for ly in self.layers], dtype=np.int64)
-
     # -- basic facts -----------------------------------------------------------------------------------
 
     @property
@@ -197,24 +159,6 @@ class SearchSpace:
         start = self.n_groups + len(self.layers)
         flags[start : start + self.n_choices] = True
         return flags
-
-    @property
-    def n_choices(self) -> int:
-        """Scheme variables: one per layer with a choice of schemes."""
-        return sum(1 for ly in self.layers if ly.scheme_choices)
-
-    @property
-    def n_kernel_choices(self) -> int:
-        """Kernel-size variables (the last ones): one per layer with a choice of sizes."""
-        return sum(1 for ly in self.layers if ly.kernel_choices)
-
-    @property
-    def _kernel_start(self) -> int:
-        return self.n_groups + len(self.layers) + self.n_choices
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.groups)
 
     def group_index(self, name: str) -> int:
         for i, g in enumerate(self.groups):
@@ -359,56 +303,6 @@ class SearchSpace:
             self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu,
             self.kernel_sizes,
         )  # fmt: skip
-
-    # -- vectorised dimensions ---------------------------------------------------------------------------
-
-    def kept(self, X: np.ndarray) -> np.ndarray:
-        """Kept channels per group, shape (n, G), for encoded architectures ``X`` of shape (n, n_var)."""
-        X = np.atleast_2d(np.asarray(X))
-        widths = _WIDTHS[X[:, : self.n_groups]]  # (n, G)
-        k = np.round(widths * self._channels / self._multiples + 1e-9) * self._multiples
-        k = np.minimum(np.maximum(k, self._multiples), self._channels)
-        k = np.where(widths >= 1.0 - 1e-9, self._channels, k)
-        return np.maximum(k, 1).astype(np.int64)
-
-    def layer_dims(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(c_in, c_out, sparsity) of every layer, each shape (n, L), for encoded architectures ``X`` (n, n_var).
-
-        Uses the same rounding as ``kept_channels`` and ``apply_plan``; depthwise layers report c_in == c_out.
-        """
-        X = np.atleast_2d(np.asarray(X))
-        kept = self.kept(X)  # (n, G)
-        c_out = kept @ self._out_onehot + self._out_fixed  # (n, L)
-        c_in = kept @ self._in_mat + self._in_fixed  # (n, L)
-        g, n_layers = self.n_groups, len(self.layers)
-        sparsity = np.where(self._sparse, _SPARSITIES[X[:, g : g + n_layers]], 0.0)  # (n, L)
-        if len(self._choice_layers):
-            k = X[:, g + n_layers : g + n_layers + self.n_choices]  # (n, C) the chosen option of each layer with one
-            rows = np.arange(len(self._choice_layers))
-            s = sparsity[:, self._choice_layers]  # (n, C)
-            keep = self._opt_prunes[rows, k] & (s >= self._opt_least[rows, k] - 1e-9)
-            sparsity[:, self._choice_layers] = np.where(keep, s, 0.0)
-        return c_in, c_out, sparsity
-
-    def layer_options(self, X: np.ndarray) -> np.ndarray:
-        """Index into ``layers[j].options`` of every layer's scheme, shape (n, L), for encodings ``X`` (n, n_var)."""
-        X = np.atleast_2d(np.asarray(X))
-        out = np.zeros((X.shape[0], len(self.layers)), dtype=np.int64)
-        start = self.n_groups + len(self.layers)
-        out[:, self._choice_layers] = X[:, start : start + self.n_choices]
-        return out
-
-    def layer_kernel_index(self, X: np.ndarray) -> np.ndarray:
-        """Index into ``layers[j].kernels`` of every layer's kernel size, shape (n, L), for encodings ``X``."""
-        X = np.atleast_2d(np.asarray(X))
-        out = np.tile(self._own_kernel, (X.shape[0], 1))  # (n, L)
-        out[:, self._kernel_layers] = X[:, self._kernel_start :]
-        return out
-
-    def layer_kernels(self, X: np.ndarray) -> np.ndarray:
-        """Every layer's square kernel size, shape (n, L), for encodings ``X`` (n, n_var)."""
-        idx = self.layer_kernel_index(X)  # (n, L)
-        return self._kernel_sizes[np.arange(len(self.layers))[None, :], idx]
 
     # -- serialisation -------------------------------------------------------------------------------------
 

@@ -103,3 +103,14 @@ def test_a_pick_that_does_not_measure_under_the_budget_is_one_sentence(tmp_path,
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # the lines before it are progress bars
     assert last.startswith("latprune run: error: None of the 2 most accurate candidates predicted under 0.01 ms")
+
+
+def test_a_run_recorded_before_the_npas_fields_resumes_with_their_defaults(tmp_path) -> None:
+    from latprune.pipeline._status import _check_same_run
+
+    now = RunConfig(out_dir=tmp_path).resolved().to_dict()
+    old = {k: v for k, v in now.items() if k not in ("search", "scheme", "shortlist", "phase3_epochs", "kernel_sizes")}
+    _check_same_run(tmp_path / "status.json", old, now)  # an older run: the missing fields had their defaults
+    npas = RunConfig(out_dir=tmp_path, search="npas", latency_budget_ms=0.3).resolved().to_dict()
+    with pytest.raises(LatpruneError, match="started with search=None, not 'npas'"):
+        _check_same_run(tmp_path / "status.json", old | {"latency_budget_ms": 0.3, "population": 32}, npas)

@@ -8,10 +8,7 @@ inside themselves from their own checkpoints. ``status.json`` is what a person r
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,97 +24,17 @@ from latprune.engine import compile
 from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
-from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
+from latprune.pipeline._config import PIPELINE_PRESETS, RunConfig
 from latprune.pipeline._npas import measured_select, phase3_retrain
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
+from latprune.pipeline._status import Status, stage
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
 from latprune.search import Candidate, SearchResult, get_preset
 from latprune.space import SearchSpace
 
-RUN_FORMAT = "latprune.run/1"
 #: RunConfig fields that are SearchConfig fields of the same name: they replace the search preset's values.
 _SEARCH_SETTINGS = ("population", "generations", "mode", "selection", "seed", "latency_budget_ms")
-# Settings that may change between a run and its resumption: they only change how results are measured or shown.
-_RESUMABLE = frozenset(
-    (
-        "threads",
-        "timing_runs",
-        "device",
-        "export",
-        "checkpoint",
-        "profile",
-        "force_profile",
-        "profile_grid",
-        "redo_from",
-        "runtimes",
-        "workers",
-    )
-)
-# A run recorded before a field existed ran with its default (as the search driver's check).
-_DEFAULTS = {
-    f.name: list(f.default) if isinstance(f.default, tuple) else f.default
-    for f in dataclasses.fields(RunConfig)
-    if f.default is not dataclasses.MISSING
-}
-
-
-class _Status:
-    """``status.json``: which stages are done, what each produced, and how long it took."""
-
-    def __init__(self, out_dir: Path, config: RunConfig) -> None:
-        self.path = out_dir / "status.json"
-        self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
-        if self.path.exists():
-            saved = read_json(self.path, what="run status")
-            if saved.get("format") != RUN_FORMAT:
-                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
-            _check_same_run(self.path, saved["config"], self.data["config"])
-            self.data["stages"] = saved.get("stages", {})
-            if config.redo_from is not None:
-                for stage in STAGES[STAGES.index(config.redo_from) :]:
-                    self.data["stages"].pop(stage, None)
-        self.save()
-
-    def done(self, stage: str) -> dict[str, Any] | None:
-        entry = self.data["stages"].get(stage)
-        return entry if entry and entry.get("done") else None
-
-    def start(self, stage: str) -> None:
-        self.data["current"] = stage
-        self.data["stages"].setdefault(stage, {})["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.save()
-
-    def finish(self, stage: str, seconds: float, **outputs: Any) -> None:
-        self.data["stages"][stage] |= {"done": True, "seconds": round(seconds, 2), **outputs}
-        self.data["current"] = None
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data)
-
-
-def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
-    for key, value in now.items():
-        if key not in _RESUMABLE and saved.get(key, _DEFAULTS.get(key)) != value:
-            raise LatpruneError(
-                f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
-                "same setting to resume it, or choose another --out."
-            )
-
-
-def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one stage unless ``status.json`` says it is done; returns its recorded outputs."""
-    done = status.done(name)
-    if done is not None:
-        print(f"[{index}/{len(STAGES)}] {name}: done earlier ({text})")
-        return done
-    print(f"\n[{index}/{len(STAGES)}] {name}: {text}")
-    status.start(name)
-    t0 = time.perf_counter()
-    outputs = fn()
-    status.finish(name, time.perf_counter() - t0, **outputs)
-    return status.done(name) or {}
 
 
 def run_pipeline(config: RunConfig) -> RunReport:
@@ -125,18 +42,18 @@ def run_pipeline(config: RunConfig) -> RunReport:
     cfg = config.resolved()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    status = _Status(out, cfg)
+    status = Status(out, cfg)
     print(f"latprune run: {cfg.model} on {cfg.data}, preset '{cfg.preset}', run folder {out}")
 
-    base = _stage(status, "baseline", 1, _baseline_text(cfg), lambda: _baseline(cfg, out))
+    base = stage(status, "baseline", 1, _baseline_text(cfg), lambda: _baseline(cfg, out))
     parent_path = Path(base["checkpoint"])
-    prof = _stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
+    prof = stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
     profile_path = Path(prof["profile"])
-    _stage(status, "search", 3, _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
-    sel = _stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
+    stage(status, "search", 3, _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
+    sel = stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
     names = [c["name"] for c in sel["models"]]
-    _stage(status, "retrain", 5, _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
-    _stage(
+    stage(status, "retrain", 5, _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
+    stage(
         status,
         "measure",
         6,
@@ -145,8 +62,8 @@ def run_pipeline(config: RunConfig) -> RunReport:
         lambda: _measure(cfg, out, parent_path, names),
     )
     if cfg.export:
-        _stage(status, "export", 7, "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
-    _stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
+        stage(status, "export", 7, "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
+    stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
     report = RunReport.load(out)
     print("\n" + report.table())
     print(f"\nreport: {out / 'report.html'} (and report.json)\nplot:   {out / 'pareto.png'}\nmodels: {out / 'models'}")
