@@ -94,7 +94,7 @@ class PruningPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "model": None if self.model is None else dataclasses.asdict(self.model),
+            "model": None if self.model is None else self.model.to_dict(),
             "input_size": list(self.input_size),
             "in_channels": self.in_channels,
             "importance": self.importance,
@@ -120,7 +120,7 @@ class PruningPlan:
             raise PlanError(f"The pruning plan has version {found}, but this latprune reads version {PLAN_VERSION}.")
         try:
             return cls(
-                model=None if d["model"] is None else ModelSpec(**d["model"]),
+                model=None if d["model"] is None else ModelSpec.from_dict(d["model"]),
                 input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
                 in_channels=int(d["in_channels"]),
                 groups=tuple(GroupPlan(g["name"], int(g["channels"]), tuple(g["keep"])) for g in d["groups"]),
