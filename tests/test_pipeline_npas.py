@@ -75,7 +75,9 @@ def test_run_search_npas_end_to_end(tmp_path, tiny, parent, capsys):  # noqa: F8
     m0 = report.rows[1]
     assert m0.engine_ms <= 60.0 and m0.predicted_ms is not None and m0.predicted_ms <= 60.0
     assert "latency budget 60 ms, measured: m0" in report.table() and "(met)" in report.table()
-    assert "NPAS (RL controller + TPE)" in printed and "retraining with" in printed
+    assert "NPAS (RL controller + TPE)" in printed and "retraining with" in printed and "[2/9] replace" in printed
+    assert "the model has none of the ops phase 1 replaces" in printed  # ResNet20: ReLU, 3x3, no SE
+    assert json.loads((run / "replace.json").read_text())["applied"] == []
     status = json.loads((run / "status.json").read_text())
     phase3 = status["stages"]["retrain"]["phase3"]["m0"]
     assert set(phase3["short_val_acc"]) == {"masked", "admm", "gmp"} and phase3["chosen"] in phase3["short_val_acc"]

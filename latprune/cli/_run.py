@@ -46,6 +46,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         phase3_epochs=args.phase3_epochs,
         phase3_per_class=None if args.phase3_per_class == 0 else args.phase3_per_class,
         kernel_sizes=None if args.kernel_sizes is None else parse_kernel_sizes(args.kernel_sizes),
+        replace_epochs=args.replace_epochs,
     )
 
 
@@ -134,6 +135,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
         help="Distil from the dense parent while retraining.",
     )
     s.add_argument("--baseline-epochs", type=int, default=None, help="Epochs of the dense baseline when trained here.")
+    s.add_argument(
+        "--replace-epochs",
+        type=int,
+        default=1,
+        help="NPAS phase 1: epochs fine-tuning the parent after the stand-ins that pay replaced its ops (default 1).",
+    )
     s.add_argument(
         "--shortlist", type=int, default=4, help="NPAS: best candidates under the budget measured on the engine (4)."
     )

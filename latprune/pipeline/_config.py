@@ -11,7 +11,7 @@ from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime
 from latprune.errors import LatpruneError
 from latprune.search import MODES, SELECTIONS, list_algorithms
 
-STAGES = ("baseline", "profile", "search", "select", "retrain", "measure", "export", "report")
+STAGES = ("baseline", "replace", "profile", "search", "select", "retrain", "measure", "export", "report")
 #: The schemes an NPAS run's layers choose among (block_punched and pattern fall back to block_fc on linear layers).
 NPAS_SCHEMES = "dense,group4,block_punched,pattern,unstructured"
 #: The depthwise kernel sizes an NPAS run's depthwise convs choose among (MobileNetV3 / EfficientNet use 3 and 5).
@@ -88,6 +88,7 @@ class RunConfig:
     phase3_epochs: int = 2  # NPAS phase 3: the equal, short budget each retraining method gets
     phase3_per_class: int | None = 1000  # ... on this many training images per class (None: all)
     kernel_sizes: tuple[int, ...] | None = None  # depthwise sizes to choose among: None is (3, 5, 7) for NPAS, ()
+    replace_epochs: int = 1  # NPAS phase 1: epochs that fine-tune the parent after its ops were replaced
 
     def __post_init__(self) -> None:
         if self.preset not in PIPELINE_PRESETS:
@@ -130,13 +131,18 @@ class RunConfig:
             raise LatpruneError(f"Unknown --search '{self.search}'; choose one of {', '.join(list_algorithms())}.")
         if self.search == "npas" and self.latency_budget_ms is None:
             raise LatpruneError("--search npas maximises accuracy under a latency budget; pass --latency-budget.")
-        for name in ("workers", "shortlist", "phase3_epochs"):
+        for name in ("workers", "shortlist", "phase3_epochs", "replace_epochs"):
             if getattr(self, name) < 1:
                 raise LatpruneError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes or ()):
             raise LatpruneError(f"--kernel-sizes {self.kernel_sizes} must be positive odd sizes, like 3,5,7.")
         if self.phase3_per_class is not None and self.phase3_per_class < 1:
             raise LatpruneError(f"--phase3-per-class is {self.phase3_per_class}; use at least 1 (or leave it unset).")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run goes through: NPAS adds its phase 1, "replace", after the baseline."""
+        return tuple(s for s in STAGES if s != "replace" or self.search == "npas")
 
     @property
     def schemes(self) -> str:

@@ -167,3 +167,46 @@ def _finetune_config(cfg: RunConfig, method: str, epochs: int, admm_epochs: int,
         device=cfg.device,
         train_per_class=per_class,
     )
+
+
+def replace_stage(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
+    """NPAS phase 1 on the trained parent: time each stand-in rule on the engine (``latprune.replace``); when some
+    pay, apply them to the parent (weights kept: a cropped kernel keeps its centre, a removed SE block its input)
+    and fine-tune it ``replace_epochs`` on the training split, so the search starts from a replaced parent that has
+    recovered. Nothing to replace (ResNets have no site): the parent goes on unchanged."""
+    from latprune.data import load_splits, make_loader
+    from latprune.models.replace import apply_replacements
+    from latprune.replace import ReplaceConfig, plan_replacements
+    from latprune.train import TrainConfig, load_model_from_checkpoint, train_model
+    from latprune.train.checkpoint import checkpoint_data_config, checkpoint_meta
+    from latprune.train.run import eval_loaders
+
+    parent, ckpt = load_model_from_checkpoint(parent_path)
+    spec = model_spec_from_checkpoint(ckpt)
+    plan = plan_replacements(spec, ReplaceConfig(threads=cfg.threads, runs=cfg.timing_runs), model=parent)
+    plan.save(out / "replace.json")
+    print(plan.table())
+    record = {"plan": str(out / "replace.json"), "applied": list(plan.applied), "original_ms": plan.original_ms}
+    if not plan.applied:
+        none = not any(r.sites for r in plan.rules)
+        why = "the model has none of the ops phase 1 replaces" if none else "no stand-in pays on this CPU"
+        print(f"phase 1: {why}; the parent goes on unchanged")
+        return record | {"checkpoint": str(parent_path)}
+    model = apply_replacements(copy.deepcopy(parent), plan.applied)
+    data = checkpoint_data_config(ckpt, parent_path)
+    splits = load_splits(data)
+    train_cfg = TrainConfig(
+        epochs=cfg.replace_epochs, lr=cfg.finetune_lr or 0.01, seed=cfg.seed, device=cfg.device
+    )  # a pretrained model: a fine-tuning learning rate, no warm-up
+    device = train_cfg.resolve_device()
+    loader = make_loader(splits.train, splits.info, train_cfg.batch_size, train=True, seed=cfg.seed, device=device)
+    result = train_model(
+        model, loader, train_cfg, out / "replaced", eval_data=eval_loaders(splits, 1000, device),
+        meta=checkpoint_meta(plan.spec, data), resume=True,
+    )  # fmt: skip
+    print(f"phase 1: {', '.join(plan.applied)} applied; {result.final['test_acc']:.2%} test accuracy after fine-tuning")
+    return record | {
+        "checkpoint": str(result.checkpoint_path),
+        "combined_ms": plan.combined_ms,
+        "test_acc": float(result.final["test_acc"]),
+    }

@@ -25,7 +25,7 @@ from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, RunConfig
-from latprune.pipeline._npas import measured_select, phase3_retrain
+from latprune.pipeline._npas import measured_select, phase3_retrain, replace_stage
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.pipeline._status import Status, stage
@@ -45,25 +45,27 @@ def run_pipeline(config: RunConfig) -> RunReport:
     status = Status(out, cfg)
     print(f"latprune run: {cfg.model} on {cfg.data}, preset '{cfg.preset}', run folder {out}")
 
-    base = stage(status, "baseline", 1, _baseline_text(cfg), lambda: _baseline(cfg, out))
-    parent_path = Path(base["checkpoint"])
-    prof = stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
+    base = stage(status, "baseline", _baseline_text(cfg), lambda: _baseline(cfg, out))
+    dense_path = parent_path = Path(base["checkpoint"])
+    if "replace" in cfg.stages:  # NPAS phase 1: the search starts from the parent with its slow ops replaced
+        text = "time a stand-in for each slow op on the engine; apply those that pay and fine-tune the parent"
+        parent_path = Path(stage(status, "replace", text, lambda: replace_stage(cfg, out, dense_path))["checkpoint"])
+    prof = stage(status, "profile", _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
     profile_path = Path(prof["profile"])
-    stage(status, "search", 3, _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
-    sel = stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
+    stage(status, "search", _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
+    sel = stage(status, "select", _select_text(cfg), lambda: _select(cfg, out, parent_path))
     names = [c["name"] for c in sel["models"]]
-    stage(status, "retrain", 5, _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
+    stage(status, "retrain", _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
     stage(
         status,
         "measure",
-        6,
         f"compile with the engine; batch-1 latency on {cpu_model()}, {cfg.threads} thread(s), {cfg.timing_runs} "
         f"runs each, interleaved in {TIMING_ROUNDS} rounds",
-        lambda: _measure(cfg, out, parent_path, names),
+        lambda: _measure(cfg, out, dense_path, names),
     )
     if cfg.export:
-        stage(status, "export", 7, "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
-    stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
+        stage(status, "export", "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
+    stage(status, "report", "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
     report = RunReport.load(out)
     print("\n" + report.table())
     print(f"\nreport: {out / 'report.html'} (and report.json)\nplot:   {out / 'pareto.png'}\nmodels: {out / 'models'}")

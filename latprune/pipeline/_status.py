@@ -43,6 +43,7 @@ class Status:
 
     def __init__(self, out_dir: Path, config: RunConfig) -> None:
         self.path = out_dir / "status.json"
+        self.stages = config.stages
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, what="run status")
@@ -82,13 +83,14 @@ def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> N
             )
 
 
-def stage(status: Status, name: str, index: int, text: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def stage(status: Status, name: str, text: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run one stage unless ``status.json`` says it is done; returns its recorded outputs."""
+    at = f"[{status.stages.index(name) + 1}/{len(status.stages)}] {name}"
     done = status.done(name)
     if done is not None:
-        print(f"[{index}/{len(STAGES)}] {name}: done earlier ({text})")
+        print(f"{at}: done earlier ({text})")
         return done
-    print(f"\n[{index}/{len(STAGES)}] {name}: {text}")
+    print(f"\n{at}: {text}")
     status.start(name)
     t0 = time.perf_counter()
     outputs = fn()
