@@ -153,9 +153,10 @@ def reachable(args: argparse.Namespace, profile: str, scheme: str, budget: float
 
 
 def pick_step(args: argparse.Namespace, run_dir: str | None, budget: float, name: str) -> dict[str, Any]:
-    """The most accurate of the 4 best candidates predicted under ``budget`` that measures under it."""
-    from latprune.pipeline._npas import measure_plans, scheme_mix
-    from latprune.prune import model_spec_from_checkpoint, plan_from_arch
+    """What `latprune run --search npas` picks (``pick_measured``): the most accurate candidate predicted under
+    ``budget`` that measures under it, for every arm alike."""
+    from latprune.pipeline._npas import pick_measured, scheme_mix
+    from latprune.prune import model_spec_from_checkpoint
     from latprune.search import SearchResult
     from latprune.space import SearchSpace
     from latprune.train import load_model_from_checkpoint
@@ -163,26 +164,18 @@ def pick_step(args: argparse.Namespace, run_dir: str | None, budget: float, name
     if run_dir is None:
         return {"found": False, "note": "no model of this space is predicted under the budget"}
     result = SearchResult.load(run_dir)
-    under = sorted((c for c in result.population if c.latency_ms <= budget), key=lambda c: (c.error, c.latency_ms))
-    if not under:
+    if not any(c.latency_ms <= budget for c in result.population):
         return {"found": False, "note": f"no candidate predicted under {budget:.4g} ms"}
-    shortlist = under[: args.shortlist]
     space = SearchSpace.from_dict(read_json(Path(run_dir) / "search.json", what="search record")["space"])
     parent, ckpt = load_model_from_checkpoint(args.checkpoint)
     spec = model_spec_from_checkpoint(ckpt)
-    plans = [plan_from_arch(parent, space, space.decode(np.asarray(c.x)), model_spec=spec) for c in shortlist]
-    measured = measure_plans(parent, plans, 1, 28, args.threads, 200)
-    fits = [i for i, ms in enumerate(measured) if ms <= budget]
-    rows = [
-        {"predicted_ms": c.latency_ms, "measured_ms": ms, "estimated_error": c.error, "schemes": scheme_mix(c.arch)}
-        for c, ms in zip(shortlist, measured, strict=True)
-    ]
-    if not fits:
+    pick, plan, rows = pick_measured(parent, space, result, budget, args.shortlist, args.threads, 200, spec)
+    if pick is None or plan is None:
         return {"found": False, "shortlist": rows, "note": f"none of {len(rows)} measures under {budget:.4g} ms"}
-    i = fits[0]
     plan_path = Path(run_dir) / f"pick_{name}.json"  # one search may serve several budgets (JCW)
-    plans[i].save(plan_path)
-    return {"found": True, "shortlist": rows, "pick": rows[i] | {"x": list(shortlist[i].x)}, "plan": str(plan_path)}
+    plan.save(plan_path)
+    row = next(r for r in rows if r["x"] == list(pick.x))
+    return {"found": True, "shortlist": rows, "pick": row | {"schemes": scheme_mix(pick.arch)}, "plan": str(plan_path)}
 
 
 def joint_estimate_step(args: argparse.Namespace, arms: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -116,3 +116,42 @@ def test_a_run_recorded_before_the_npas_fields_resumes_with_their_defaults(tmp_p
     npas = RunConfig(out_dir=tmp_path, search="npas", latency_budget_ms=0.3).resolved().to_dict()
     with pytest.raises(LatpruneError, match="started with search=None, not 'npas'"):
         _check_same_run(tmp_path / "status.json", old | {"latency_budget_ms": 0.3, "population": 32}, npas)
+
+
+def test_the_pick_corrects_for_a_predictor_that_runs_fast_today(monkeypatch) -> None:
+    """Every candidate measures 25% over its prediction: the first shortlist all miss the budget, the second, drawn
+    under budget / 1.25, fits; the most accurate of those is the pick."""
+    import latprune.pipeline._npas as npas_stage
+    from latprune.models import create_model
+    from latprune.search import Candidate, SearchResult
+    from latprune.space import SearchSpace
+
+    model = create_model("resnet20", num_classes=10, in_channels=1, input_size=16, width_mult=0.25)
+    space = SearchSpace.from_model(model, 16, 1, scheme="group4")
+    rng = np.random.default_rng(0)
+    X = space.sample_x(rng, 12)
+    latency = np.linspace(0.5, 1.0, 12)  # predicted ms; the budget is 1.0
+    error = np.linspace(0.10, 0.21, 12)[::-1]  # the slower, the more accurate
+    pop = tuple(
+        Candidate(tuple(int(v) for v in x), float(t), float(e)) for x, t, e in zip(X, latency, error, strict=True)
+    )
+    result = SearchResult(front=pop, population=pop, generations=1, out_dir=Path("."))
+    by_plan = {}
+
+    def fake_measure(net, plans, in_channels, size, threads, runs):
+        return [by_plan[id(p)] for p in plans]
+
+    real_plan = npas_stage.plan_from_arch
+
+    def plan_and_remember(net, space_, arch, model_spec=None):
+        plan = real_plan(net, space_, arch, model_spec=model_spec)
+        x = tuple(int(v) for v in space_.encode(arch))
+        by_plan[id(plan)] = 1.25 * next(c.latency_ms for c in pop if c.x == x)
+        return plan
+
+    monkeypatch.setattr(npas_stage, "measure_plans", fake_measure)
+    monkeypatch.setattr(npas_stage, "plan_from_arch", plan_and_remember)
+    pick, plan, rows = npas_stage.pick_measured(model, space, result, 1.0, 3, 1, 10)
+    assert len(rows) == 6 and all(r["measured_ms"] > 1.0 for r in rows[:3])  # round 1: the 3 slowest all miss
+    assert pick is not None and plan is not None and pick.latency_ms <= 1.0 / 1.25 + 1e-9
+    assert pick.error == min(c.error for c in pop if c.latency_ms <= 1.0 / 1.25 + 1e-9)

@@ -15,6 +15,7 @@ from latprune._io import atomic_write_json, read_json
 from latprune.bench.timing import measure_interleaved
 from latprune.engine import compile
 from latprune.errors import LatpruneError
+from latprune.models import ModelSpec
 from latprune.pipeline._config import RunConfig
 from latprune.prune import PruningPlan, apply_plan, bake_masks, model_spec_from_checkpoint, plan_from_arch
 from latprune.search import Candidate, SearchResult
@@ -36,46 +37,73 @@ def scheme_mix(arch: dict[str, Any] | None) -> str:
 
 
 def measured_select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
-    """The most accurate of the ``shortlist`` best candidates under the budget whose compiled model MEASURES under it.
-
-    The search ranked candidates by predicted latency (within a few percent of the engine's, see BENCHMARKS.md);
-    NPAS measures its models on the target, so the shortlist is compiled (the parent's weights with the plan's
-    channels and masks: retraining changes the values, not the structure the engine runs) and timed interleaved,
-    each keeping its fastest round's median as the measure stage does.
-    """
+    """The most accurate candidate predicted under the budget whose compiled model MEASURES under it (see
+    :func:`pick_measured`), saved as model m0."""
     from latprune.train import load_model_from_checkpoint
 
     budget = float(cfg.latency_budget_ms)  # type: ignore[arg-type]
     result = SearchResult.load(out / "search")
-    under = sorted((c for c in result.population if c.latency_ms <= budget), key=lambda c: (c.error, c.latency_ms))
-    if not under:
-        raise LatpruneError(result.budget_note or f"No candidate is predicted under {budget:g} ms; raise the budget.")
-    shortlist = under[: cfg.shortlist]
     space = SearchSpace.from_dict(read_json(out / "search" / "search.json", what="search record")["space"])
     parent, ckpt = load_model_from_checkpoint(parent_path)
-    spec = model_spec_from_checkpoint(ckpt)
-    plans = [plan_from_arch(parent, space, space.decode(np.asarray(c.x)), model_spec=spec) for c in shortlist]
-    measured = measure_plans(parent, plans, spec.in_channels, spec.input_size, cfg.threads, cfg.timing_runs)
-    rows = [_shortlist_row(c, ms) for c, ms in zip(shortlist, measured, strict=True)]
+    pick, plan, rows = pick_measured(
+        parent, space, result, budget, cfg.shortlist, cfg.threads, cfg.timing_runs, model_spec_from_checkpoint(ckpt)
+    )
     for r in rows:
         print(
             f"  candidate {100 * r['estimated_error']:.2f}% est. error: {r['predicted_ms']:.4f} ms predicted, "
             f"{r['measured_ms']:.4f} ms measured ({r['schemes']})"
         )
-    fits = [i for i, r in enumerate(rows) if r["measured_ms"] <= budget]
     atomic_write_json(out / "shortlist.json", {"budget_ms": budget, "candidates": rows})
-    if not fits:
+    if pick is None or plan is None:
         fastest = min(r["measured_ms"] for r in rows)
         raise LatpruneError(
             f"None of the {len(rows)} most accurate candidates predicted under {budget:g} ms measures under it (the "
             f"fastest: {fastest:.4g} ms); raise --latency-budget, or rerun this stage on a quieter machine."
         )
-    pick = fits[0]
-    cand, plan = shortlist[pick], plans[pick]
     folder = out / "models" / "m0"
     plan.save(folder / "plan.json")
-    print(f"m0: {rows[pick]['measured_ms']:.4f} ms measured (budget {budget:g} ms) -> {folder}")
-    return {"models": [{**_selected(cand, folder), "measured_before_retraining_ms": rows[pick]["measured_ms"]}]}
+    measured = next(r["measured_ms"] for r in rows if r["x"] == list(pick.x))
+    print(f"m0: {measured:.4f} ms measured (budget {budget:g} ms) -> {folder}")
+    return {"models": [{**_selected(pick, folder), "measured_before_retraining_ms": measured}]}
+
+
+def pick_measured(
+    parent: torch.nn.Module,
+    space: SearchSpace,
+    result: SearchResult,
+    budget: float,
+    k: int,
+    threads: int,
+    runs: int,
+    spec: ModelSpec | None = None,
+) -> tuple[Candidate | None, PruningPlan | None, list[dict[str, Any]]]:
+    """(candidate, its plan, every row measured): the most accurate of ``result``'s population (estimated error)
+    whose compiled model measures under ``budget``.
+
+    The ``k`` most accurate candidates predicted under the budget are compiled (the parent's weights with the
+    plan's channels and masks: retraining changes the values, not the structure the engine runs) and timed
+    interleaved. When none fits, the predictor ran fast on this machine today: the budget is divided by the worst
+    measured/predicted ratio and the ``k`` most accurate candidates predicted under that are measured too.
+    Raises when nothing is predicted under the budget; returns (None, None, rows) when nothing measures under it.
+    """
+    under = sorted((c for c in result.population if c.latency_ms <= budget), key=lambda c: (c.error, c.latency_ms))
+    if not under:
+        raise LatpruneError(result.budget_note or f"No candidate is predicted under {budget:g} ms; raise the budget.")
+    rows: list[dict[str, Any]] = []
+    limit, tried = budget, set()
+    for _ in range(2):
+        pool = [c for c in under if c.latency_ms <= limit and c.x not in tried][:k]
+        if not pool:
+            break
+        plans = [plan_from_arch(parent, space, space.decode(np.asarray(c.x)), model_spec=spec) for c in pool]
+        measured = measure_plans(parent, plans, space.in_channels, space.input_size[0], threads, runs)
+        rows += [_shortlist_row(c, ms) for c, ms in zip(pool, measured, strict=True)]
+        tried |= {c.x for c in pool}
+        fits = [i for i, ms in enumerate(measured) if ms <= budget]
+        if fits:
+            return pool[fits[0]], plans[fits[0]], rows
+        limit = budget / max(ms / c.latency_ms for c, ms in zip(pool, measured, strict=True))
+    return None, None, rows
 
 
 def measure_plans(
