@@ -231,5 +231,6 @@ def search_checkpoint(job: SearchJob) -> SearchOutcome:
             stop_workers(procs)
     if not is_main():
         return SearchOutcome(result, None, "")
-    title = f"{inputs.meta.get('model', 'search')}: {config.mode}, {config.selection}"
+    how = f"{config.mode}, {config.selection}" if config.algorithm == "nsga2" else f"{config.algorithm}, {config.mode}"
+    title = f"{inputs.meta.get('model', 'search')}: {how}"
     return SearchOutcome(result, plot_search(job.out_dir, result=result, title=title), front_table(result))
