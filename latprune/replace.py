@@ -3,7 +3,8 @@ original model, keep the rules that make it faster by at least ``min_gain``, and
 
 NPAS replaces "mobile-unfriendly" operations before it searches; which operations are unfriendly depends on the
 compiler, so each rule is timed here with every one of its sites replaced, interleaved with the original in one
-session (fastest round's median each), then the kept rules are timed together once more.
+session (fastest round's median each) beside all rules together; when not every rule pays, the kept ones are timed
+together against the original once more.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class ReplacePlan:
     combined_ms: float | None
     min_gain: float
     combined_gain: float | None = None  # of the kept rules together, against the original timed beside them
+    combined_original_ms: float | None = None  # that original (a second session when not every rule was kept)
 
     @property
     def applied(self) -> tuple[str, ...]:
@@ -87,6 +89,7 @@ class ReplacePlan:
             "original_ms": self.original_ms,
             "combined_ms": self.combined_ms,
             "combined_gain": self.combined_gain,
+            "combined_original_ms": self.combined_original_ms,
             "min_gain": self.min_gain,
             "rules": [dataclasses.asdict(r) | {"sites": list(r.sites)} for r in self.rules],
             "applied": list(self.applied),
@@ -98,7 +101,8 @@ class ReplacePlan:
             raise ModelError("It is not a latprune replacement plan; write one with `latprune replace`.")
         rules = tuple(RuleResult(**(r | {"sites": tuple(r["sites"])})) for r in d["rules"])
         return cls(ModelSpec.from_dict(d["model"]), d["cpu"], int(d["threads"]), float(d["original_ms"]), rules,
-                   d["combined_ms"], float(d["min_gain"]), d.get("combined_gain"))  # fmt: skip
+                   d["combined_ms"], float(d["min_gain"]), d.get("combined_gain"),
+                   d.get("combined_original_ms"))  # fmt: skip
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return atomic_write_json(path, self.to_json())
@@ -120,6 +124,8 @@ class ReplacePlan:
             verdict = "replace" if r.applied else f"keep (gain under {self.min_gain:.0%})"
             lines.append(f"{r.name:<20} {len(r.sites):>5} {r.ms:>8.3f} {r.gain:>+7.1%}  {verdict}")
         if self.combined_ms is not None and self.combined_gain is not None:
+            if self.combined_original_ms is not None and self.combined_original_ms != self.original_ms:
+                lines.append(f"{'(original, again)':<20} {'':>5} {self.combined_original_ms:>8.3f}")
             lines.append(f"{'all kept rules':<20} {'':>5} {self.combined_ms:>8.3f} {self.combined_gain:>+7.1%}")
         lines.append(f"batch 1, {self.threads} thread(s), {self.cpu}; fastest interleaved round's median per model.")
         return "\n".join(lines)
@@ -154,6 +160,9 @@ def plan_replacements(spec: ModelSpec, config: ReplaceConfig, model: nn.Module |
         sites[name] = tuple(rule.find(original))
         if sites[name]:
             variants[name] = apply_replacements(copy.deepcopy(original), (name,))
+    with_sites = tuple(n for n in names if sites[n])
+    if len(with_sites) > 1:
+        variants["(all)"] = apply_replacements(copy.deepcopy(original), with_sites)
     ms = _timed(variants, x, config)
     base = ms["(original)"]
     results = []
@@ -165,17 +174,17 @@ def plan_replacements(spec: ModelSpec, config: ReplaceConfig, model: nn.Module |
         gain = (base - ms[name]) / base
         results.append(RuleResult(name, rule.description, sites[name], ms[name], gain, gain >= config.min_gain))
     kept = tuple(r.name for r in results if r.applied)
-    combined, combined_gain = None, None
-    if len(kept) > 1:  # the kept rules together, against the original once more
+    combined, again = None, base
+    if len(kept) > 1 and kept == with_sites:  # every rule paid: "(all)" was timed beside them
+        combined = ms["(all)"]
+    elif len(kept) > 1:  # the kept rules together, against the original once more
         together = apply_replacements(copy.deepcopy(original), kept)
         both = _timed({"(original)": original, "combined": together}, x, config)
-        combined = both["combined"]
-        combined_gain = (both["(original)"] - combined) / both["(original)"]
+        combined, again = both["combined"], both["(original)"]
     elif kept:
-        combined, combined_gain = ms[kept[0]], results[[r.name for r in results].index(kept[0])].gain
-    return ReplacePlan(
-        spec, cpu_model(), config.threads, base, tuple(results), combined, config.min_gain, combined_gain
-    )
+        combined = ms[kept[0]]
+    gain = None if combined is None else (again - combined) / again
+    return ReplacePlan(spec, cpu_model(), config.threads, base, tuple(results), combined, config.min_gain, gain, again)
 
 
 __all__ = ["REPLACE_FORMAT", "ReplaceConfig", "ReplacePlan", "RuleResult", "plan_replacements"]
