@@ -3,6 +3,7 @@ schemes against the best single scheme, what each phase costs, and (with --phase
 
     .venv/bin/python benchmarks/npas.py                       # everything (~3-4 h on 2 shared cores)
     .venv/bin/python benchmarks/npas.py --generations 2 --epochs 1 --work runs/npas_try    # a quick trial
+    .venv/bin/python benchmarks/npas.py --phase1 mobilenet_v3_small,mobilenet_v3_large,efficientnet_b0  # phase 1
 
 Every arm starts from the shipped parent (benchmarks/results/resnet20-fashion-mnist.pt) and one latency profile of
 this machine measured for every NPAS scheme (so JCW's group-of-4 space reads the same tables):
@@ -285,6 +286,49 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def phase1(args: argparse.Namespace) -> int:
+    """Phase 1's measured gains: every stand-in rule on each model (random weights: latency does not depend on
+    them), at --phase1-size, timed interleaved with the original; writes npas_phase1.json / .md."""
+    from latprune.models import ModelSpec, model_info
+    from latprune.replace import ReplaceConfig, plan_replacements
+
+    plans = {}
+    for name in args.phase1.split(","):
+        spec = ModelSpec(name, model_info(name).default_num_classes, 3, args.phase1_size)
+        print(f"\n[phase 1: {spec.describe()}]", flush=True)
+        plans[name] = plan_replacements(spec, ReplaceConfig(threads=args.threads, runs=args.phase1_runs))
+        print(plans[name].table())
+    report = {
+        "date": dt.date.today().isoformat(), "cpu": cpu_model(), "isa": host_isa().name, "threads": args.threads,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "plans": {k: p.to_json() for k, p in plans.items()},
+    }  # fmt: skip
+    lines = [
+        f"Phase 1, {report['date']}, {report['cpu']} ({report['isa']}), {args.threads} thread, "
+        f"{args.phase1_size}x{args.phase1_size}, batch 1; gain = latency saved with the rule at all its sites.",
+        "",
+        "| model | original ms | rule | sites | ms | gain | applied |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]  # fmt: skip
+    for name, plan in plans.items():
+        for r in plan.rules:
+            cells = (
+                ("-", "-", "no site")
+                if r.ms is None
+                else (f"{r.ms:.3f}", f"{r.gain:+.1%}", "yes" if r.applied else "no")
+            )
+            lines.append(f"| {name} | {plan.original_ms:.3f} | {r.name} | {len(r.sites)} | {' | '.join(cells)} |")
+        if plan.combined_ms is not None and plan.combined_gain is not None:
+            lines.append(f"| {name} | {plan.combined_original_ms:.3f} | all kept | | {plan.combined_ms:.3f} | "
+                         f"{plan.combined_gain:+.1%} | |")  # fmt: skip
+    results = Path(args.results)
+    atomic_write_json(results / "npas_phase1.json", report)
+    atomic_write_text(results / "npas_phase1.md", "\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    print(f"Wrote {results / 'npas_phase1.json'} and {results / 'npas_phase1.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(PARENT), help="The trained parent (default: the shipped ResNet20).")
@@ -303,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--statistic", default="cpu", help="Timing statistic of profiling (cpu: immune to other jobs).")
     p.add_argument("--threads", type=int, default=1, help="Engine threads.")
     p.add_argument("--seed", type=int, default=0, help="Seed of every search and retraining.")
+    p.add_argument("--phase1", default=None, help="Only phase 1's gains, on these zoo models (comma-separated).")
+    p.add_argument("--phase1-size", type=int, default=224, help="Phase 1: input size (default 224).")
+    p.add_argument("--phase1-runs", type=int, default=200, help="Phase 1: timed runs per model variant.")
     args = p.parse_args(argv)
+    if args.phase1:
+        return phase1(args)
     work = Path(args.work)
     steps = Steps(work)
     try:
