@@ -132,9 +132,11 @@ def _search(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     desc = (
-        "Search pruned architectures of a trained model for the best latency/accuracy trade-offs (JCW): NSGA-II "
-        "over per-group widths and per-layer weight sparsities, latency from a device profile, accuracy from a "
-        "super-net retrained every generation."
+        "Search pruned architectures of a trained model for the best latency/accuracy trade-offs: JCW's NSGA-II "
+        "(--algorithm nsga2) over per-group widths and per-layer sparsities (and schemes, kernel sizes, when the "
+        "profile offers them), or NPAS (--algorithm npas: an RL controller and optuna's TPE maximising accuracy "
+        "under --latency-budget); latency from a device profile, accuracy from a super-net retrained every "
+        "generation. With --workers N the candidates are scored by N processes sharing an optuna storage."
     )
     p = sub.add_parser("search", help="Search the latency/accuracy Pareto front of pruned models.", description=desc)
     io = p.add_argument_group("inputs and outputs")
@@ -195,7 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--algorithm",
         default=None,
         choices=list_algorithms(),
-        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW).",
+        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW; "
+        "npas: NPAS's RL controller + TPE under --latency-budget).",
     )
     s.add_argument(
         "--mode",
