@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from latprune.engine._capture_tensors import BATCH, ChannelsLast, TensorOps, Unsupported, arg, has_ref, module_path
+from latprune.engine._capture_layers import Layers
+from latprune.engine._capture_report import Reporting
+from latprune.engine._capture_tensors import ChannelsLast, TensorOps, Unsupported, arg, has_ref
 from latprune.engine.activations import (
     ACT_GELU,
     ACT_GELU_TANH,
@@ -32,7 +33,6 @@ from latprune.engine.activations import (
 )
 from latprune.engine.ir import (
     ActOp,
-    AdaptiveAvgPoolOp,
     AddOp,
     ChannelScaleOp,
     ConvOp,
@@ -41,9 +41,7 @@ from latprune.engine.ir import (
     LayerNormOp,
     PoolOp,
     TensorRef,
-    TorchOp,
 )
-from latprune.engine.kernels import ConvMeta
 from latprune.engine.views import place_concatenations
 from latprune.errors import EngineError
 
@@ -66,19 +64,6 @@ _ACT_MODULES = (
 )  # fmt: skip
 _NOOP_FNS = {F.dropout, F.dropout2d, F.alpha_dropout, F.feature_alpha_dropout}
 _NOOP_MODULES = (nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity)
-_POISON = object()  # a non-tensor value computed from an op that failed: its readers are not reported again
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
-def _pool_size(size: int, k: int, s: int, p: int, ceil: bool) -> int:
-    """Pooled length, torch's rule: with ceil_mode the last window must still start inside the padded input."""
-    out = (size + 2 * p - k + (s - 1 if ceil else 0)) // s + 1
-    if ceil and (out - 1) * s >= size + p:
-        out -= 1
-    return out
 
 
 def _clamp_act(lo: Any, hi: Any) -> int | None:
@@ -125,7 +110,7 @@ def model_name(model: nn.Module) -> str:
     return type(model).__name__
 
 
-class _Capture(TensorOps):
+class _Capture(Layers, TensorOps, Reporting):
     """Walks the fx graph once, in topological order, emitting ops and fusing as it goes."""
 
     def __init__(self, gm: torch.fx.GraphModule, name: str, input_shape: tuple[int, ...], torch_ops: bool) -> None:
@@ -200,76 +185,7 @@ class _Capture(TensorOps):
         here = self.order[node]
         return all(self.order[u] <= here for m in self.buf_nodes.get(ref.buf, ()) for u in m.users)
 
-    # ----------------------------------------------------------------- layers
-    def conv(self, node: torch.fx.Node, name: str, x: TensorRef, weight: torch.Tensor, bias: Any, geometry: tuple):
-        stride, padding, dilation, groups = geometry
-        if _pair(dilation) != (1, 1):
-            raise self.fail("Conv2d with dilation", f"dilation {dilation}; the engine runs undilated convolutions")
-        c_out, c_in_g, kh, kw = weight.shape
-        if x.c != c_in_g * groups:
-            raise self.fail("Conv2d fed the wrong number of channels", f"expects {c_in_g * groups}, gets {x.c}")
-        if padding == "valid":
-            ph, pw = 0, 0
-        elif padding == "same":  # torch allows 'same' for stride 1 only; odd kernels pad symmetrically
-            if kh % 2 == 0 or kw % 2 == 0:
-                raise self.fail("Conv2d with asymmetric 'same' padding", "use an odd kernel or explicit padding")
-            ph, pw = kh // 2, kw // 2
-        else:
-            ph, pw = _pair(padding)
-        sh, sw = _pair(stride)
-        meta = ConvMeta(x.c, c_out, x.h, x.w, kh, kw, sh, sw, ph, pw, groups)
-        if meta.h_out < 1 or meta.w_out < 1:
-            raise self.fail("Conv2d on an input too small for its kernel", f"{x.h}x{x.w} input")
-        out = self.new_ref(c_out, meta.h_out, meta.w_out)
-        w = weight.detach().float().cpu().numpy().copy()
-        b = np.zeros(c_out, np.float32) if bias is None else bias.detach().float().cpu().numpy().copy()
-        return self.emit(node, ConvOp(name, x, out, w, b, meta))
-
-    def conv_module(self, node: torch.fx.Node, m: nn.Conv2d) -> TensorRef:
-        if m.padding_mode != "zeros":
-            raise self.fail("Conv2d with non-zero padding", f"padding_mode={m.padding_mode!r}")
-        x = self.tensor(node, node.args[0], image=True)
-        return self.conv(node, str(node.target), x, m.weight, m.bias, (m.stride, m.padding, m.dilation, m.groups))
-
-    def linear(self, node: torch.fx.Node, name: str, a: Any, weight: torch.Tensor, bias: Any) -> Any:
-        src = self.env.get(a)
-        channels_last = isinstance(src, ChannelsLast)
-        x = src.ref if channels_last else self.tensor(node, a)
-        if not (x.flat or channels_last):
-            raise self.fail("Linear applied to an NCHW image", "flatten to (N, features) or permute to channels-last")
-        out_f, in_f = weight.shape
-        if x.c != in_f:
-            raise self.fail("Linear fed the wrong number of features", f"expects {in_f}, gets {x.c}")
-        out = self.new_ref(out_f, x.h, x.w, flat=x.flat)
-        # (N, C) features: a 1x1 conv on a 1x1 image; channels-last (N, H, W, C): a 1x1 conv over H x W.
-        meta = ConvMeta(x.c, out_f, x.h, x.w, is_linear=x.flat)
-        w = weight.detach().float().cpu().numpy().reshape(out_f, in_f, 1, 1).copy()  # (out, in, 1, 1)
-        b = np.zeros(out_f, np.float32) if bias is None else bias.detach().float().cpu().numpy().copy()
-        ref = self.emit(node, ConvOp(name, x, out, w, b, meta))
-        return ChannelsLast(ref) if channels_last else ref
-
-    def batchnorm(self, node: torch.fx.Node, name: str, stats: tuple, eps: float) -> Any:
-        """BatchNorm with running statistics ``stats`` = (mean, var, weight or None, bias or None)."""
-        mean, var, weight, bias = stats
-        if mean is None or var is None:
-            raise self.fail("BatchNorm without running statistics", "build it with track_running_stats=True")
-        scale = (torch.ones_like(var) if weight is None else weight.detach()) / torch.sqrt(var + eps)
-        shift = (torch.zeros_like(mean) if bias is None else bias.detach()) - mean * scale
-        return self.affine(node, node.args[0], scale.float().cpu().numpy(), shift.float().cpu().numpy(), name)
-
-    def layernorm(self, node: torch.fx.Node, shape: Any, weight: Any, bias: Any, eps: float) -> Any:
-        src = self.env.get(node.args[0])
-        channels_last = isinstance(src, ChannelsLast)
-        x = src.ref if channels_last else self.tensor(node, node.args[0])
-        if not (channels_last or x.flat) or tuple(shape) != (x.c,):
-            raise self.fail("LayerNorm over more than the channels", "normalise the channels of each pixel only")
-        ones, zeros = np.ones(x.c, np.float32), np.zeros(x.c, np.float32)
-        w = ones if weight is None else weight.detach().float().cpu().numpy().copy()
-        b = zeros if bias is None else bias.detach().float().cpu().numpy().copy()
-        out = x if self.can_overwrite(node, x) else self.like(x)
-        ref = self.emit(node, LayerNormOp(module_path(node), x, out, w, b, float(eps)))
-        return ChannelsLast(ref) if channels_last else ref
-
+    # ----------------------------------------------------------------- activations and adds
     def activation(self, node: torch.fx.Node, act: int) -> Any:
         src = node.args[0]
         value = self.env.get(src)
@@ -309,35 +225,6 @@ class _Capture(TensorOps):
             return self.emit(node, conv)
         out = a if self.can_overwrite(node, a) else b if self.can_overwrite(node, b) else self.like(a)
         return self.emit(node, AddOp(node.name, a, b, out))
-
-    def pool(self, node: torch.fx.Node, is_max: bool, k: Any, s: Any, p: Any, extra: dict[str, Any]) -> TensorRef:
-        if extra.get("dilation", 1) not in (1, (1, 1)) or extra.get("return_indices") or extra.get("divisor_override"):
-            raise self.fail("pooling with dilation, indices or a divisor override", "use plain max/avg pooling")
-        x = self.tensor(node, node.args[0], image=True)
-        (kh, kw), (ph, pw) = _pair(k), _pair(p)
-        sh, sw = _pair(s if s not in (None, ()) else k)
-        ceil = bool(extra.get("ceil_mode", False))
-        oh, ow = _pool_size(x.h, kh, sh, ph, ceil), _pool_size(x.w, kw, sw, pw, ceil)
-        if oh < 1 or ow < 1 or 2 * ph > kh or 2 * pw > kw:
-            raise self.fail("pooling with a window or padding that does not fit", f"{kh}x{kw} on {x.h}x{x.w}")
-        out = self.new_ref(x.c, oh, ow)
-        op = PoolOp(node.name, x, out, is_max, kh, kw, sh, sw, ph, pw, bool(extra.get("count_include_pad", True)))
-        return self.emit(node, op)
-
-    def adaptive_avg(self, node: torch.fx.Node, size: Any) -> TensorRef:
-        x = self.tensor(node, node.args[0], image=True)
-        oh, ow = size if isinstance(size, (tuple, list)) else (size, size)
-        oh, ow = x.h if oh is None else int(oh), x.w if ow is None else int(ow)
-        return self.emit(node, AdaptiveAvgPoolOp(node.name, x, self.new_ref(x.c, oh, ow)))
-
-    def mean(self, node: torch.fx.Node) -> TensorRef:
-        dims = arg(node, 1, "dim")
-        dims = tuple(sorted(d % 4 for d in (dims if isinstance(dims, (tuple, list)) else (dims,))))
-        if dims != (2, 3):
-            raise self.fail("mean over other dims than (H, W)", f"dims {dims}")
-        x = self.tensor(node, node.args[0], image=True)
-        out = self.new_ref(x.c, flat=not arg(node, 2, "keepdim", False))
-        return self.emit(node, AdaptiveAvgPoolOp(node.name, x, out))
 
     # ----------------------------------------------------------------- dispatch
     def visit(self, node: torch.fx.Node) -> Any:
@@ -445,68 +332,6 @@ class _Capture(TensorOps):
             return self.alias(node, node.args[0], self.env[node.args[0]])
         return self.visit_tensor_method(node, method)
 
-    # ----------------------------------------------------------------- unsupported nodes
-    def visit_reporting(self, node: torch.fx.Node) -> Any:
-        """``visit``, but an unsupported node is recorded and replaced by a TorchOp or a placeholder value."""
-        inputs = [self.env.get(a) for a in node.all_input_nodes]
-        if any(v is _POISON for v in inputs):
-            return _POISON  # downstream of a failed non-tensor value: already reported
-        try:
-            return self.visit(node)
-        except Unsupported as exc:
-            self.problems.setdefault(exc.kind, []).append((module_path(node), exc.hint))
-            return self.replacement(node, exc.kind)
-
-    def replacement(self, node: torch.fx.Node, kind: str) -> Any:
-        meta = node.meta.get("tensor_meta")
-        outs = self.placeholder_refs(meta)
-        if outs is None:
-            self.unrunnable.add(kind)
-            return _POISON
-        refs = outs if isinstance(outs, tuple) else (outs,)
-        args, kwargs = self.env_args(node.args), self.env_args(node.kwargs)
-        if not self.torch_ops or has_ref(args, kinds=(ChannelsLast,)) or _holds(args, kwargs, BATCH, _POISON):
-            self.unrunnable.add(kind)
-            return outs
-        if node.op == "call_module":
-            fn: Any = self.modules[node.target]
-        elif node.op == "call_method":
-            fn = _MethodCall(str(node.target))
-        else:
-            fn = node.target
-        self.ops.append(TorchOp(module_path(node), fn, args, kwargs, refs, kind))
-        return outs
-
-    def placeholder_refs(self, meta: Any) -> Any:
-        """Fresh refs shaped like fx's recorded output (None when it is not an image or feature tensor)."""
-        shape = getattr(meta, "shape", None)  # TensorMetadata (a NamedTuple, so test it before tuples)
-        if shape is None and isinstance(meta, (tuple, list)):
-            parts = [self.placeholder_refs(m) for m in meta]
-            return None if any(p is None for p in parts) else tuple(parts)
-        if shape is not None and len(shape) == 4:
-            return self.new_ref(int(shape[1]), int(shape[2]), int(shape[3]))
-        if shape is not None and len(shape) == 2:
-            return self.new_ref(int(shape[1]), flat=True)
-        return None
-
-    def message(self) -> str:
-        items = []
-        for kind, where in self.problems.items():
-            n = len(where)
-            path, hint = where[0]
-            at = f"at {path}" if n == 1 else f"first at {path}"
-            items.append(f"{kind} ({n} node{'s' if n > 1 else ''}, {at}{': ' + hint if hint else ''})")
-        kinds = f"{len(items)} unsupported op type{'s' if len(items) > 1 else ''}"
-        if self.torch_ops:
-            return (
-                f"Cannot compile {self.name}, even with backend='torch': {kinds}, "
-                f"{'; '.join(items)}; replace those ops with ones the engine supports ({SUPPORTED})."
-            )
-        return (
-            f"Cannot compile {self.name} with the C engine: {kinds}, {'; '.join(items)}; replace them with ops "
-            f"the engine supports ({SUPPORTED}), or compile with backend='torch' to run them with PyTorch."
-        )
-
     def run(self) -> Graph:
         out_ref: Any = None
         for node in self.gm.graph.nodes:
@@ -522,7 +347,7 @@ class _Capture(TensorOps):
             self.env[node] = value
             self.register(node, value)
         if self.problems and (not self.torch_ops or self.unrunnable):
-            raise EngineError(self.message())
+            raise EngineError(self.message(SUPPORTED))
         assert self.input_ref is not None and isinstance(out_ref, TensorRef)
         graph = Graph(self.name, self.ops, self.input_ref, out_ref, self.sizes)
         place_concatenations(graph)
@@ -533,32 +358,6 @@ class _Capture(TensorOps):
             graph.ops.append(copy)
             graph.output = copy.out
         return graph
-
-
-class _MethodCall:
-    """A Tensor method by name, callable like a function (for TorchOp)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(obj, self.name)(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"Tensor.{self.name}"
-
-
-def _holds(args: Any, kwargs: Any, *markers: Any) -> bool:
-    def walk(v: Any) -> bool:
-        if any(v is m for m in markers):
-            return True
-        if isinstance(v, (tuple, list)):
-            return any(walk(x) for x in v)
-        if isinstance(v, dict):
-            return any(walk(x) for x in v.values())
-        return False
-
-    return walk(args) or walk(kwargs)
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, allow_torch_ops: bool = False) -> Graph:
