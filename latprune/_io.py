@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from latprune.errors import LatpruneError
 
 # mkstemp creates files readable by their owner only; results should get the permissions a plain open() gives.
@@ -54,11 +52,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Atomically ``torch.save`` ``obj`` (checkpoints survive a kill -9 mid-write)."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     """Load JSON, turning a missing or corrupt file into one sentence that names it."""
     path = Path(path)
@@ -71,20 +64,3 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
             f"The {what} '{path}' is not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')}); "
             "it may be truncated, so regenerate it."
         ) from None
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a latprune checkpoint dict, with one clear sentence for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise LatpruneError(f"The checkpoint '{path}' does not exist; train one with `latprune train` or fix the path.")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated/corrupt zip files
-        raise LatpruneError(
-            f"The checkpoint '{path}' cannot be read ({exc.__class__.__name__}); it is truncated or not a "
-            "torch checkpoint, so retrain or copy it again."
-        ) from None
-    if not isinstance(ckpt, dict):
-        raise LatpruneError(f"The checkpoint '{path}' holds a {type(ckpt).__name__}, not a latprune checkpoint dict.")
-    return ckpt

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from latprune._io import atomic_write_bytes, atomic_write_json
 from latprune._version import __version__
 from latprune.engine import CompiledModel, compile
 from latprune.engine.export import TARGETS, export_c
 from latprune.errors import EngineError, LatpruneError, ModelError, PlanError
 from latprune.prune import PruningPlan, bake_masks, count_params, save_pruned
+from latprune.train.checkpoint import atomic_torch_save
 
 MANIFEST_NAME = "export.json"
 PLAN_NAME = "plan.json"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from latprune.schemes import SchemeParams, get_scheme, make_mask
 
 
 def randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
@@ -26,3 +29,25 @@ class WeightMask(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask
+
+
+def structured_mask(
+    rng: np.random.Generator,
+    scheme: str,
+    shape: tuple[int, ...],
+    sparsity: float,
+    params: SchemeParams | None = None,
+) -> np.ndarray:
+    """A bool mask of ``shape`` as pruning makes it with ``scheme`` (by magnitude, on a random weight).
+
+    Tests of the engine use it, so the structures they run are the registry's own, never a copy. A 1x1 weight
+    of a matrix-vector scheme (block_fc) is masked as the linear weight it is; the sparsity is kept inside what the
+    scheme accepts (at least its minimum, below 1).
+    """
+    w = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    spec = get_scheme(scheme)
+    if spec.fc_only and w.dim() == 4:
+        w = w.reshape(shape[0], shape[1])  # (out, in, 1, 1) -> (out, in)
+    if spec.prunes:
+        sparsity = min(max(sparsity, spec.min_sparsity), 0.99)
+    return make_mask(scheme, w, sparsity, params or SchemeParams()).reshape(shape).numpy()

@@ -18,9 +18,9 @@ from latprune.models import create_model
 from latprune.prune import PruningPlan, apply_plan, dense_plan, plan_from_arch
 from latprune.space import SearchSpace, SpaceBounds
 from latprune.supernet import (
-    Candidate,
     MaskedSupernet,
     SpaceAdapter,
+    Subnet,
     SupernetConfig,
     SupernetData,
     SupernetEstimator,
@@ -46,13 +46,13 @@ def _tiny(name: str = "resnet20", seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _random_candidate(graph: ChannelGraph, gen: torch.Generator, sparsity: float = 0.0) -> Candidate:
+def _random_candidate(graph: ChannelGraph, gen: torch.Generator, sparsity: float = 0.0) -> Subnet:
     keep = {}
     for g in graph.groups:
         k = int(torch.randint(1, g.channels + 1, (1,), generator=gen))
         keep[g.name] = torch.sort(torch.randperm(g.channels, generator=gen)[:k]).values
     sparse = {layer.name: sparsity for layer in graph.layers if layer.kind != "depthwise" and sparsity > 0}
-    return Candidate(keep, sparse, {name: "group4" for name in sparse})
+    return Subnet(keep, sparse, {name: "group4" for name in sparse})
 
 
 def _kept(graph: ChannelGraph, module: str, dim: str, size: int, keep: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -68,7 +68,7 @@ def _kept(graph: ChannelGraph, module: str, dim: str, size: int, keep: dict[str,
     return torch.nonzero(alive).flatten()
 
 
-def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Candidate, masks: dict) -> nn.Module:
+def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Subnet, masks: dict) -> nn.Module:
     """Slice every conv, linear and BN down to the candidate's kept channels (and apply its weight masks)."""
     small = copy.deepcopy(model)
     params = dict(model.named_parameters())
@@ -347,7 +347,7 @@ def test_bad_inputs_name_the_problem(parent_and_data):
     with pytest.raises(SearchError, match="shape"):
         est.evaluate(np.zeros((0, space.n_var), dtype=int))
     net = est.supernet
-    cand = Candidate({}, {"layers.0.0.conv1": 1.5}, {"layers.0.0.conv1": "group4"})
+    cand = Subnet({}, {"layers.0.0.conv1": 1.5}, {"layers.0.0.conv1": "group4"})
     with pytest.raises(PlanError, match=r"layers\.0\.0\.conv1.*1\.5"):
         net.weight_masks(cand)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
+from latprune.cli._parsers import parse_names
 from latprune.engine.export import TARGETS
 from latprune.errors import EngineError
 
@@ -23,28 +25,25 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
         return model, int(kw.get("in_channels", 3)), int(args.input_size or kw["input_size"])
     if not args.model:
         raise EngineError("Name a model with --model NAME (see `latprune models`) or pass --checkpoint PATH.")
-    from latprune.models import create_model, model_info
+    from latprune.models import ModelSpec, model_info
 
     info = model_info(args.model)
-    size = args.input_size or info.default_input_size
-    with torch.random.fork_rng():  # random weights, but the same ones for the same --seed
-        torch.manual_seed(args.seed)
-        model = create_model(
-            args.model, num_classes=info.default_num_classes, input_size=size, width_mult=args.width_mult
-        )
-    return model.eval(), 3, size
+    spec = ModelSpec(
+        args.model, info.default_num_classes, 3, args.input_size or info.default_input_size, args.width_mult
+    )
+    return spec.build(seed=args.seed).eval(), spec.in_channels, spec.input_size  # random weights, the same per --seed
 
 
 def _maybe_sparsify(model: nn.Module, args: argparse.Namespace) -> None:
     if args.sparsity:
-        from latprune.engine.bench import sparsify_model
+        from latprune.bench import sparsify_model
 
         n = sparsify_model(model, args.scheme, args.sparsity, args.layers)
         print(f"sparsified {n} convs to {args.sparsity:.0%} with the {args.scheme} scheme")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from latprune.engine.bench import BenchConfig, benchmark_model, format_result
+    from latprune.bench import BenchConfig, benchmark_model, format_result
     from latprune.models import model_info
 
     if not args.model:
@@ -63,12 +62,18 @@ def _bench(args: argparse.Namespace) -> int:
         runs=args.runs,
         seed=args.seed,
         autotune=args.autotune,
-        onnxruntime=not args.no_onnxruntime,
-        torch_eager=not args.no_torch,
+        baselines=_baselines(args),
     )
     result = benchmark_model(cfg)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
     return 0
+
+
+def _baselines(args: argparse.Namespace) -> tuple[str, ...]:
+    """--runtimes, less those the --no-onnxruntime / --no-torch flags drop."""
+    dropped = {"onnxruntime"} if args.no_onnxruntime else set()
+    dropped |= {"torch"} if args.no_torch else set()
+    return tuple(name for name in parse_names(args.runtimes, "--runtimes") if name not in dropped)
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -150,6 +155,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=50, help="Timed runs; the median is reported (default 50).")
     p.add_argument("--warmup", type=int, default=10, help="Untimed runs before timing (default 10).")
     p.add_argument("--autotune", action="store_true", help="Time each layer's kernel variants and keep the fastest.")
+    p.add_argument(
+        "--runtimes",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"Runtimes to time beside the engine, comma-separated (default {','.join(DEFAULT_BASELINES)}; registered: "
+        f"{', '.join(list_runtimes(available_only=False))}; openvino needs `pip install openvino`).",
+    )
     p.add_argument("--no-onnxruntime", action="store_true", help="Skip the ONNX Runtime baseline.")
     p.add_argument("--no-torch", action="store_true", help="Skip the PyTorch eager baseline.")
     p.add_argument("--json", action="store_true", help="Print the result as JSON instead of a table.")

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from latprune.cli._parsers import parse_grid, parse_input_size
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, load_jobs, load_measurements, save_jobs, save_measurements
@@ -14,26 +15,6 @@ from latprune.latency.profile import load_profile, save_profile
 from latprune.latency.profiling import ProfileConfig, assemble, make_jobs, model_space, profile_model
 from latprune.latency.validate import ValidationConfig, validate_latency, write_validation
 from latprune.models import ModelSpec
-
-
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'3x224x224' -> (3, 224); square images only, since the zoo models take one input size."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or parts[1] != parts[2] or min(parts) < 1:
-        raise ProfileError(f"The input size '{text}' must be CxHxW with H == W, e.g. 3x224x224 or 1x28x28.")
-    return parts[0], parts[1]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """'8,10' -> (8, 10): channel divisions N and sparsity divisions M."""
-    try:
-        n, m = (int(p) for p in text.split(","))
-    except ValueError:
-        raise ProfileError(f"The grid '{text}' must be two integers N,M such as 8,10.") from None
-    return n, m
 
 
 def _model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -141,7 +122,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", help="Input as CxHxW, e.g. 3x224x224 or 1x28x28 (default: the model's own).")
     p.add_argument("--num-classes", type=int, help="Classifier outputs (default: the model's own, e.g. 1000).")
     p.add_argument("--threads", type=int, default=1, help="Engine threads to profile with (default 1).")
-    p.add_argument("--scheme", default="group4", help="Weight-sparsity scheme of the search space (default group4).")
+    p.add_argument(
+        "--scheme",
+        default="group4",
+        help="Weight-sparsity scheme of the search space (default group4), or several joined by commas "
+        "(group4,pattern): each layer then chooses among them and gets one table per scheme.",
+    )
     p.add_argument("--grid", default="8,10", help="N,M: channel grid i/N and sparsity grid k/M (default 8,10).")
     p.add_argument(
         "--full-grid",

@@ -8,7 +8,7 @@ from latprune.errors import PlanError
 from latprune.models import list_models
 from latprune.prune.channels import CRITERIA
 from latprune.prune.run import UniformPlanConfig, make_uniform_plan, prune_checkpoint
-from latprune.prune.schemes import list_schemes
+from latprune.schemes import list_schemes
 
 
 def _prune(args: argparse.Namespace) -> int:

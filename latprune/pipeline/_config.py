@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime
 from latprune.errors import LatpruneError
 from latprune.search import MODES, SELECTIONS
 
@@ -69,7 +70,8 @@ class RunConfig:
     finetune_lr: float | None = None
     distill: bool | None = None
     baseline_epochs: int | None = None
-    threads: int = 1  # latency is measured at batch 1 with this many engine / ORT / torch threads
+    threads: int = 1  # latency is measured at batch 1 with this many threads on the engine and every runtime
+    runtimes: tuple[str, ...] = DEFAULT_BASELINES  # what the engine is compared with (latprune.bench.list_runtimes)
     timing_runs: int = 200
     seed: int = 0
     device: str = "cpu"  # where training runs
@@ -92,6 +94,10 @@ class RunConfig:
             raise LatpruneError(f"--redo-from {self.redo_from!r} is not a stage; choose one of {', '.join(STAGES)}.")
         if min(self.profile_grid) < 1 or len(self.profile_grid) != 2:
             raise LatpruneError(f"--profile-grid {self.profile_grid} needs two positive numbers N,M, e.g. 8,10.")
+        if not self.runtimes or "engine" in self.runtimes:
+            raise LatpruneError("--runtimes must name at least one runtime to compare the engine with, not the engine.")
+        for name in self.runtimes:
+            get_runtime(name)  # unknown or not installed: one sentence
         if self.threads < 1 or self.timing_runs < 1:
             raise LatpruneError("--threads and --timing-runs must be at least 1.")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:

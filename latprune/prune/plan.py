@@ -15,7 +15,7 @@ from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.models import ModelSpec
 from latprune.prune.channels import CRITERIA, Criterion, group_importance, select_channels
-from latprune.prune.schemes import SchemeParams, get_scheme
+from latprune.schemes import SchemeParams, get_scheme
 from latprune.space import Arch, SearchSpace, SpaceBounds, kept_channels
 
 PLAN_VERSION = 1
@@ -173,14 +173,15 @@ def plan_from_arch(
     model_spec: ModelSpec | None = None,
 ) -> PruningPlan:
     """The plan of ``arch``: each group keeps its ``kept_channels`` most important channels (by ``importance``
-    on ``model``'s current weights), each layer gets the space's scheme at the arch's sparsity."""
-    space.encode(arch)  # validates the grid (not the search bounds: any point of the grid can be pruned to)
+    on ``model``'s current weights), each layer gets its scheme in ``arch`` (its default in the space when the
+    architecture names none) at the arch's sparsity."""
+    # Encoding validates the grid (not the search bounds: any point of the grid can be pruned to); decoding gives
+    # what the search sees: "dense" and sparsity 0 on layers without weight sparsity, every layer's scheme named.
+    arch = space.decode(space.encode(arch))
     graph = build_graph(model, space.input_size, space.in_channels)
     _check_space_matches(space, graph)
     keep = [kept_channels(w, g.channels, g.multiple) for w, g in zip(arch.widths, space.groups, strict=True)]
-    sparsities = [s if ly.sparse else 0.0 for s, ly in zip(arch.sparsities, space.layers, strict=True)]
-    schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
-    return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
+    return _make_plan(model, graph, keep, list(arch.schemes), list(arch.sparsities), importance, params, model_spec)
 
 
 def uniform_plan(
@@ -206,9 +207,9 @@ def uniform_plan(
         raise PlanError(f"The width {width} leaves no channel or is above 1; use a value in (0, 1].")
     if not 0.0 <= sparsity < 1.0:
         raise PlanError(f"The sparsity {sparsity} is outside [0, 1); use e.g. 0.5.")
-    if scheme == "dense" and sparsity > 0:
+    if not get_scheme(scheme).prunes and sparsity > 0:
         raise PlanError(
-            f"The dense scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
+            f"The {scheme} scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
         )
     role_bounds = dataclasses.replace(bounds, min_width=0.0, max_sparsity=1.0)
     graph = build_graph(model, input_size, in_channels)
@@ -217,8 +218,12 @@ def uniform_plan(
     sparsities = [min(sparsity, ly.max_sparsity) if ly.sparse else 0.0 for ly in space.layers]
     schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
     for ly, s in zip(space.layers, sparsities, strict=True):
-        if ly.scheme == "nm24" and 0.0 < s < 0.5:
-            raise PlanError(f"Layer '{ly.name}' would get nm24 sparsity {s}; 2:4 needs at least 0.5 (or 0.0).")
+        spec = get_scheme(ly.scheme)
+        if 0.0 < s < spec.min_sparsity - 1e-9:
+            raise PlanError(
+                f"Layer '{ly.name}' would get {ly.scheme} sparsity {s}; {spec.title} needs at least "
+                f"{spec.min_sparsity} (or 0.0)."
+            )
     return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
 
 

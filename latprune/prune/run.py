@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from latprune._io import load_checkpoint
 from latprune.errors import PlanError
 from latprune.graph import build_graph, is_depthwise
 from latprune.models import model_info
@@ -50,6 +49,8 @@ class PruneResult:
 
 def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) -> tuple[PruningPlan, Path]:
     """Build the zoo model (from ``config.checkpoint`` when given), make a uniform plan and write it to ``out``."""
+    from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
+
     if config.checkpoint is not None:
         ckpt = load_checkpoint(_checkpoint_file(config.checkpoint))
         spec = model_spec_from_checkpoint(ckpt, config.checkpoint)
@@ -91,6 +92,8 @@ def prune_checkpoint(
     Masks are computed from the trained weights; the written checkpoint keeps them as parametrizations, so
     ``load_pruned`` (or training) rebuilds the exact pruned model on a fresh zoo model.
     """
+    from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
+
     plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     checkpoint = _checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint)

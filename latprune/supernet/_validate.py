@@ -17,7 +17,7 @@ import torch.nn as nn
 from scipy import stats
 
 from latprune._io import atomic_write_bytes, atomic_write_json, read_json
-from latprune.data import DataConfig, ImageData, class_subset, load_splits, make_loader
+from latprune.data import DataConfig, Images, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
 from latprune.report import figure_png
@@ -65,7 +65,7 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
-class ValidationResult:
+class AccuracyValidation:
     """Rank agreement between the super-net's estimate and standalone fine-tuned accuracy."""
 
     estimated_acc: tuple[float, ...]
@@ -129,8 +129,8 @@ def _finetune(
     space: SearchSpace,
     x: tuple[int, ...],
     ckpt: dict[str, Any],
-    train: ImageData,
-    val: ImageData,
+    train: Images,
+    val: Images,
     data: SupernetData,
     config: ValidateConfig,
     out_dir: Path,
@@ -172,7 +172,7 @@ def validate_accuracy(
     *,
     device: str = "cpu",
     progress: bool = True,
-) -> ValidationResult:
+) -> AccuracyValidation:
     """Fine-tune ``config.k`` candidates of a search's last generation and rank-correlate with the super-net.
 
     Writes ``validate_accuracy.json`` and ``validate_accuracy.png`` into ``search_dir`` and one fine-tuning
@@ -246,13 +246,13 @@ def validate_accuracy(
         },
     )
     atomic_write_bytes(png_path, _scatter_png(est, true, np.array([r["latency_ms"] for r in rows]), tau, rho))
-    return ValidationResult(
+    return AccuracyValidation(
         tuple(est.tolist()), tuple(true.tolist()), tuple(r["latency_ms"] for r in rows), float(tau), float(rho),
         json_path, png_path,
     )  # fmt: skip
 
 
-def _per_class(data: ImageData, per_class: int | None, seed: int) -> torch.Tensor:
+def _per_class(data: Images, per_class: int | None, seed: int) -> torch.Tensor:
     return class_subset(data.labels, None, per_class, seed)
 
 

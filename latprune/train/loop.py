@@ -16,10 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latprune._io import atomic_torch_save, atomic_write_json, load_checkpoint
+from latprune._io import atomic_write_json
 from latprune._version import __version__
 from latprune.data import BatchLoader
 from latprune.errors import LatpruneError
+from latprune.train.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
 from latprune.train.config import RESUMABLE_FIELDS, TrainConfig
 from latprune.train.distributed import (
     DistEnv,
@@ -31,7 +32,6 @@ from latprune.train.distributed import (
     wrap_ddp,
 )
 
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = "latprune.checkpoint/1"
 _ONECYCLE_START_DIV = 25.0  # one-cycle starts at lr / 25 ...
