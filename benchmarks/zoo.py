@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune._version import __version__
+from latprune.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine import compile
-from latprune.engine.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine.build import compiler_version
 from latprune.engine.isa import cpu_model, host_isa
 from latprune.models import create_model, list_models, model_info
@@ -136,6 +136,7 @@ def measure_model(name: str, cfg: ZooBenchConfig) -> dict:
         "sparse_speedup_vs_ort": o.median_ms / s.median_ms, "sparse_speedup_vs_ort_cpu": o.cpu_ms / s.cpu_ms,
         "compile_scratch_s": scratch, "compile_model_s": model_only,
         "max_rel_error_dense": errors["dense"], "max_rel_error_sparse": errors["sparse"],
+        "busy": sorted({why for t in (d, s, o) if (why := t.load.reason())}),  # latprune._busy's warnings
     }  # fmt: skip
 
 
@@ -160,6 +161,9 @@ def markdown(rows: list[dict], device: dict[str, str], date: str) -> str:
             f"{r['sparse_flops_share']:.0%} | {r['compile_scratch_s']:.1f} / {r['compile_model_s']:.1f} | "
             f"{max(r['max_rel_error_dense'], r['max_rel_error_sparse']):.1e} |"
         )
+    busy = sorted({f"{r['model']}: {why}" for r in rows for why in r["busy"]})
+    if busy:
+        lines += ["", "The machine was busy while timing (latprune._busy): " + "; ".join(busy) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from latprune.engine.kernels import ConvMeta, get_kernel, list_kernels
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
 from latprune.errors import EngineError
-from latprune.prune.schemes import make_mask
+from latprune.schemes import make_mask
 
 from helpers import randomize_bn
 from patterns import BatchNormAct2d, LayerNorm2d, TracedLinear

@@ -113,7 +113,7 @@ def test_masked_candidate_equals_apply_plan_on_every_pattern(name):
     plan = PruningPlan(None, (16, 16), 3, groups, base.layers)
     keep = {p.name: torch.tensor(p.keep) for p, g in zip(groups, graph.groups, strict=True) if not g.fixed}
     net = MaskedSupernet(model, graph)
-    cand = Candidate(keep, {}, {})
+    cand = Subnet(keep, {}, {})
     x = torch.randn(2, 3, 16, 16, generator=gen)
     with torch.no_grad(), net.active(net.channel_masks(cand)):
         got = net.forward(x, {})
