@@ -45,15 +45,15 @@ def test_pattern_model_compiles_dense_and_pruned_and_matches_torch(name: str) ->
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_zoo_model_pruned_compiles_and_matches_torch(name: str) -> None:
-    """(Dense and mixed dense/sparse zoo models are compiled by test_engine_compile.test_zoo_model_matches_torch.)"""
+def test_zoo_model_compiles_dense_and_pruned_and_matches_torch(name: str) -> None:
     gen = torch.Generator().manual_seed(1)
     model = randomize_bn(create_model(name, num_classes=10, input_size=32, width_mult=0.25), gen)
     pruned, schemes = _pruned(model, 32)
     x = torch.randn(2, 3, 32, 32, generator=gen)
     with torch.no_grad():
-        ref = pruned(x)
-    assert_close(compile(pruned, x[:1], schemes=schemes)(x), ref)
+        dense_ref, pruned_ref = model(x), pruned(x)
+    assert_close(compile(model, x[:1])(x), dense_ref)
+    assert_close(compile(pruned, x[:1], schemes=schemes)(x), pruned_ref)
 
 
 def _group_of(graph, layer: str):
