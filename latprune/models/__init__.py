@@ -123,6 +123,7 @@ class ModelSpec:
 
 
 # Importing the definitions registers them.
+from latprune.models import mbconv as _mbconv  # noqa: E402, F401
 from latprune.models import mobilenet as _mobilenet  # noqa: E402, F401
 from latprune.models import resnet as _resnet  # noqa: E402, F401
 
