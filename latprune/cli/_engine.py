@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from latprune._io import output_lock
+from latprune._limits import check_threads
 from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
 from latprune.cli._parsers import parse_names
 from latprune.engine.export import TARGETS
@@ -79,10 +81,12 @@ def _baselines(args: argparse.Namespace) -> tuple[str, ...]:
 def _compile(args: argparse.Namespace) -> int:
     from latprune.engine import compile
 
-    model, channels, size = _load_model(args)
-    _maybe_sparsify(model, args)
-    cm = compile(model, torch.zeros(1, channels, size, size), threads=args.threads, autotune=args.autotune)
-    out = cm.save(args.out)
+    check_threads(args.threads)
+    with output_lock(args.out, mode=0o755):  # CompiledModel.load trusts only folders others cannot write
+        model, channels, size = _load_model(args)
+        _maybe_sparsify(model, args)
+        cm = compile(model, torch.zeros(1, channels, size, size), threads=args.threads, autotune=args.autotune)
+        out = cm.save(args.out)
     print(cm.summary())
     print(f"engine latency {cm.latency() * 1e3:.3f} ms (batch 1, {args.threads} thread(s)); saved to {out}")
     return 0

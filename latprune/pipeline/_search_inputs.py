@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latprune._io import read_json
+from latprune._io import locks_output, read_json
 from latprune.data import DataConfig, load_splits
 from latprune.data.datasets import canonical_name
 from latprune.errors import DataError, ModelError, ProfileError
@@ -179,6 +179,7 @@ def search_inputs(job: SearchJob) -> SearchInputs:
     return inputs
 
 
+@locks_output("job.out_dir")
 def search_checkpoint(job: SearchJob) -> SearchOutcome:
     """Search a checkpoint: preset and its changes -> super-net schedule -> space, predictor and estimator -> the
     search in ``job.out_dir`` (gen_XXXX.json, state.json, front.json) -> front.png -> the front as a table."""

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import LoadCheck, busy_warning, worst
-from latprune._io import atomic_write_json, read_json
+from latprune._io import atomic_write_json, locks_output, read_json
 from latprune.bench import TIMING_ROUNDS
 from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
@@ -111,6 +111,7 @@ def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], d
     return status.done(name) or {}
 
 
+@locks_output("config.out_dir")
 def run_pipeline(config: RunConfig) -> RunReport:
     """Run (or resume) every stage of ``config`` and return the report; see the module docstring for the layout."""
     cfg = config.resolved()

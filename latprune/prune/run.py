@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from latprune._io import locks_output
 from latprune.errors import PlanError
 from latprune.graph import build_graph, is_depthwise
 from latprune.models import model_info
@@ -47,6 +48,7 @@ class PruneResult:
     table: str
 
 
+@locks_output("out", file=True)
 def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) -> tuple[PruningPlan, Path]:
     """Build the zoo model (from ``config.checkpoint`` when given), make a uniform plan and write it to ``out``."""
     from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
@@ -84,6 +86,7 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
     return plan, plan.save(out)
 
 
+@locks_output("out_dir")
 def prune_checkpoint(
     plan: PruningPlan | str | os.PathLike[str], checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 ) -> PruneResult:

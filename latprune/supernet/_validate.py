@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
-from latprune._io import atomic_write_bytes, atomic_write_json, read_json
+from latprune._io import atomic_write_bytes, atomic_write_json, locks_output, read_json
 from latprune.data import DataConfig, Images, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
@@ -166,6 +166,7 @@ def _finetune(
     return result.final
 
 
+@locks_output("search_dir", flag="--search", must_exist=True)
 def validate_accuracy(
     search_dir: str | Path,
     config: ValidateConfig = ValidateConfig(),

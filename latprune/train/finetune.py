@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from latprune._io import locks_output
+from latprune._limits import check_threads
 from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
 from latprune.errors import LatpruneError, ModelError, PlanError
 from latprune.models import ModelSpec
@@ -188,6 +190,7 @@ def _distill_hooks(parent: nn.Module, config: FinetuneConfig, device: torch.devi
     return [DistillHook(teacher, config.distill_temperature, config.distill_alpha)]
 
 
+@locks_output("out_dir")
 def finetune(
     parent_checkpoint: str | Path,
     plan: PruningPlan,
@@ -209,6 +212,7 @@ def finetune(
     out_dir = Path(out_dir)
     path = resolve_checkpoint_path(parent_checkpoint)
     device = config.train_config().resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     init_distributed(device)  # before data moves to a GPU: each rank then uses its own
     parent, ckpt = load_model_from_checkpoint(path)  # on the CPU: apply_plan traces it there
     if ckpt.get("plan") is not None:
