@@ -88,15 +88,26 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
 
 @locks_output("out_dir")
 def prune_checkpoint(
-    plan: PruningPlan | str | os.PathLike[str], checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+    plan: PruningPlan | str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
 ) -> PruneResult:
     """Apply ``plan`` to the trained model in ``checkpoint``; write OUT/checkpoint.pt and OUT/plan.json.
 
     Masks are computed from the trained weights; the written checkpoint keeps them as parametrizations, so
-    ``load_pruned`` (or training) rebuilds the exact pruned model on a fresh zoo model.
+    ``load_pruned`` (or training) rebuilds the exact pruned model on a fresh zoo model. A checkpoint.pt
+    already in OUT (e.g. the trained parent itself, or a fine-tuned model) is only replaced with ``force``.
     """
     from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
 
+    out_dir = Path(out_dir)
+    if (out_dir / PRUNED_CHECKPOINT).exists() and not force:
+        raise PlanError(
+            f"The folder '{out_dir}' already holds a {PRUNED_CHECKPOINT}, which this would overwrite; pick a new "
+            "--out, or pass --force to replace it."
+        )
     plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     checkpoint = _checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -118,7 +129,6 @@ def prune_checkpoint(
     before = count_params(model)
     shapes = _layer_shapes(model, plan)
     pruned = apply_plan(model, plan)
-    out_dir = Path(out_dir)
     plan = PruningPlan(spec, plan.input_size, plan.in_channels, plan.groups, plan.layers, plan.importance)
     extra = {"epoch": 0, "metrics": {}, "pruned_from": str(checkpoint)}
     if "data" in ckpt:  # the dataset split the model was trained on, so `latprune eval` finds it again
