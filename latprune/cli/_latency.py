@@ -23,7 +23,7 @@ def _model_spec(args: argparse.Namespace) -> ModelSpec:
     from latprune.models import model_info
 
     info = model_info(args.model)
-    in_channels, size = parse_input_size(args.input_size) if args.input_size else (3, info.default_input_size)
+    in_channels, size = (3, info.default_input_size) if args.input_size is None else parse_input_size(args.input_size)
     classes = args.num_classes if args.num_classes is not None else info.default_num_classes
     return ModelSpec(args.model, classes, in_channels, size)
 
@@ -93,18 +93,18 @@ def _measure(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, force=args.force)
-    if args.model and args.model != profile.model.name:
+    if args.model is not None and args.model != profile.model.name:
         raise ProfileError(
             f"The profile '{args.profile}' is for model {profile.model.name}, not {args.model}; "
             "profile that model first or drop --model."
         )
-    out = Path(args.out or Path(args.profile).with_suffix("").as_posix() + "_validation")
+    out = Path(args.out if args.out is not None else Path(args.profile).with_suffix("").as_posix() + "_validation")
     statistic = args.statistic or profile.statistic
     config = ValidationConfig(
         samples=args.samples, seed=args.seed, repeats=args.repeats, statistic=statistic, sampling=args.sampling
     )
     with output_lock(out):
-        space = model_space(profile.model, args.scheme or profile.scheme)
+        space = model_space(profile.model, profile.scheme if args.scheme is None else args.scheme)
         result = validate_latency(profile, space, config)
         json_path, png_path = write_validation(result, profile, config, out)
     s = result.stats

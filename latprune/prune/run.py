@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,21 @@ class UniformPlanConfig:
     width_mult: float = 1.0
     checkpoint: str | None = None  # rank channels by these trained weights instead of the random init
 
+    def __post_init__(self) -> None:
+        """Refuse a bad number before any model is built (NaN passes a plain ``<`` test, hence the ``not``s)."""
+        if not 0.0 < self.width <= 1.0:
+            raise PlanError(f"The width {self.width} leaves no channel or is above 1; use a value in (0, 1].")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PlanError(f"The sparsity {self.sparsity} is outside [0, 1); use e.g. 0.5.")
+        for name in ("num_classes", "input_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PlanError(f"--{name.replace('_', '-')} {value} must be at least 1 (or left unset).")
+        if self.in_channels < 1 or not 0.0 < self.width_mult < math.inf:
+            raise PlanError(
+                f"--in-channels {self.in_channels} and --width-mult {self.width_mult} must be positive (and finite)."
+            )
+
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -55,6 +71,7 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
 
     if config.checkpoint is not None:
         ckpt = load_checkpoint(_checkpoint_file(config.checkpoint))
+        _refuse_pruned(ckpt, config.checkpoint)
         spec = model_spec_from_checkpoint(ckpt, config.checkpoint)
         if spec.name != config.model:
             raise PlanError(
@@ -67,9 +84,9 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
         info = model_info(config.model)
         spec = ModelSpec(
             config.model,
-            config.num_classes or info.default_num_classes,
+            info.default_num_classes if config.num_classes is None else config.num_classes,
             config.in_channels,
-            config.input_size or info.default_input_size,
+            info.default_input_size if config.input_size is None else config.input_size,
             config.width_mult,
         )
         model = spec.build()
@@ -111,6 +128,7 @@ def prune_checkpoint(
     plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     checkpoint = _checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint)
+    _refuse_pruned(ckpt, checkpoint)
     spec = model_spec_from_checkpoint(ckpt, str(checkpoint))
     if plan.model is not None and plan.model != spec:
         raise PlanError(
@@ -137,6 +155,14 @@ def prune_checkpoint(
     plan_path = plan.save(out_dir / PLAN_FILE)
     table = layer_table(pruned, plan, shapes)
     return PruneResult(ckpt_path, plan_path, before, count_params(pruned), count_params(pruned, nonzero=True), table)
+
+
+def _refuse_pruned(ckpt: dict, path: str | os.PathLike[str]) -> None:
+    """Pruning is planned and applied on the dense parent; a pruned checkpoint's weights fit no fresh model."""
+    if ckpt.get("plan") is not None:
+        raise PlanError(
+            f"The checkpoint '{path}' is already pruned; pass the dense parent it was pruned from as --checkpoint."
+        )
 
 
 def _checkpoint_file(path: str | os.PathLike[str]) -> Path:

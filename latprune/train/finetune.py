@@ -8,6 +8,7 @@ parametrizations, trained with the zeros held, and saved as a pruned checkpoint 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -93,6 +94,7 @@ class FinetuneConfig:
             (self.gmp_start <= self.gmp_end <= 1.0, "gmp_end", "in [gmp_start, 1]"),
             (self.gmp_frequency >= 1, "gmp_frequency", "at least 1 step"),
         ]
+        checks += [(math.isfinite(v), k, "finite") for k, v in asdict(self).items() if isinstance(v, float)]
         for ok, name, need in checks:
             if not ok:
                 raise LatpruneError(

@@ -96,6 +96,8 @@ def evaluate_checkpoint(
     so "val" here is the same held-out set the training run reported.
     """
     path = resolve_checkpoint_path(checkpoint)
+    if batch_size < 1:
+        raise DataError(f"The evaluation batch size {batch_size} must be at least 1; pass e.g. --batch-size 1000.")
     torch_device = TrainConfig(device=device, threads=threads).resolve_device()
     check_threads(threads if torch_device.type == "cpu" else None)
     if threads is not None and torch_device.type == "cpu":
