@@ -62,7 +62,8 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     """Load JSON, turning a missing or corrupt file into one sentence that names it."""
     path = Path(path)
     if not path.is_file():
-        raise LatpruneError(f"The {what} '{path}' does not exist; check the path.")
+        why = "is not a regular file (a folder, pipe or device)" if path.exists() else "does not exist"
+        raise LatpruneError(f"The {what} '{path}' {why}; check the path.")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -101,6 +101,16 @@ def refuse_work(monkeypatch) -> None:
     """Make every command's real work (training, timing, searching, compiling, exporting, the pipeline's stages)
     raise :class:`WorkStarted`, so a test fails at once, without doing the work, if a bad input is found late."""
 
+    import importlib
+    import pkgutil
+
+    import latprune
+
+    # Import every module first: one that binds e.g. `compile` at import time must bind the real one, not the stub.
+    for module in pkgutil.walk_packages(latprune.__path__, "latprune."):
+        if not module.name.endswith("__main__"):  # that one runs the CLI
+            importlib.import_module(module.name)
+
     def started(*args, **kwargs):
         raise WorkStarted("the command started its work before refusing the bad input")
 

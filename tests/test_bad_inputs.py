@@ -220,6 +220,8 @@ def test_prune_apply_never_overwrites_a_checkpoint_silently(files, tmp_path, cap
     assert trained.read_bytes() == before
     assert main([str(a) for a in [*argv[:3], "--checkpoint", files["parent"], "--out", tmp_path, "--force"]]) == 0
     assert torch.load(trained, weights_only=True)["plan"] is not None  # replaced, as asked
+    plan_mode = ["prune", "--model", "resnet20", "--width", "0.5", "--sparsity", "0.5", "--out", tmp_path / "p.json"]
+    assert "--force only goes with --apply" in refused(capsys, [*plan_mode, "--force"])
 
 
 def test_usage_errors_are_one_line(capsys):
@@ -262,6 +264,16 @@ def test_run_checks_profile_budget_and_data_first_and_is_corrected_in_place(bad,
     argv = [*base, *(["--profile", files["profile"]] if "--profile" not in fixed else []), *fixed]
     with pytest.raises(WorkStarted):  # the corrected run, in the same folder, gets past every check
         main([str(files.get(a, a)) for a in argv])
+
+
+def test_run_never_writes_into_a_folder_that_is_not_a_run(files, tmp_path, capsys, no_work):
+    mine = tmp_path / "profile.json"  # e.g. from `latprune profile --out runs/profile.json`, then `run --out runs`
+    mine.write_text("mine\n")
+    argv = ["run", "--checkpoint", files["parent"], "--out", tmp_path]
+    assert "holds other files but no latprune run" in refused(capsys, argv)
+    (tmp_path / "status.json").write_text("[]\n")
+    assert "is not a latprune run status, or is damaged" in refused(capsys, argv)
+    assert mine.read_text() == "mine\n"
 
 
 def test_a_setting_no_finished_stage_used_may_change(files, tmp_path, monkeypatch, capsys):

@@ -48,7 +48,8 @@ class BenchConfig:
             raise EngineError("--threads, --batch and --runs must be at least 1 and --warmup at least 0.")
         check_threads(self.threads)
         check_seed(self.seed)
-        check_memory(4.0 * self.batch * 3 * self.input_size**2, f"A --batch of {self.batch} inputs", "lower --batch")
+        size = f"3x{self.input_size}x{self.input_size}"
+        check_memory(4.0 * self.batch * 3 * self.input_size**2, f"{self.batch} input(s) of {size}", "lower --batch")
         for name in self.baselines:
             if name == "engine":
                 raise EngineError("The engine is always timed; list only the runtimes to compare it with.")

@@ -12,6 +12,8 @@ from latprune.schemes import list_schemes
 
 
 def _prune(args: argparse.Namespace) -> int:
+    if args.force and not args.apply:
+        raise PlanError("--force only goes with --apply (it lets a pruned checkpoint replace one in --out).")
     if args.apply:
         if not args.checkpoint:
             raise PlanError("`latprune prune --apply PLAN` needs --checkpoint CKPT, the trained model to prune.")

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import LoadCheck, busy_warning, worst
-from latprune._io import atomic_write_json, locks_output, read_json
+from latprune._io import LOCK_NAME, atomic_write_json, locks_output, read_json
 from latprune.bench import TIMING_ROUNDS
 from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
@@ -69,14 +69,20 @@ class _Status:
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, what="run status")
-            if saved.get("format") != RUN_FORMAT:
-                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
-            done = {name for name, entry in saved.get("stages", {}).items() if entry.get("done")}
+            if not _is_status(saved):
+                raise LatpruneError(f"'{self.path}' is not a latprune run status, or is damaged; choose another --out.")
+            stages = saved.get("stages", {})
+            done = {name for name, entry in stages.items() if entry.get("done")}
             _check_same_run(self.path, saved["config"], self.data["config"], done)
             self.data["stages"] = saved.get("stages", {})
             if config.redo_from is not None:
                 for stage in STAGES[STAGES.index(config.redo_from) :]:
                     self.data["stages"].pop(stage, None)
+        elif any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # a fresh run would overwrite what is there
+            raise LatpruneError(
+                f"The folder '{out_dir}' holds other files but no latprune run (status.json); pick a new or empty "
+                "--out, so that nothing in it is overwritten."
+            )
         self.save()
 
     def done(self, stage: str) -> dict[str, Any] | None:
@@ -95,6 +101,14 @@ class _Status:
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)
+
+
+def _is_status(saved: Any) -> bool:
+    """Whether a status.json holds what _Status reads (an edited or foreign one is refused, not a traceback)."""
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(saved.get("config"), dict):
+        return False
+    stages = saved.get("stages", {})
+    return isinstance(stages, dict) and all(isinstance(entry, dict) for entry in stages.values())
 
 
 def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any], done: set[str]) -> None:

@@ -46,10 +46,10 @@ class UniformPlanConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise PlanError(f"--{name.replace('_', '-')} {value} must be at least 1 (or left unset).")
-        if self.in_channels < 1 or not 0.0 < self.width_mult < math.inf:
-            raise PlanError(
-                f"--in-channels {self.in_channels} and --width-mult {self.width_mult} must be positive (and finite)."
-            )
+        if self.in_channels < 1:
+            raise PlanError(f"--in-channels {self.in_channels} must be at least 1, e.g. 1 for Fashion-MNIST.")
+        if not 0.0 < self.width_mult < math.inf:
+            raise PlanError(f"--width-mult {self.width_mult} must be a positive, finite factor, e.g. 0.5 or 1.")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """
     path = Path(path)
     if not path.is_file():
-        raise LatpruneError(f"The checkpoint '{path}' does not exist; train one with `latprune train` or fix the path.")
+        why = "is not a regular file (a folder, pipe or device)" if path.exists() else "does not exist"
+        raise LatpruneError(f"The checkpoint '{path}' {why}; train one with `latprune train` or fix the path.")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files saved by older versions
             warnings.simplefilter("ignore")
