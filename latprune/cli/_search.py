@@ -33,7 +33,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
             mutation_eta=args.mutation_eta,
             sequential_channel_share=args.sequential_share,
             sequential_widths=args.sequential_widths,
-            latency_budget_ms=parse_latency(args.latency_budget) if args.latency_budget else None,
+            latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
         )
     )
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import LoadCheck, busy_warning, worst
-from latprune._io import atomic_write_json, read_json
+from latprune._io import LOCK_NAME, atomic_write_json, locks_output, read_json
 from latprune.bench import TIMING_ROUNDS
 from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
@@ -27,6 +27,7 @@ from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
+from latprune.pipeline._preflight import check_run_inputs
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
@@ -52,6 +53,13 @@ _RESUMABLE = frozenset(
     )
 )
 
+#: The first stage each setting changes (the others: "baseline"), see _check_same_run.
+_SETTING_STAGE = {
+    **dict.fromkeys(("preset", "population", "generations", "mode", "selection", "latency_budget_ms"), "search"),
+    "top_k": "select",
+    **dict.fromkeys(("finetune_method", "finetune_epochs", "finetune_lr", "distill"), "retrain"),
+}
+
 
 class _Status:
     """``status.json``: which stages are done, what each produced, and how long it took."""
@@ -61,13 +69,20 @@ class _Status:
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, what="run status")
-            if saved.get("format") != RUN_FORMAT:
-                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
-            _check_same_run(self.path, saved["config"], self.data["config"])
+            if not _is_status(saved):
+                raise LatpruneError(f"'{self.path}' is not a latprune run status, or is damaged; choose another --out.")
+            stages = saved.get("stages", {})
+            done = {name for name, entry in stages.items() if entry.get("done")}
+            _check_same_run(self.path, saved["config"], self.data["config"], done)
             self.data["stages"] = saved.get("stages", {})
             if config.redo_from is not None:
                 for stage in STAGES[STAGES.index(config.redo_from) :]:
                     self.data["stages"].pop(stage, None)
+        elif any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # a fresh run would overwrite what is there
+            raise LatpruneError(
+                f"The folder '{out_dir}' holds other files but no latprune run (status.json); pick a new or empty "
+                "--out, so that nothing in it is overwritten."
+            )
         self.save()
 
     def done(self, stage: str) -> dict[str, Any] | None:
@@ -88,9 +103,19 @@ class _Status:
         atomic_write_json(self.path, self.data)
 
 
-def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+def _is_status(saved: Any) -> bool:
+    """Whether a status.json holds what _Status reads (an edited or foreign one is refused, not a traceback)."""
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(saved.get("config"), dict):
+        return False
+    stages = saved.get("stages", {})
+    return isinstance(stages, dict) and all(isinstance(entry, dict) for entry in stages.values())
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any], done: set[str]) -> None:
+    """Refuse a setting that differs from what a finished stage used; one that no finished stage used yet may
+    change, so a run refused for a bad value (an impossible --latency-budget) is corrected in the same folder."""
     for key, value in now.items():
-        if key not in _RESUMABLE and saved.get(key) != value:
+        if key not in _RESUMABLE and _SETTING_STAGE.get(key, "baseline") in done and saved.get(key) != value:
             raise LatpruneError(
                 f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
                 "same setting to resume it, or choose another --out."
@@ -111,9 +136,10 @@ def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], d
     return status.done(name) or {}
 
 
+@locks_output("config.out_dir")
 def run_pipeline(config: RunConfig) -> RunReport:
     """Run (or resume) every stage of ``config`` and return the report; see the module docstring for the layout."""
-    cfg = config.resolved()
+    cfg = check_run_inputs(config.resolved())
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     status = _Status(out, cfg)

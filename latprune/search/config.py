@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from latprune._limits import check_seed
 from latprune._overrides import override
 from latprune.errors import SearchError
 from latprune.search.algorithms import list_algorithms
@@ -43,6 +45,7 @@ class SearchConfig:
     latency_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.population < 4:
             raise SearchError(f"The population size {self.population} is too small; use at least 4.")
         if self.generations < 0:
@@ -59,7 +62,7 @@ class SearchConfig:
             raise SearchError(f"Unknown search mode '{self.mode}'; use one of {', '.join(MODES)}.")
         if not 0.0 <= self.crossover_prob <= 1.0:
             raise SearchError(f"The crossover probability {self.crossover_prob} is outside [0, 1].")
-        if self.crossover_eta <= 0 or self.mutation_eta <= 0:
+        if not (0 < self.crossover_eta < math.inf and 0 < self.mutation_eta < math.inf):  # NaN too
             raise SearchError("The SBX and polynomial-mutation distribution indices (eta) must be positive.")
         if not 0.0 < self.sequential_channel_share < 1.0:
             raise SearchError(
