@@ -173,6 +173,6 @@ def test_demo_uses_the_shipped_parent_and_the_quick_preset(monkeypatch, tmp_path
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(["demo", "--out", str(tmp_path / "demo"), "--threads", "2"]) == 0
     cfg = seen["cfg"]
-    assert cfg.preset == "quick" and cfg.threads == 2 and cfg.model == "resnet20"
+    assert cfg.preset == "quick" and cfg.threads == 2 and cfg.model is None  # None: the checkpoint's, resnet20
     assert cfg.checkpoint == Path("benchmarks/results/resnet20-fashion-mnist.pt")
     assert torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)["model"] == "resnet20"

@@ -112,10 +112,11 @@ def test_a_run_recorded_before_the_npas_fields_resumes_with_their_defaults(tmp_p
 
     now = RunConfig(out_dir=tmp_path).resolved().to_dict()
     old = {k: v for k, v in now.items() if k not in ("search", "scheme", "shortlist", "phase3_epochs", "kernel_sizes")}
-    _check_same_run(tmp_path / "status.json", old, now)  # an older run: the missing fields had their defaults
+    done = {"baseline", "profile", "search"}
+    _check_same_run(tmp_path / "status.json", old, now, done)  # an older run: the missing fields had their defaults
     npas = RunConfig(out_dir=tmp_path, search="npas", latency_budget_ms=0.3).resolved().to_dict()
     with pytest.raises(LatpruneError, match="started with search=None, not 'npas'"):
-        _check_same_run(tmp_path / "status.json", old | {"latency_budget_ms": 0.3, "population": 32}, npas)
+        _check_same_run(tmp_path / "status.json", old | {"latency_budget_ms": 0.3, "population": 32}, npas, done)
 
 
 def test_the_pick_corrects_for_a_predictor_that_runs_fast_today(monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from latprune.data.transforms import Augment
 from latprune.errors import PlanError, SearchError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.models import create_model
-from latprune.prune import apply_plan, plan_from_arch
+from latprune.prune import PruningPlan, apply_plan, dense_plan, plan_from_arch
 from latprune.space import SearchSpace, SpaceBounds
 from latprune.supernet import (
     MaskedSupernet,
@@ -25,6 +26,9 @@ from latprune.supernet import (
     SupernetEstimator,
     recalibrate_bn,
 )
+
+from helpers import randomize_bn
+from patterns import PATTERN_MODELS
 
 SIZE = 8
 
@@ -94,6 +98,27 @@ def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Subnet, mask
             m.running_var = m.running_var[rows].clone()
             m.num_features = len(rows)
     return small
+
+
+@pytest.mark.parametrize("name", list(PATTERN_MODELS))
+def test_masked_candidate_equals_apply_plan_on_every_pattern(name):
+    """Channel masks sit where the channels are: on dim 1 of conv and BN outputs, on the last dim of a Linear's
+    (channels-last MLPs); SE gates, BN subclasses, concatenations and chunks included."""
+    gen = torch.Generator().manual_seed(2)
+    model = randomize_bn(PATTERN_MODELS[name](), gen)
+    graph = build_graph(model, 16, 3)
+    base = dense_plan(model, 16, 3)
+    pairs = list(zip(base.groups, graph.groups, strict=True))
+    groups = tuple(replace(p, keep=p.keep if g.fixed else p.keep[1::2]) for p, g in pairs)
+    plan = PruningPlan(None, (16, 16), 3, groups, base.layers)
+    keep = {p.name: torch.tensor(p.keep) for p, g in zip(groups, graph.groups, strict=True) if not g.fixed}
+    net = MaskedSupernet(model, graph)
+    cand = Subnet(keep, {}, {})
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    with torch.no_grad(), net.active(net.channel_masks(cand)):
+        got = net.forward(x, {})
+    with torch.no_grad():
+        torch.testing.assert_close(got, apply_plan(copy.deepcopy(model), plan).eval()(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import busy_warning, worst
+from latprune._limits import check_memory, check_seed, check_threads
 from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime, time_runtimes
 from latprune.bench.timing import Timing
 from latprune.engine.runtime import compile
@@ -45,6 +46,10 @@ class BenchConfig:
             raise EngineError(f"--layers {self.layers!r} is unknown; choose one of {', '.join(LAYER_SETS)}.")
         if self.threads < 1 or self.batch < 1 or self.runs < 1 or self.warmup < 0:
             raise EngineError("--threads, --batch and --runs must be at least 1 and --warmup at least 0.")
+        check_threads(self.threads)
+        check_seed(self.seed)
+        size = f"3x{self.input_size}x{self.input_size}"
+        check_memory(4.0 * self.batch * 3 * self.input_size**2, f"{self.batch} input(s) of {size}", "lower --batch")
         for name in self.baselines:
             if name == "engine":
                 raise EngineError("The engine is always timed; list only the runtimes to compare it with.")
@@ -127,11 +132,37 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+def _check_batch_fits(model: nn.Module, cfg: BenchConfig) -> None:
+    """Refuse a batch whose activations cannot fit in memory, in one sentence, before anything is allocated.
+
+    Every runtime holds the model's widest activation for the whole batch (torch, ONNX Runtime and the engine's
+    arena at once): found on one image, then scaled by the batch.
+    """
+    widest = 0
+
+    def record(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal widest
+        if isinstance(output, torch.Tensor):
+            widest = max(widest, output.numel())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    per_image = 4.0 * (3 * cfg.input_size**2 + (1 + len(cfg.baselines)) * widest)  # float32 bytes
+    check_memory(cfg.batch * per_image, f"A --batch of {cfg.batch} images", "use a smaller --batch")
+
+
 def benchmark_model(cfg: BenchConfig) -> BenchResult:
     """Build the zoo model with random weights, sparsify it, compile it, and time the engine and its baselines."""
     spec = ModelSpec(cfg.model, cfg.num_classes, 3, cfg.input_size, cfg.width_mult)
     model = spec.build(seed=cfg.seed)  # random weights, the same ones for the same seed
     model.eval()
+    _check_batch_fits(model, cfg)
     n_sparse = sparsify_model(model, cfg.scheme, cfg.sparsity, cfg.layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     calibrate_batchnorm(model, torch.randn(4, 3, cfg.input_size, cfg.input_size, generator=gen))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from latprune._io import output_lock
+from latprune._limits import check_threads
 from latprune.cli._parsers import parse_input_size, parse_names
 from latprune.errors import ModelError
 
@@ -29,8 +31,10 @@ def _replace(args: argparse.Namespace) -> int:
         spec = ModelSpec(args.model, classes, channels, size)
     rules = parse_names(args.rules, "--rules") if args.rules else tuple(list_replacements())
     config = ReplaceConfig(threads=args.threads, runs=args.runs, min_gain=args.min_gain, rules=rules)
-    plan = plan_replacements(spec, config, model)
-    plan.save(args.out)
+    check_threads(args.threads)
+    with output_lock(args.out, file=True):  # held while timing: a second job would time this one's load
+        plan = plan_replacements(spec, config, model)
+        plan.save(args.out)
     print(plan.table())
     kept = ", ".join(plan.applied) or "none"
     print(f"\n{spec.describe()}: replace {kept}; wrote {args.out}.")

@@ -8,6 +8,7 @@ from pathlib import Path
 from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
 from latprune.cli._parsers import parse_grid, parse_kernel_sizes, parse_latency, parse_names
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
+from latprune.pipeline._config import DEFAULT_DATA, DEFAULT_MODEL
 from latprune.search import MODES, SELECTIONS
 
 
@@ -25,7 +26,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         generations=args.generations,
         mode=args.mode,
         selection=args.selection,
-        latency_budget_ms=parse_latency(args.latency_budget) if args.latency_budget else None,
+        latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
         top_k=args.top_k,
         finetune_method=args.method,
         finetune_epochs=args.finetune_epochs,
@@ -55,14 +56,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", out: str | None = None) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, *, out: str | None = None) -> None:
     """The flags of `latprune run` (`latprune demo` shares them with other defaults)."""
     from latprune.models import list_models
 
     presets = " ".join(f"'{p.name}': {p.description}" for p in PIPELINE_PRESETS.values())
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--model", default=model, choices=list_models(), help=f"Zoo model (default {model}).")
-    io.add_argument("--data", default="fashion-mnist", help="Dataset name or folder (default fashion-mnist).")
+    io.add_argument(
+        "--model", choices=list_models(), help=f"Zoo model (default: the --checkpoint's, else {DEFAULT_MODEL})."
+    )
+    io.add_argument(
+        "--data", help=f"Dataset name or folder (default: the one --checkpoint was trained on, else {DEFAULT_DATA})."
+    )
     if out is None:
         io.add_argument("--out", required=True, help="Run folder; rerunning with the same --out resumes it.")
     else:

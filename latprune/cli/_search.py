@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latprune.cli._parsers import parse_latency
+from latprune.errors import SearchError
 from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, get_preset, list_algorithms
 
 if TYPE_CHECKING:
@@ -34,7 +36,7 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
             mutation_eta=args.mutation_eta,
             sequential_channel_share=args.sequential_share,
             sequential_widths=args.sequential_widths,
-            latency_budget_ms=parse_latency(args.latency_budget) if args.latency_budget else None,
+            latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
             npas_rl_share=args.npas_rl_share,
             npas_elites=args.npas_elites,
             npas_penalty=args.npas_penalty,
@@ -325,6 +327,12 @@ def add_npas_arguments(n: argparse._ActionsContainer) -> None:
 def _search_worker(args: argparse.Namespace) -> int:
     from latprune.pipeline._workers import serve_search
 
+    if not 0 < args.idle_timeout < math.inf:
+        raise SearchError(f"--idle-timeout {args.idle_timeout} must be a positive, finite number of seconds.")
+    if args.parent_pid is not None and args.parent_pid < 1:
+        raise SearchError(f"--parent-pid {args.parent_pid} is not a process id.")
+    if not Path(args.run).is_dir():
+        raise SearchError(f"--run '{args.run}' is not a folder; point it at the search's --out.")
     serve_search(
         Path(args.run), args.storage, name=args.name, parent_pid=args.parent_pid, idle_timeout_s=args.idle_timeout,
         device=args.device,

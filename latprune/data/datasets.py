@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from latprune._limits import check_seed
 from latprune.data.folder import FolderData, folder_data
 from latprune.data.readers import list_image_folder, read_cifar, read_idx_pair, read_image_folder
 from latprune.data.sampling import stratified_split
@@ -259,6 +260,14 @@ class DataConfig:
     val_per_class: int = 500
     split_seed: int = 0
     image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse now what loading would find out only after reading the whole dataset (or silently ignore)."""
+        if self.val_per_class < 0:
+            raise DataError(f"The validation split needs --val-per-class 0 or more, got {self.val_per_class}.")
+        check_seed(self.split_seed, "--split-seed")
+        if self.image_size is not None and self.image_size < 8:
+            raise DataError(f"--image-size {self.image_size} is too small; pass at least 8 pixels, or leave it unset.")
 
 
 @dataclass(frozen=True, eq=False)

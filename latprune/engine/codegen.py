@@ -13,16 +13,19 @@ import numpy as np
 
 from latprune._version import __version__
 from latprune.engine.ir import (
-    ACT_NAMES,
     ActOp,
     AdaptiveAvgPoolOp,
     AddOp,
     ArenaPlan,
+    ChannelScaleOp,
     ConvOp,
     CopyOp,
     Graph,
+    LayerNormOp,
     PoolOp,
     TensorRef,
+    TorchOp,
+    act_name,
     plan_arena,
 )
 from latprune.engine.isa import Isa
@@ -65,19 +68,25 @@ def pack_blob(graph: Graph) -> tuple[np.ndarray, dict[int, list[tuple[int, str]]
     """Pack every conv's bias and packed weight arrays into one aligned blob.
 
     Returns the blob and, per conv op (by id), its arrays as (table index, C element type) in call order:
-    the bias first, then the kernel's arrays in the order its ``pack`` returns them.
+    the bias first, then the kernel's arrays in the order its ``pack`` returns them; LayerNorm ops get their
+    weight and bias.
     """
     arrays: list[np.ndarray] = []
     refs: dict[int, list[tuple[int, str]]] = {}
-    for op in graph.conv_ops():
-        spec = get_kernel(op.kernel)
-        packed = spec.pack(op.weight, op.meta)
+    for op in graph.ops:
+        if isinstance(op, ConvOp):
+            spec_name = get_kernel(op.kernel).name
+            items = [("bias", op.bias), *get_kernel(op.kernel).pack(op.weight, op.meta).items()]
+        elif isinstance(op, LayerNormOp):
+            spec_name, items = "layernorm", [("weight", op.weight), ("bias", op.bias)]
+        else:
+            continue
         entries = []
-        for name, arr in [("bias", op.bias), *packed.items()]:
+        for name, arr in items:
             arr = np.ascontiguousarray(arr)
             if arr.dtype not in _C_TYPES:
                 raise EngineError(
-                    f"Kernel '{spec.name}' packed array '{name}' of layer '{op.name}' has dtype {arr.dtype}, which the "
+                    f"Kernel '{spec_name}' packed array '{name}' of layer '{op.name}' has dtype {arr.dtype}, which the "
                     f"code generator cannot pass; use one of {', '.join(str(d) for d in _C_TYPES)}."
                 )
             entries.append((len(arrays), _C_TYPES[arr.dtype]))
@@ -119,11 +128,11 @@ class _Emitter:
         self.shapes: list[str] = []
 
     def buf(self, ref: TensorRef) -> str:
-        if ref.buf == self.graph.input.buf:
-            return "in"
-        if ref.buf == self.graph.output.buf:
-            return "out"
-        return f"(arena + {self.plan.offsets[ref.buf]})"
+        """The C pointer expression of ``ref``: the caller's input or output, or an arena offset (plus the view's)."""
+        if ref.buf in (self.graph.input.buf, self.graph.output.buf):
+            base = "in" if ref.buf == self.graph.input.buf else "out"
+            return f"({base} + {ref.offset})" if ref.offset else base
+        return f"(arena + {self.plan.offsets[ref.buf] + ref.offset})"
 
     def conv(self, i: int, op: ConvOp, spec: KernelSpec) -> str:
         m = op.meta
@@ -171,6 +180,22 @@ class _Emitter:
             return f"lp_activate({self.buf(op.x)}, {self.buf(op.out)}, {op.out.size}, {op.act}, nthreads);"
         if isinstance(op, CopyOp):
             return f"lp_copy({self.buf(op.x)}, {self.buf(op.out)}, {op.out.size});"
+        if isinstance(op, ChannelScaleOp):
+            x = op.x
+            return (
+                f"lp_channel_scale({self.buf(x)}, {self.buf(op.scale)}, {self.buf(op.out)}, {x.c}, {x.h * x.w}, "
+                f"{op.act}, nthreads);"
+            )
+        if isinstance(op, LayerNormOp):
+            (w, _), (b, _) = self.arrays[id(op)]
+            return (
+                f"lp_layernorm_channels({self.buf(op.x)}, {self.buf(op.out)}, LP_ARR(float, {w}), LP_ARR(float, {b}), "
+                f"{op.x.c}, {op.x.h * op.x.w}, {float(op.eps)!r}f, {op.act}, nthreads);"
+            )
+        if isinstance(op, TorchOp):
+            raise EngineError(
+                f"Op '{op.name}' ({op.what}) runs only on the torch backend; compile with backend='torch'."
+            )
         raise TypeError(f"unknown IR op {type(op).__name__}")  # pragma: no cover
 
 
@@ -179,8 +204,13 @@ def describe(op: object) -> str:
         m = op.meta
         kind = "linear" if m.is_linear else f"conv {m.kh}x{m.kw}/{m.stride_h} g{m.groups}"
         res = " + residual" if op.residual is not None else ""
-        return f"{kind} {m.c_in}->{m.c_out} {m.h}x{m.w}{res}, act {ACT_NAMES[op.act]}: {op.kernel} v{op.variant}"
-    return type(op).__name__.removesuffix("Op").lower()
+        return f"{kind} {m.c_in}->{m.c_out} {m.h}x{m.w}{res}, act {act_name(op.act)}: {op.kernel} v{op.variant}"
+    if isinstance(op, TorchOp):
+        return f"torch: {op.what}"
+    kind = {ChannelScaleOp: "channel scale", LayerNormOp: "channel layernorm"}.get(type(op))
+    kind = kind or type(op).__name__.removesuffix("Op").lower()
+    act = getattr(op, "act", 0)
+    return f"{kind}, act {act_name(act)}" if act else kind
 
 
 def lower(graph: Graph, isa: Isa) -> Lowered:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text, locks_output
 from latprune._version import __version__
 from latprune.engine.build import CSRC_DIR
 from latprune.engine.capture import capture
@@ -126,6 +126,7 @@ def target_isa(target: str) -> Isa:
     return host_isa() if not name else ISAS[name]
 
 
+@locks_output("out_dir", flag="--c")
 def export_c(
     model: nn.Module,
     example_input: torch.Tensor,

@@ -400,8 +400,9 @@ def compile(
 
     ``schemes`` declares the sparsity scheme of named conv/linear layers (else it is detected from the
     zeros); ``autotune`` times each layer's kernel variants and keeps the fastest (cached per device).
-    ``backend="torch"`` interprets the same IR with torch ops; it runs only when asked for, never as a
-    silent fallback, so a missing C compiler is an error that names ``CC``.
+    ``backend="torch"`` interprets the same IR with torch ops, and runs the model's own code for ops the C
+    engine does not compile; it runs only when asked for, never as a silent fallback, so a missing C compiler
+    or an unsupported op is an error that says so.
     """
     if backend not in BACKENDS:
         raise EngineError(f"Unknown engine backend {backend!r}; choose 'c' (generated C) or 'torch' (reference).")
@@ -409,7 +410,7 @@ def compile(
         raise EngineError(f"threads must be at least 1, got {threads}.")
     if backend == "c":
         find_compiler()  # fail before any work when there is no compiler
-    graph = capture(model, example_input)
+    graph = capture(model, example_input, allow_torch_ops=backend == "torch")
     out = graph.output
     out_shape = (out.c,) if out.flat else (out.c, out.h, out.w)
     in_shape = (graph.input.c, graph.input.h, graph.input.w)

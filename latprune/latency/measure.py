@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latprune._busy import LoadMonitor, busy_warning
+from latprune._limits import usable_cores
 from latprune.engine.fingerprint import current_fingerprint
 from latprune.errors import ProfileError
 from latprune.latency.jobs import Measurements, ModelJob, ProfileJobs, TableJob, TimingConfig, check_statistic
@@ -254,8 +255,11 @@ def time_model(
 
 def measure_jobs(jobs: ProfileJobs, progress: bool = True) -> Measurements:
     """Run every job on this machine with its engine; the result carries this machine's fingerprint."""
-    if jobs.threads < 1:
-        raise ProfileError(f"The jobs ask for {jobs.threads} threads; they need at least 1.")
+    if not 1 <= jobs.threads <= usable_cores():  # more threads than cores would time waiting, not the layers
+        raise ProfileError(
+            f"The jobs ask for {jobs.threads} threads, but this machine has {usable_cores()} usable core(s); emit them "
+            f"again with --threads {min(max(jobs.threads, 1), usable_cores())}."
+        )
     check_statistic(jobs.timing.statistic, jobs.threads)
     t0 = time.perf_counter()
     # Torch (mask generation, tracing) on one thread: its idle OpenMP workers spin for a while after each op and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latprune._limits import check_seed
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import Measurements, ProfileJobs, TimingConfig, assemble_profile, emit_jobs
@@ -23,6 +24,9 @@ class ProfileConfig:
     calibration_models: int = 24  # whole models measured to fit the additive term (dense, smallest, random)
     seed: int = 0
     kernel_sizes: tuple[int, ...] = ()  # depthwise kernel sizes the search may choose (NPAS), () keeps the model's
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 def model_space(spec: ModelSpec, scheme: str, kernel_sizes: tuple[int, ...] = ()) -> object:

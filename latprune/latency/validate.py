@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latprune._io import atomic_write_json
+from latprune._limits import check_seed
 from latprune.errors import ProfileError
 from latprune.latency.jobs import ModelJob, TimingConfig, check_statistic
 from latprune.latency.measure import build_model, compile_model, time_models
@@ -37,6 +38,12 @@ class ValidationConfig:
     sampling: str = "spread"  # "spread" (cover the latency range) or "uniform" (every variable independent)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ProfileError(
+                f"Validation needs --repeats and rounds of at least 1 and a warm-up of 0 or more, got {self.repeats}, "
+                f"{self.rounds} and {self.warmup}."
+            )
         if self.samples < 2:
             raise ProfileError(f"Validation needs at least 2 samples to compute a correlation, got {self.samples}.")
         if self.sampling not in SAMPLINGS:

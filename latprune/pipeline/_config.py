@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latprune._limits import check_seed
+from latprune._space_layers import requested_schemes
 from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime
 from latprune.errors import LatpruneError
 from latprune.search import MODES, SELECTIONS, list_algorithms
 
+#: What a run prunes when neither --model nor a --checkpoint says.
+DEFAULT_MODEL = "resnet20"
+DEFAULT_DATA = "fashion-mnist"
 STAGES = ("baseline", "replace", "profile", "search", "select", "retrain", "measure", "export", "report")
 #: The schemes an NPAS run's layers choose among (block_punched and pattern fall back to block_fc on linear layers).
 NPAS_SCHEMES = "dense,group4,block_punched,pattern,unstructured"
@@ -56,8 +62,8 @@ class RunConfig:
     """Every setting of one pipeline run. ``None`` fields take the preset's value (see :meth:`resolved`)."""
 
     out_dir: Path
-    model: str = "resnet20"
-    data: str = "fashion-mnist"
+    model: str | None = None  # None: the --checkpoint's model, or DEFAULT_MODEL when the parent is trained here
+    data: str | None = None  # None: the dataset the --checkpoint was trained on, or DEFAULT_DATA
     preset: str = "quick"
     checkpoint: Path | None = None  # a trained parent; None trains one for baseline_epochs
     profile: Path | None = None  # a latency profile of this device; None profiles it
@@ -110,8 +116,11 @@ class RunConfig:
             raise LatpruneError("--runtimes must name at least one runtime to compare the engine with, not the engine.")
         for name in self.runtimes:
             get_runtime(name)  # unknown or not installed: one sentence
+        check_seed(self.seed)
         if self.threads < 1 or self.timing_runs < 1:
             raise LatpruneError("--threads and --timing-runs must be at least 1.")
+        if self.finetune_lr is not None and not 0 < self.finetune_lr < math.inf:
+            raise LatpruneError(f"--finetune-lr {self.finetune_lr} must be a positive, finite learning rate.")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise LatpruneError(f"The latency budget {self.latency_budget_ms} ms is not positive; write e.g. 0.2ms.")
         self._check_search()
@@ -134,6 +143,8 @@ class RunConfig:
         for name in ("workers", "shortlist", "phase3_epochs", "replace_epochs"):
             if getattr(self, name) < 1:
                 raise LatpruneError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
+        if self.scheme is not None:
+            requested_schemes(self.scheme)  # "" or an unknown name: one sentence, before any work
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes or ()):
             raise LatpruneError(f"--kernel-sizes {self.kernel_sizes} must be positive odd sizes, like 3,5,7.")
         if self.phase3_per_class is not None and self.phase3_per_class < 1:

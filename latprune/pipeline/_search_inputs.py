@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latprune._io import read_json
+from latprune._io import locks_output, read_json
+from latprune._space_layers import requested_schemes
 from latprune.data import DataConfig, load_splits
 from latprune.data.datasets import canonical_name
 from latprune.errors import DataError, ModelError, ProfileError, SearchError
 from latprune.latency.predictor import TrilinearPredictor
-from latprune.latency.profile import load_profile
+from latprune.latency.profile import LatencyProfile, load_profile
 from latprune.search import SearchConfig, SearchResult, get_preset, run_search
+from latprune.search.trials import check_storage
 from latprune.space import SearchSpace
 from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
 from latprune.train import load_model_from_checkpoint
@@ -52,6 +54,33 @@ def checkpoint_data(ckpt: dict[str, Any], checkpoint: str | Path, data: str | No
     return data_cfg
 
 
+def check_parent(ckpt: dict[str, Any], checkpoint: str | Path, model: str | None = None) -> None:
+    """A search starts from a dense parent of the model asked for (``model``, when given)."""
+    if ckpt.get("plan") is not None:
+        raise ModelError(
+            f"The checkpoint '{checkpoint}' is already pruned; search from the dense parent it was pruned from."
+        )
+    if model and ckpt["model"] != model:
+        raise ModelError(f"The checkpoint '{checkpoint}' holds a {ckpt['model']}, not a {model}; fix --model.")
+
+
+def check_profile_fits(prof: LatencyProfile, profile: str | Path, ckpt: dict[str, Any]) -> None:
+    """The profile must time the checkpoint's model at its input size, or its predictions describe another model."""
+    if prof.model.name != ckpt["model"]:
+        raise ProfileError(
+            f"The latency profile '{profile}' is for {prof.model.name}, not {ckpt['model']}; "
+            f"profile it with `latprune profile --model {ckpt['model']}`."
+        )
+    kwargs = ckpt["model_kwargs"]
+    if (prof.model.input_size, prof.model.in_channels) != (kwargs["input_size"], kwargs["in_channels"]):
+        raise ProfileError(
+            f"The latency profile '{profile}' was measured at {prof.model.in_channels}x{prof.model.input_size}"
+            f"x{prof.model.input_size} inputs, but the checkpoint takes {kwargs['in_channels']}x{kwargs['input_size']}"
+            f"x{kwargs['input_size']}; profile with --input-size {kwargs['in_channels']}x{kwargs['input_size']}x"
+            f"{kwargs['input_size']}."
+        )
+
+
 def build_search_inputs(
     checkpoint: str | Path,
     profile: str | Path,
@@ -74,27 +103,15 @@ def build_search_inputs(
     from the counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
     """
     parent, ckpt = load_model_from_checkpoint(checkpoint)
-    if model and ckpt["model"] != model:
-        raise ModelError(f"The checkpoint '{checkpoint}' holds a {ckpt['model']}, not a {model}; fix --model.")
+    check_parent(ckpt, checkpoint, model)
     prof = load_profile(profile, force=force_profile)
-    if prof.model.name != ckpt["model"]:
-        raise ProfileError(
-            f"The latency profile '{profile}' is for {prof.model.name}, not {ckpt['model']}; "
-            f"profile it with `latprune profile --model {ckpt['model']}`."
-        )
+    check_profile_fits(prof, profile, ckpt)
     kwargs = ckpt["model_kwargs"]
-    if (prof.model.input_size, prof.model.in_channels) != (kwargs["input_size"], kwargs["in_channels"]):
-        raise ProfileError(
-            f"The latency profile '{profile}' was measured at {prof.model.in_channels}x{prof.model.input_size}"
-            f"x{prof.model.input_size} inputs, but the checkpoint takes {kwargs['in_channels']}x{kwargs['input_size']}"
-            f"x{kwargs['input_size']}; profile with --input-size {kwargs['in_channels']}x{kwargs['input_size']}x"
-            f"{kwargs['input_size']}."
-        )
     space = SearchSpace.from_model(
         parent,
         kwargs["input_size"],
         kwargs["in_channels"],
-        scheme=scheme or prof.scheme,
+        scheme=prof.scheme if scheme is None else scheme,
         kernel_sizes=prof.kernel_sizes,
     )
     predictor = TrilinearPredictor(prof, space)
@@ -155,6 +172,10 @@ class SearchJob:
         get_preset(self.preset)  # an unknown name fails here with the list of valid ones
         if self.workers < 1:
             raise SearchError(f"--workers is {self.workers}; use 1 (this process alone) or more.")
+        if self.storage is not None:
+            check_storage(self.storage)
+        if self.scheme is not None:
+            requested_schemes(self.scheme)  # "" or an unknown name: one sentence, before any work
 
     def search_config(self) -> SearchConfig:
         """The search's settings: ``search``, or the preset's."""
@@ -196,6 +217,7 @@ def search_inputs(job: SearchJob) -> SearchInputs:
     return inputs
 
 
+@locks_output("job.out_dir")
 def search_checkpoint(job: SearchJob) -> SearchOutcome:
     """Search a checkpoint: preset and its changes -> super-net schedule -> space, predictor and estimator -> the
     search in ``job.out_dir`` (gen_XXXX.json, state.json, front.json) -> front.png -> the front as a table."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import LoadCheck, busy_warning, worst
-from latprune._io import atomic_write_json, read_json
+from latprune._io import atomic_write_json, locks_output, read_json
 from latprune.bench import TIMING_ROUNDS
 from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
@@ -26,6 +26,7 @@ from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, RunConfig
 from latprune.pipeline._npas import measured_select, phase3_retrain, replace_stage
+from latprune.pipeline._preflight import check_run_inputs
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.pipeline._status import Status, stage
@@ -37,9 +38,10 @@ from latprune.space import SearchSpace
 _SEARCH_SETTINGS = ("population", "generations", "mode", "selection", "seed", "latency_budget_ms")
 
 
+@locks_output("config.out_dir")
 def run_pipeline(config: RunConfig) -> RunReport:
     """Run (or resume) every stage of ``config`` and return the report; see the module docstring for the layout."""
-    cfg = config.resolved()
+    cfg = check_run_inputs(config.resolved())
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     status = Status(out, cfg)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from latprune._io import atomic_write_json, read_json
+from latprune._io import LOCK_NAME, atomic_write_json, read_json
 from latprune.errors import LatpruneError
 from latprune.pipeline._config import STAGES, RunConfig
 
@@ -30,6 +30,12 @@ _RESUMABLE = frozenset(
         "workers",
     )
 )
+#: The first stage each setting changes (the others: "baseline"), see _check_same_run.
+_SETTING_STAGE = {
+    **dict.fromkeys(("preset", "population", "generations", "mode", "selection", "latency_budget_ms"), "search"),
+    "top_k": "select",
+    **dict.fromkeys(("finetune_method", "finetune_epochs", "finetune_lr", "distill"), "retrain"),
+}
 # A run recorded before a field existed ran with its default (as the search driver's check).
 _DEFAULTS = {
     f.name: list(f.default) if isinstance(f.default, tuple) else f.default
@@ -47,13 +53,20 @@ class Status:
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, what="run status")
-            if saved.get("format") != RUN_FORMAT:
-                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
-            _check_same_run(self.path, saved["config"], self.data["config"])
-            self.data["stages"] = saved.get("stages", {})
+            if not _is_status(saved):
+                raise LatpruneError(f"'{self.path}' is not a latprune run status, or is damaged; choose another --out.")
+            stages = saved.get("stages", {})
+            done = {name for name, entry in stages.items() if entry.get("done")}
+            _check_same_run(self.path, saved["config"], self.data["config"], done)
+            self.data["stages"] = stages
             if config.redo_from is not None:
                 for stage in STAGES[STAGES.index(config.redo_from) :]:
                     self.data["stages"].pop(stage, None)
+        elif any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # a fresh run would overwrite what is there
+            raise LatpruneError(
+                f"The folder '{out_dir}' holds other files but no latprune run (status.json); pick a new or empty "
+                "--out, so that nothing in it is overwritten."
+            )
         self.save()
 
     def done(self, stage: str) -> dict[str, Any] | None:
@@ -74,9 +87,24 @@ class Status:
         atomic_write_json(self.path, self.data)
 
 
-def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+def _is_status(saved: Any) -> bool:
+    """Whether a status.json holds what Status reads (an edited or foreign one is refused, not a traceback)."""
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(saved.get("config"), dict):
+        return False
+    stages = saved.get("stages", {})
+    return isinstance(stages, dict) and all(isinstance(entry, dict) for entry in stages.values())
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any], done: set[str]) -> None:
+    """Refuse a setting that differs from what a finished stage used; one that no finished stage used yet may
+    change, so a run refused for a bad value (an impossible --latency-budget) is corrected in the same folder.
+    A run recorded before a field existed ran with its default."""
     for key, value in now.items():
-        if key not in _RESUMABLE and saved.get(key, _DEFAULTS.get(key)) != value:
+        if (
+            key not in _RESUMABLE
+            and _SETTING_STAGE.get(key, "baseline") in done
+            and saved.get(key, _DEFAULTS.get(key)) != value
+        ):
             raise LatpruneError(
                 f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
                 "same setting to resume it, or choose another --out."

@@ -44,7 +44,8 @@ def _check_fits(plan: PruningPlan, graph: ChannelGraph) -> None:
                 f"{found} in the model; apply the plan to the model (and width) it was made for."
             )
         if mg.fixed and len(g.keep) != g.channels:
-            raise PlanError(f"Group '{g.name}' touches a grouped conv and cannot be pruned; keep all its channels.")
+            why = mg.reason or "it touches a grouped conv"
+            raise PlanError(f"Group '{g.name}' cannot be pruned ({why}); keep all its channels.")
     if len(plan.groups) != len(graph.groups):
         missing = sorted(set(model_groups) - {g.name for g in plan.groups})
         raise PlanError(f"The plan does not fit the model: it has no entry for group '{missing[0]}'; regenerate it.")

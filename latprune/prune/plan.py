@@ -114,10 +114,12 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
-        if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
-            found = d.get("version") if isinstance(d, dict) else type(d).__name__
-            raise PlanError(f"The pruning plan has version {found}, but this latprune reads version {PLAN_VERSION}.")
+    def from_dict(cls, d: dict[str, Any], source: str = "The pruning plan") -> PruningPlan:
+        """Rebuild a plan from its JSON; ``source`` (e.g. "The pruning plan 'p.json'") starts every error."""
+        if not isinstance(d, dict):
+            raise PlanError(f"{source} is a JSON {_json_kind(d)}, not a plan object; make it with `latprune prune`.")
+        if d.get("version") != PLAN_VERSION:
+            raise PlanError(f"{source} has version {d.get('version')!r}; this latprune reads version {PLAN_VERSION}.")
         try:
             return cls(
                 model=None if d["model"] is None else ModelSpec.from_dict(d["model"]),
@@ -139,14 +141,53 @@ class PruningPlan:
                 importance=d.get("importance", "l1"),
             )
         except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise PlanError(f"The pruning plan is missing or has a bad field ({exc!r}); regenerate it.") from None
+            raise PlanError(f"{source} {_bad_field(d) or f'has a bad field ({exc!r})'}; regenerate it.") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
-        return cls.from_dict(read_json(path, "pruning plan"))
+        return cls.from_dict(read_json(path, "pruning plan"), source=f"The pruning plan '{path}'")
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type (a plan field's error says what was found)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number"}.get(type(value), "value")
+
+
+_A = {"object": "an object", "list": "a list", "number": "a number", "string": "a string", "null": "null"}
+# The fields a plan's JSON needs, as (name, JSON kinds allowed); "groups" and "layers" hold objects of these.
+_PLAN_FIELDS = (("model", ("object", "null")), ("input_size", ("list",)), ("in_channels", ("number",)),
+                ("groups", ("list",)), ("layers", ("list",)))  # fmt: skip
+_GROUP_FIELDS = (("name", ("string",)), ("channels", ("number",)), ("keep", ("list",)))
+_LAYER_FIELDS = (("name", ("string",)), ("scheme", ("string",)), ("sparsity", ("number",)), ("params", ("object",)),
+                 ("out_group", ("string", "null")), ("in_groups", ("list",)))  # fmt: skip
+
+
+def _bad_field(d: dict[str, Any]) -> str | None:
+    """Which field of a plan's JSON is missing or of the wrong kind, as a clause ("lacks the field 'groups'",
+    "has layers[0].sparsity = null, not a number"), so the error names it; None if every field looks right."""
+
+    def check(obj: Any, where: str, fields: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+        if not isinstance(obj, dict):
+            return f"has {where.rstrip('.')} = {_json_kind(obj)}, not an object"
+        for name, kinds in fields:
+            if name not in obj:
+                return f"lacks the field '{where}{name}'"
+            if _json_kind(obj[name]) not in kinds:
+                return f"has {where}{name} = {_json_kind(obj[name])}, not {' or '.join(_A[k] for k in kinds)}"
+        return None
+
+    found = check(d, "", _PLAN_FIELDS)
+    if found is not None:
+        return found
+    for key, fields in (("groups", _GROUP_FIELDS), ("layers", _LAYER_FIELDS)):
+        for i, item in enumerate(d[key]):
+            found = found or check(item, f"{key}[{i}].", fields)
+    return found
 
 
 def _layer_groups(graph: ChannelGraph) -> dict[str, tuple[str | None, tuple[str, ...]]]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from latprune._limits import check_seed
 from latprune._overrides import override
 from latprune.errors import SearchError
 from latprune.search.algorithms import get_algorithm, list_algorithms
@@ -53,6 +55,7 @@ class SearchConfig:
     npas_latency_floor: float = 0.8
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.population < 4:
             raise SearchError(f"The population size {self.population} is too small; use at least 4.")
         if self.generations < 0:
@@ -69,7 +72,7 @@ class SearchConfig:
             raise SearchError(f"Unknown search mode '{self.mode}'; use one of {', '.join(MODES)}.")
         if not 0.0 <= self.crossover_prob <= 1.0:
             raise SearchError(f"The crossover probability {self.crossover_prob} is outside [0, 1].")
-        if self.crossover_eta <= 0 or self.mutation_eta <= 0:
+        if not (0 < self.crossover_eta < math.inf and 0 < self.mutation_eta < math.inf):  # NaN too
             raise SearchError("The SBX and polynomial-mutation distribution indices (eta) must be positive.")
         if not 0.0 < self.sequential_channel_share < 1.0:
             raise SearchError(
@@ -96,7 +99,7 @@ class SearchConfig:
                 f"NPAS re-estimates {self.npas_elites} elites per batch of {self.population}; use 0 to "
                 f"{self.population - 1}."
             )
-        if self.npas_penalty < 0 or not self.npas_policy_lr > 0:
+        if not (0 <= self.npas_penalty < math.inf and 0 < self.npas_policy_lr < math.inf):  # NaN too
             raise SearchError("The NPAS latency penalty must be >= 0 and the controller's learning rate positive.")
         if not 0.0 <= self.npas_latency_floor < 1.0:
             raise SearchError(f"The NPAS latency floor {self.npas_latency_floor} must lie in [0, 1).")

@@ -40,6 +40,26 @@ def default_storage(run_dir: str | Path) -> str:
     return str(Path(run_dir) / "trials.journal")
 
 
+def check_storage(url: str, flag: str = "--storage") -> None:
+    """Refuse, in one sentence and without connecting, a storage that cannot be one: an empty name, a URL whose
+    scheme SQLAlchemy has no dialect for, or a journal path that is a folder or lies in a missing folder."""
+    if "://" in url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(url).get_dialect()
+        except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+            raise SearchError(f"{flag} '{url}' is not a database URL SQLAlchemy knows ({exc}).") from None
+        return
+    path = Path(url.removeprefix("journal:"))
+    if not url.strip() or path.is_dir() or not path.parent.is_dir():
+        raise SearchError(
+            f"{flag} '{url}' is neither a database URL nor a journal file in an existing folder; pass e.g. "
+            "trials.journal or sqlite:///trials.db."
+        )
+
+
 def open_storage(url: str) -> Any:
     """An optuna storage: an RDB URL (``sqlite:///trials.db``, ``postgresql://host/db``) or a journal file path."""
     import optuna

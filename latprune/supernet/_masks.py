@@ -230,7 +230,10 @@ def _mask_hook(mask: torch.Tensor):
         key = (output.device, output.dtype)
         if key not in cache:
             cache[key] = mask.to(output.device, output.dtype)
-        shape = (1, -1) + (1,) * (output.dim() - 2)  # broadcast over (N, C, *spatial)
+        if isinstance(module, nn.Linear):  # features are a Linear's last dim, (N, F) or channels-last (N, H, W, F)
+            shape = (1,) * (output.dim() - 1) + (-1,)
+        else:
+            shape = (1, -1) + (1,) * (output.dim() - 2)  # broadcast over (N, C, *spatial)
         return output * cache[key].view(shape)
 
     return hook

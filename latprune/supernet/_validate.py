@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
-from latprune._io import atomic_write_bytes, atomic_write_json, read_json
+from latprune._io import atomic_write_bytes, atomic_write_json, locks_output, read_json
+from latprune._limits import check_seed
 from latprune.data import DataConfig, Images, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
@@ -62,6 +64,9 @@ class ValidateConfig:
             )
         if self.train_per_class is not None and self.train_per_class < 1:
             raise SearchError(f"--train-per-class {self.train_per_class} must be >= 1.")
+        if not 0 <= self.weight_decay < math.inf or not self.lr < math.inf:
+            raise SearchError(f"--weight-decay {self.weight_decay} and --lr {self.lr} must be finite and not negative.")
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ def _finetune(
     return result.final
 
 
+@locks_output("search_dir", flag="--search", must_exist=True)
 def validate_accuracy(
     search_dir: str | Path,
     config: ValidateConfig = ValidateConfig(),

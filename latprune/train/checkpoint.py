@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import os
 import pickle
 import re
@@ -68,7 +69,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     """
     path = Path(path)
     if not path.is_file():
-        raise LatpruneError(f"The checkpoint '{path}' does not exist; train one with `latprune train` or fix the path.")
+        why = "is not a regular file (a folder, pipe or device)" if path.exists() else "does not exist"
+        raise LatpruneError(f"The checkpoint '{path}' {why}; train one with `latprune train` or fix the path.")
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files saved by older versions
             warnings.simplefilter("ignore")
@@ -90,7 +92,30 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         ) from None
     if not isinstance(ckpt, dict):
         raise LatpruneError(f"The checkpoint '{path}' holds a {type(ckpt).__name__}, not a latprune checkpoint dict.")
+    _check_model_fields(ckpt, path)
     return ckpt
+
+
+def _check_model_fields(ckpt: dict[str, Any], path: Path) -> None:
+    """One sentence naming the file and the field when the model description is not what rebuilding it needs.
+
+    Checked at load, so that every command refuses e.g. ``input_size='big'`` the same way, before any work,
+    instead of a ValueError from deep inside the model builder. A missing field is left to whoever needs it.
+    """
+    if "model" in ckpt and not isinstance(ckpt["model"], str):
+        raise ModelError(f"The checkpoint '{path}' has model={ckpt['model']!r}, not a model name; retrain it.")
+    kwargs = ckpt.get("model_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ModelError(f"The checkpoint '{path}' has model_kwargs of type {type(kwargs).__name__}, not a dict.")
+    for name in ("num_classes", "in_channels", "input_size", "width_mult"):
+        value = kwargs.get(name, 1)
+        kinds = (int, float) if name == "width_mult" else (int,)  # exact types: True is no channel count
+        if type(value) not in kinds or not 0 < value < math.inf:
+            need = "a positive number" if name == "width_mult" else "a positive integer"
+            raise ModelError(
+                f"The checkpoint '{path}' has model_kwargs {name}={value!r}, which is not {need}; "
+                "use a checkpoint written by `latprune train`."
+            )
 
 
 def _refused(exc: Exception) -> str:

@@ -8,6 +8,7 @@ parametrizations, trained with the zeros held, and saved as a pruned checkpoint 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from latprune._io import locks_output
+from latprune._limits import check_threads
 from latprune.data import BatchLoader, DataConfig, DataSplits, class_subset, load_splits, make_loader
 from latprune.errors import LatpruneError, ModelError, PlanError
 from latprune.models import ModelSpec
@@ -94,6 +97,7 @@ class FinetuneConfig:
             (self.gmp_frequency >= 1, "gmp_frequency", "at least 1 step"),
             (self.train_per_class is None or self.train_per_class >= 1, "train_per_class", "at least 1 (or unset)"),
         ]
+        checks += [(math.isfinite(v), k, "finite") for k, v in asdict(self).items() if isinstance(v, float)]
         for ok, name, need in checks:
             if not ok:
                 raise LatpruneError(
@@ -194,6 +198,7 @@ def _distill_hooks(parent: nn.Module, config: FinetuneConfig, device: torch.devi
     return [DistillHook(teacher, config.distill_temperature, config.distill_alpha)]
 
 
+@locks_output("out_dir")
 def finetune(
     parent_checkpoint: str | Path,
     plan: PruningPlan,
@@ -215,6 +220,7 @@ def finetune(
     out_dir = Path(out_dir)
     path = resolve_checkpoint_path(parent_checkpoint)
     device = config.train_config().resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     init_distributed(device)  # before data moves to a GPU: each rank then uses its own
     parent, ckpt = load_model_from_checkpoint(path)  # on the CPU: apply_plan traces it there
     if ckpt.get("plan") is not None:

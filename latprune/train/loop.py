@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latprune._io import atomic_write_json
+from latprune._io import atomic_write_json, locks_output
+from latprune._limits import check_threads
 from latprune._version import __version__
 from latprune.data import BatchLoader
 from latprune.errors import LatpruneError
@@ -264,6 +265,7 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, config: TrainConfig, meta
             )
 
 
+@locks_output("out_dir")
 def train_model(
     model: nn.Module,
     train_data: TrainData,
@@ -296,6 +298,7 @@ def train_model(
     meta = dict(meta or {})
     eval_data = dict(eval_data or {})
     device = config.resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     env = init_distributed(device)
     show_progress = show_progress and env.is_main
     train_data = _rank_shard(train_data, env)
