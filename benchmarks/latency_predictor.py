@@ -38,12 +38,18 @@ class Case:
     tag: str
     spec: ModelSpec
     threads: int
+    scheme: str = "group4"
+    kernel_sizes: tuple[int, ...] = ()
 
 
+#: NPAS's per-layer space (issue 15): every scheme per layer, and depthwise kernel sizes 3/5/7 where there are any.
+NPAS = "dense,group4,block_punched,pattern,unstructured"
 CASES = (
     Case("resnet20_t1", ModelSpec("resnet20", 10, 1, 28), 1),
     Case("mobilenet_v2_t1", ModelSpec("mobilenet_v2", 1000, 3, 224), 1),
     Case("mobilenet_v2_t2", ModelSpec("mobilenet_v2", 1000, 3, 224), 2),
+    Case("resnet20_npas_t1", ModelSpec("resnet20", 10, 1, 28), 1, NPAS),
+    Case("mobilenet_v2_npas_t1", ModelSpec("mobilenet_v2", 1000, 3, 224), 1, NPAS, (3, 5, 7)),
 )
 
 
@@ -77,11 +83,13 @@ def run_case(case: Case, samples: int, reuse: bool, statistic: str, out: Path) -
             print(f"[{case.tag}] cannot reuse the profile: {exc}")
     if profile is None:
         print(f"[{case.tag}] profiling {case.spec.name} {case.spec.input_size}px at {case.threads} thread(s)")
-        profile = profile_model(
-            case.spec, ProfileConfig(threads=case.threads, timing=TimingConfig(statistic=statistic))
-        )
+        config = ProfileConfig(
+            threads=case.threads, scheme=case.scheme, timing=TimingConfig(statistic=statistic),
+            kernel_sizes=case.kernel_sizes,
+        )  # fmt: skip
+        profile = profile_model(case.spec, config)
         save_profile(profile, profile_path)
-    space = model_space(case.spec, profile.scheme)
+    space = model_space(case.spec, profile.scheme, profile.kernel_sizes)
     speed = prediction_speed(TrilinearPredictor(profile, space), space)
     config = ValidationConfig(samples=samples, seed=1, statistic=profile.statistic)
     result = validate_latency(profile, space, config)

@@ -57,6 +57,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "search_checkpoint": ("latprune.pipeline", "search_checkpoint"),
     "SupernetConfig": ("latprune.supernet", "SupernetConfig"),
     "SupernetEstimator": ("latprune.supernet", "SupernetEstimator"),
+    "TrialQueue": ("latprune.search.trials", "TrialQueue"),
+    # NPAS phase 1: stand-ins for slow ops, measured
+    "ReplaceConfig": ("latprune.replace", "ReplaceConfig"),
+    "ReplacePlan": ("latprune.replace", "ReplacePlan"),
+    "plan_replacements": ("latprune.replace", "plan_replacements"),
+    "list_replacements": ("latprune.models.replace", "list_replacements"),
     # comparisons with other runtimes
     "list_runtimes": ("latprune.bench", "list_runtimes"),
     "register_runtime": ("latprune.bench", "register_runtime"),

@@ -63,11 +63,22 @@ class LayerSpec:
     in_fixed: int = 0
     max_sparsity: float = 1.0  # the role bound (first/last, strided, SpaceBounds.max_sparsity), not on the grid
     scheme_choices: tuple[str, ...] = ()
+    kernel_choices: tuple[int, ...] = ()  # square kernel sizes a depthwise layer chooses among, ascending
 
     @property
     def options(self) -> tuple[str, ...]:
         """The schemes this layer can take, its default first."""
         return self.scheme_choices or (self.scheme,)
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        """The kernel sizes this layer can take (just its own when it has no choice), ascending."""
+        return self.kernel_choices or (int(self.kernel[0]),)
+
+    @property
+    def own_kernel_index(self) -> int:
+        """Index of the parent's kernel size in :attr:`kernels` (the default of the kernel variable)."""
+        return self.kernels.index(int(self.kernel[0]))
 
 
 @dataclass(frozen=True)
@@ -117,8 +128,36 @@ def requested_schemes(scheme: str) -> tuple[str, ...]:
     return names
 
 
-def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
-    """One LayerSpec per conv/linear, with the schemes it can take and its role's sparsity cap."""
+def kernel_choices(info: LayerInfo, sizes: Sequence[int]) -> tuple[int, ...]:
+    """The kernel sizes a layer chooses among: ``sizes`` and its own, for a depthwise conv with a square, odd kernel
+    and "same" padding (k // 2), whose output size then does not depend on k; () for every other layer.
+
+    NPAS searches the filter size where the model allows it: a depthwise kernel changes no channel count, so any
+    size fits its neighbours, and the super-net shares one weight across sizes (the centre of the largest)."""
+    k, p = info.kernel, info.padding
+    if not sizes or info.kind != "depthwise" or k[0] != k[1] or k[0] % 2 == 0 or tuple(p) != (k[0] // 2,) * 2:
+        return ()
+    bad = [s for s in sizes if s < 1 or s % 2 == 0]
+    if bad:
+        raise PlanError(f"Kernel size {bad[0]} is not a positive odd number; choose sizes like 3,5,7.")
+    choices = tuple(sorted({int(s) for s in sizes} | {int(k[0])}))
+    return choices if len(choices) > 1 else ()
+
+
+def parse_kernel_sizes(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Kernel sizes from "3,5,7" (or a sequence); empty for ""."""
+    if not isinstance(text, str):
+        return tuple(int(k) for k in text)
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise PlanError(f"The kernel sizes '{text}' are not integers; write them like 3,5,7.") from None
+
+
+def _layer_specs(
+    graph: ChannelGraph, scheme: str, bounds: SpaceBounds, kernel_sizes: Sequence[int] = ()
+) -> list[LayerSpec]:
+    """One LayerSpec per conv/linear, with the schemes (and kernel sizes) it can take and its role's sparsity cap."""
     requested = requested_schemes(scheme)
     layers = []
     for info in graph.layers:
@@ -131,7 +170,7 @@ def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[
                 info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
                 info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
                 chosen, any(get_scheme(s).prunes for s in options), info.in_parts, info.in_fixed,
-                scheme_choices=options if len(options) > 1 else (),
+                scheme_choices=options if len(options) > 1 else (), kernel_choices=kernel_choices(info, kernel_sizes),
             )
         )  # fmt: skip
     n = len(layers)
@@ -158,9 +197,10 @@ def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBoun
 
 def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[np.ndarray, np.ndarray]:
     """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap, then one
-    scheme index per layer that has a choice of schemes."""
+    scheme index per layer that has a choice of schemes, then one kernel-size index per layer with a choice."""
     g = len(groups)
     choices = [len(ly.scheme_choices) for ly in layers if ly.scheme_choices]
+    choices += [len(ly.kernel_choices) for ly in layers if ly.kernel_choices]
     xl = np.zeros(g + len(layers) + len(choices), dtype=np.int64)
     xu = np.zeros(g + len(layers) + len(choices), dtype=np.int64)
     xu[g + len(layers) :] = np.asarray(choices, dtype=np.int64) - 1
@@ -192,7 +232,7 @@ def _sparsity_cap(index: int, layer: LayerSpec, n_layers: int, bounds: SpaceBoun
 
 
 def _layer_from_dict(d: dict[str, Any]) -> LayerSpec:
-    tuples = ("kernel", "stride", "padding", "in_hw", "scheme_choices")
+    tuples = ("kernel", "stride", "padding", "in_hw", "scheme_choices", "kernel_choices")
     fields = {k: (tuple(v) if k in tuples else v) for k, v in d.items()}
     fields["in_parts"] = tuple(tuple(p) for p in d.get("in_parts", ()))
     return LayerSpec(**fields)

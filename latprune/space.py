@@ -10,9 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import torch.nn as nn
 
+from latprune._space_index import SpaceIndex
 from latprune._space_layers import (
-    _SPARSITIES,
-    _WIDTHS,
     SPARSITY_CHOICES,
     WIDTH_CHOICES,
     GroupSpec,
@@ -27,34 +26,40 @@ from latprune._space_layers import (
 )
 from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
-from latprune.schemes import get_scheme
 
 Mode = Literal["joint", "weight-only", "channel-only"]
 
 
 @dataclass(frozen=True)
 class Arch:
-    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse) and a scheme.
+    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse), a scheme and
+    a kernel size.
 
     ``schemes`` names each layer's scheme, "dense" where the layer has no weight sparsity. It is empty in an
     architecture written before schemes were chosen per layer: each layer then takes its default in the space.
+    ``kernels`` holds each layer's (square) kernel size; empty when the space offers no kernel choice, and then
+    every layer keeps the parent's.
     """
 
     widths: tuple[float, ...]
     sparsities: tuple[float, ...]
     schemes: tuple[str, ...] = ()
+    kernels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.schemes and len(self.schemes) != len(self.sparsities):
-            raise PlanError(
-                f"The architecture has {len(self.sparsities)} sparsities but {len(self.schemes)} schemes; give one "
-                "scheme per layer."
-            )
+        for name in ("schemes", "kernels"):
+            if getattr(self, name) and len(getattr(self, name)) != len(self.sparsities):
+                raise PlanError(
+                    f"The architecture has {len(self.sparsities)} sparsities but {len(getattr(self, name))} {name}; "
+                    f"give one per layer."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"widths": list(self.widths), "sparsities": list(self.sparsities)}
         if self.schemes:
             d["schemes"] = list(self.schemes)
+        if self.kernels:
+            d["kernels"] = list(self.kernels)
         return d
 
     @classmethod
@@ -64,6 +69,7 @@ class Arch:
                 tuple(float(w) for w in d["widths"]),
                 tuple(float(s) for s in d["sparsities"]),
                 tuple(str(s) for s in d.get("schemes", ())),
+                tuple(int(k) for k in d.get("kernels", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PlanError(
@@ -78,9 +84,10 @@ def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
     return i
 
 
-class SearchSpace:
+class SearchSpace(SpaceIndex):
     """Integer-encoded space: one width index per group, one sparsity index per layer, then one scheme index per
-    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged).
+    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged), then one
+    kernel-size index per depthwise layer with a choice of sizes (none unless asked for).
 
     ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``,
     ``SPARSITY_CHOICES`` and each layer's ``options``. The search only ever sees these integer vectors. A layer
@@ -97,8 +104,10 @@ class SearchSpace:
         scheme: str,
         xl: np.ndarray,
         xu: np.ndarray,
+        kernel_sizes: Sequence[int] = (),
     ) -> None:
         self.groups = tuple(groups)
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)  # as asked of from_model (layers hold the choices)
         self.layers = tuple(layers)
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.in_channels = int(in_channels)
@@ -121,69 +130,35 @@ class SearchSpace:
         scheme: str = "group4",
         bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
         graph: ChannelGraph | None = None,
+        kernel_sizes: Sequence[int] = (),
     ) -> SearchSpace:
         """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds.
 
         ``scheme`` is one scheme for every layer, or several joined by commas ("group4,pattern,unstructured"):
         each layer then chooses among those that apply to it (a fallback replaces one that does not).
+        ``kernel_sizes`` (e.g. (3, 5, 7)) lets every depthwise conv with a square odd kernel and "same" padding
+        choose its size among those and its own (see ``_space_layers.kernel_choices``).
         """
         graph = graph if graph is not None else build_graph(model, input_size, in_channels)
-        layers = _layer_specs(graph, scheme, bounds)
+        layers = _layer_specs(graph, scheme, bounds, kernel_sizes)
         groups = _group_specs(graph, layers, bounds)
         xl, xu = _variable_bounds(groups, layers)
         num_classes = graph.layers[-1].c_out if graph.layers else 0
-        return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu)
-
-    def _build_index(self) -> None:
-        """Precompute the matrices that make ``layer_dims`` a few vectorised numpy operations."""
-        g, n = len(self.groups), len(self.layers)
-        self._out_onehot = np.zeros((g, n), dtype=np.int64)  # kept (N, G) @ this -> c_out of grouped layers
-        self._out_fixed = np.zeros(n, dtype=np.int64)
-        self._in_mat = np.zeros((g, n), dtype=np.int64)
-        self._in_fixed = np.zeros(n, dtype=np.int64)
-        for li, ly in enumerate(self.layers):
-            if ly.out_group is None:
-                self._out_fixed[li] = ly.c_out
-            else:
-                self._out_onehot[ly.out_group, li] = 1
-            parts = ly.in_parts or (((ly.in_group, 1),) if ly.in_group is not None else ())
-            for gi, rep in parts:
-                self._in_mat[gi, li] += rep
-            self._in_fixed[li] = ly.in_fixed if ly.in_parts or ly.in_group is not None else ly.c_in
-        self._channels = np.asarray([gr.channels for gr in self.groups], dtype=np.int64)
-        self._multiples = np.asarray([gr.multiple for gr in self.groups], dtype=np.int64)
-        self._sparse = np.asarray([ly.sparse for ly in self.layers], dtype=bool)
-        # Layers with a choice of schemes, and per (choice, option): does it prune, and from which sparsity.
-        self._choice_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.scheme_choices], np.int64)
-        width = max((len(self.layers[li].scheme_choices) for li in self._choice_layers), default=1)
-        self._opt_prunes = np.zeros((len(self._choice_layers), width), dtype=bool)
-        self._opt_least = np.zeros((len(self._choice_layers), width))
-        for c, li in enumerate(self._choice_layers):
-            for k, name in enumerate(self.layers[li].scheme_choices):
-                self._opt_prunes[c, k] = get_scheme(name).prunes
-                self._opt_least[c, k] = get_scheme(name).min_sparsity
+        return cls(groups, layers, graph.input_size, graph.in_channels, num_classes, scheme, xl, xu, kernel_sizes)
 
     # -- basic facts -----------------------------------------------------------------------------------
 
     @property
     def n_var(self) -> int:
-        return len(self.groups) + len(self.layers) + self.n_choices
+        return len(self.groups) + len(self.layers) + self.n_choices + self.n_kernel_choices
 
     @property
     def categorical(self) -> np.ndarray:
-        """Which variables are unordered labels (the scheme variables), shape (n_var,) bool."""
+        """Which variables are unordered labels (the scheme variables; kernel sizes are ordered), shape (n_var,)."""
         flags = np.zeros(self.n_var, dtype=bool)
-        flags[self.n_groups + len(self.layers) :] = True
+        start = self.n_groups + len(self.layers)
+        flags[start : start + self.n_choices] = True
         return flags
-
-    @property
-    def n_choices(self) -> int:
-        """Scheme variables: one per layer with a choice of schemes."""
-        return sum(1 for ly in self.layers if ly.scheme_choices)
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.groups)
 
     def group_index(self, name: str) -> int:
         for i, g in enumerate(self.groups):
@@ -215,6 +190,12 @@ class SearchSpace:
             x[i] = _choice_index(w, WIDTH_CHOICES, f"width of group '{self.groups[i].name}'")
         for i, s in enumerate(arch.sparsities):
             x[self.n_groups + i] = _choice_index(s, SPARSITY_CHOICES, f"sparsity of layer '{self.layers[i].name}'")
+        for li, ly in enumerate(self.layers):  # the parent's kernel unless the architecture names another
+            k = arch.kernels[li] if arch.kernels else int(ly.kernel[0])
+            if k not in ly.kernels:
+                raise PlanError(f"Layer '{ly.name}' takes kernel sizes {list(ly.kernels)} in this space, not {k}.")
+            if ly.kernel_choices:
+                x[self._kernel_start + int(np.flatnonzero(self._kernel_layers == li)[0])] = ly.kernels.index(k)
         choice = {int(li): c for c, li in enumerate(self._choice_layers)}
         for li, name in enumerate(arch.schemes):  # none: every layer at its default scheme
             ly = self.layers[li]
@@ -249,13 +230,17 @@ class SearchSpace:
         sparsities = tuple(float(s) for s in self.layer_dims(x[None])[2][0])
         options = self.layer_options(x[None])[0]
         schemes = tuple(ly.options[k] if ly.sparse else "dense" for ly, k in zip(self.layers, options, strict=True))
-        return Arch(widths, sparsities, schemes)
+        kernels = tuple(int(k) for k in self.layer_kernels(x[None])[0]) if self.n_kernel_choices else ()
+        return Arch(widths, sparsities, schemes, kernels)
 
     def _describe(self, j: int, idx: int) -> tuple[str, float | str]:
         if j < self.n_groups:
             return f"width of group '{self.groups[j].name}'", WIDTH_CHOICES[int(idx)]
         if j < self.n_groups + len(self.layers):
             return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        if j >= self._kernel_start:
+            layer = self.layers[self._kernel_layers[j - self._kernel_start]]
+            return f"kernel size of layer '{layer.name}'", layer.kernels[int(idx)]
         layer = self.layers[self._choice_layers[j - self.n_groups - len(self.layers)]]
         return f"scheme of layer '{layer.name}'", layer.options[int(idx)]
 
@@ -282,6 +267,8 @@ class SearchSpace:
             xl[:g] = xu[:g] = len(WIDTH_CHOICES) - 1
         elif mode == "channel-only":
             xl[g:] = xu[g:] = 0
+            own = self._own_kernel[self._kernel_layers]  # kernels stay the parent's: a channel-only search
+            xl[self._kernel_start :] = xu[self._kernel_start :] = own
         elif mode != "joint":
             raise PlanError(f"Unknown search mode '{mode}'; choose joint, weight-only or channel-only.")
         return self._with_bounds(xl, xu)
@@ -306,51 +293,16 @@ class SearchSpace:
             layers = list(space.layers)
             layers[li] = dataclasses.replace(layers[li], sparse=False, max_sparsity=0.0)
             space = SearchSpace(
-                space.groups, layers, space.input_size, space.in_channels, space.num_classes, space.scheme, xl, xu
-            )
+                space.groups, layers, space.input_size, space.in_channels, space.num_classes, space.scheme, xl, xu,
+                self.kernel_sizes,
+            )  # fmt: skip
         return space
 
     def _with_bounds(self, xl: np.ndarray, xu: np.ndarray) -> SearchSpace:
         return SearchSpace(
-            self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu
-        )
-
-    # -- vectorised dimensions ---------------------------------------------------------------------------
-
-    def kept(self, X: np.ndarray) -> np.ndarray:
-        """Kept channels per group, shape (n, G), for encoded architectures ``X`` of shape (n, n_var)."""
-        X = np.atleast_2d(np.asarray(X))
-        widths = _WIDTHS[X[:, : self.n_groups]]  # (n, G)
-        k = np.round(widths * self._channels / self._multiples + 1e-9) * self._multiples
-        k = np.minimum(np.maximum(k, self._multiples), self._channels)
-        k = np.where(widths >= 1.0 - 1e-9, self._channels, k)
-        return np.maximum(k, 1).astype(np.int64)
-
-    def layer_dims(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(c_in, c_out, sparsity) of every layer, each shape (n, L), for encoded architectures ``X`` (n, n_var).
-
-        Uses the same rounding as ``kept_channels`` and ``apply_plan``; depthwise layers report c_in == c_out.
-        """
-        X = np.atleast_2d(np.asarray(X))
-        kept = self.kept(X)  # (n, G)
-        c_out = kept @ self._out_onehot + self._out_fixed  # (n, L)
-        c_in = kept @ self._in_mat + self._in_fixed  # (n, L)
-        g, n_layers = self.n_groups, len(self.layers)
-        sparsity = np.where(self._sparse, _SPARSITIES[X[:, g : g + n_layers]], 0.0)  # (n, L)
-        if len(self._choice_layers):
-            k = X[:, g + n_layers :]  # (n, C) the chosen option of each layer with a choice
-            rows = np.arange(len(self._choice_layers))
-            s = sparsity[:, self._choice_layers]  # (n, C)
-            keep = self._opt_prunes[rows, k] & (s >= self._opt_least[rows, k] - 1e-9)
-            sparsity[:, self._choice_layers] = np.where(keep, s, 0.0)
-        return c_in, c_out, sparsity
-
-    def layer_options(self, X: np.ndarray) -> np.ndarray:
-        """Index into ``layers[j].options`` of every layer's scheme, shape (n, L), for encodings ``X`` (n, n_var)."""
-        X = np.atleast_2d(np.asarray(X))
-        out = np.zeros((X.shape[0], len(self.layers)), dtype=np.int64)
-        out[:, self._choice_layers] = X[:, self.n_groups + len(self.layers) :]
-        return out
+            self.groups, self.layers, self.input_size, self.in_channels, self.num_classes, self.scheme, xl, xu,
+            self.kernel_sizes,
+        )  # fmt: skip
 
     # -- serialisation -------------------------------------------------------------------------------------
 
@@ -364,7 +316,7 @@ class SearchSpace:
             "layers": [dataclasses.asdict(ly) for ly in self.layers],
             "xl": self.xl.tolist(),
             "xu": self.xu.tolist(),
-        }
+        } | ({"kernel_sizes": list(self.kernel_sizes)} if self.kernel_sizes else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SearchSpace:
@@ -373,7 +325,7 @@ class SearchSpace:
             layers = [_layer_from_dict(ly) for ly in d["layers"]]
             return cls(
                 groups, layers, tuple(d["input_size"]), d["in_channels"], d["num_classes"], d["scheme"],
-                np.asarray(d["xl"]), np.asarray(d["xu"]),
+                np.asarray(d["xl"]), np.asarray(d["xu"]), tuple(d.get("kernel_sizes", ())),
             )  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise PlanError(f"The search-space dict is missing or has a bad field ({exc}); regenerate it.") from None

@@ -127,6 +127,7 @@ def refuse_work(monkeypatch) -> None:
         "latprune.engine.export.capture",  # export --c
         "latprune.prune.run.uniform_plan",  # prune
         "latprune.prune.run.apply_plan",  # prune --apply
+        "latprune.replace._timed",  # replace
         "latprune.pipeline._stages._baseline",  # run, demo: the parent's ~25 s evaluation comes first
     ):
         monkeypatch.setattr(target, started)

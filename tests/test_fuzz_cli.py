@@ -48,6 +48,10 @@ def valid_command(command: str, f: dict) -> list:
         "bench": ["bench", "--model", "resnet20", "--input-size", "32", "--runs", "1"],
         "compile": ["compile", "--model", "resnet20", "--input-size", "32", "--out", out / "compile"],
         "export": ["export", "--checkpoint", f["parent"], "--out", out / "export"],
+        "replace": ["replace", "--model", "resnet20", "--input-size", "1x28x28", "--runs", "10",
+                    "--out", out / "replace.json"],
+        # no search is running here: the worker refuses --run after its other flags, so those are fuzzed
+        "search-worker": ["search-worker", "--run", f["empty_dir"]],
     }[command]  # fmt: skip
 
 
@@ -55,10 +59,10 @@ def valid_command(command: str, f: dict) -> list:
 BAD_FILES = ("missing", "empty_dir", "a_file", "corrupt_json", "empty", "corrupt_pt", "evil_pt", "big",
              "plan_list", "plan_null_sparsity", "plan_no_groups", "fifo")  # fmt: skip
 INPUT_FLAGS = {"checkpoint", "plan", "profile", "apply", "assemble", "jobs", "search"}
-FILE_OUTPUTS = {("prune", "out"), ("profile", "out"), ("measure", "out"), ("profile", "emit_jobs")}
+FILE_OUTPUTS = {("replace", "out"), ("prune", "out"), ("profile", "out"), ("measure", "out"), ("profile", "emit_jobs")}
 #: Integer flags for which 0 is a valid value; every other integer flag needs at least 1, and none takes a negative.
 ZERO_OK = {"seed", "split_seed", "val_per_class", "generations", "train_per_class", "warmup",
-           "supernet_channel_epochs", "supernet_weight_epochs"}  # fmt: skip
+           "supernet_channel_epochs", "supernet_weight_epochs", "phase3_per_class", "npas_elites"}  # fmt: skip
 #: Bad strings for the flags parsed from text (--latency-budget 2.5ms, --grid 8,10, --input-size 1x28x28, ...).
 BAD_TEXT = ("", "x", "-1", "nan", "0,0", "a,b", "3x0x0", "1,2,3", "💥")
 
@@ -80,6 +84,8 @@ def bad_value(command: str, action: argparse.Action, f: dict) -> st.SearchStrate
     if action.dest in ("out", "c", "emit_jobs"):
         taken = f["empty_dir"] if (command, action.dest) in FILE_OUTPUTS else f["a_file"]
         return st.sampled_from([taken, f["a_file"] / "out", "/dev/null"])
+    if action.dest == "storage":
+        return st.sampled_from(["", "nosuchdb://host/db", f["empty_dir"], f["a_file"] / "trials.journal"])
     if action.dest == "data":
         return st.sampled_from(["/nonexistent/images", str(f["a_file"]), "imagenet-foo", "cifar10"])
     if action.dest == "model":

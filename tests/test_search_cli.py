@@ -101,12 +101,9 @@ def test_impossible_budget_is_one_sentence(
     assert err.count("\n") == 0 and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_search_command_with_the_real_model_profile_and_supernet(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The real glue: a zoo checkpoint, a profile of its space (FLOP-like table values, this machine's fingerprint)
-    and the super-net estimator on a tiny Fashion-MNIST subset."""
+def _tiny_real_search(tmp_path: Path, scheme: str = "group4") -> list[str]:
+    """A zoo checkpoint (resnet20 at width 0.25), a profile of its space (FLOP-like table values, this machine's
+    fingerprint) and the flags of a tiny super-net on a Fashion-MNIST subset: `latprune search` argv without --out."""
     import numpy as np
 
     from latprune.data import DataConfig, find_dataset_root
@@ -129,23 +126,30 @@ def test_search_command_with_the_real_model_profile_and_supernet(
         "state_dict": model.state_dict(), "epoch": 0, "metrics": {},
     }  # fmt: skip
     atomic_torch_save(tmp_path / "parent.pt", ckpt)
-    space = SearchSpace.from_model(model, 28, 1, scheme="group4")
+    space = SearchSpace.from_model(model, 28, 1, scheme=scheme)
     tables = []
     for sig, grid in plan_grids(space, GridConfig(n_channels=2, n_sparsity=2), np.random.default_rng(0)):
         ci, co, sp = np.meshgrid(grid.cin, grid.cout, grid.sparsity, indexing="ij")  # (I, J, K) each
         ci = co if grid.tied else ci
         tables.append(LatencyTable(sig, grid, (1e-4 * ci * co * (1.0 - sp) + 1e-3).astype(np.float64)))
     profile = LatencyProfile(
-        current_fingerprint(), 1, spec, "group4", tuple(tables), AdditiveTerm(0.01, 1.0),
+        current_fingerprint(), 1, spec, scheme, tuple(tables), AdditiveTerm(0.01, 1.0),
         2, 2, 0.0,
     )  # fmt: skip
     save_profile(profile, tmp_path / "profile.json")
-
-    argv = ["search", "--model", "resnet20", "--checkpoint", str(tmp_path / "parent.pt"), "--data", "fashion-mnist",
-            "--profile", str(tmp_path / "profile.json"), "--out", str(tmp_path / "run"), "--population", "4",
+    return ["search", "--model", "resnet20", "--checkpoint", str(tmp_path / "parent.pt"), "--data", "fashion-mnist",
+            "--profile", str(tmp_path / "profile.json"), "--population", "4",
             "--generations", "1", "--supernet-classes", "2", "--supernet-train-per-class", "16",
             "--supernet-val-per-class", "8", "--bn-images", "16", "--supernet-batch-size", "16",
             "--force-profile"]  # fmt: skip  # other engineers rebuild the engine while tests run
+
+
+@pytest.mark.slow
+def test_search_command_with_the_real_model_profile_and_supernet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real glue: checkpoint, profile and super-net estimator (see _tiny_real_search)."""
+    argv = [*_tiny_real_search(tmp_path), "--out", str(tmp_path / "run")]
     assert main(argv) == 0, capsys.readouterr().err
     run = tmp_path / "run"
     gen1 = json.loads((run / "gen_0001.json").read_text())
@@ -167,3 +171,39 @@ def test_completed_calls_counts_generations_up_to_the_saved_state(tmp_path: Path
     assert completed_calls(tmp_path) == 4
     (tmp_path / "gen_0009.json").write_text("{}")  # written by a generation that died before its state was saved
     assert completed_calls(tmp_path) == 4
+
+
+@pytest.mark.slow
+def test_workers_share_one_study_and_give_the_single_process_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--workers 2`: a helper process scores candidates through the run's optuna journal; the errors, and so the
+    whole NPAS run, equal those of one process alone (same saved super-net, same BN and validation images)."""
+    import time
+
+    from latprune.search.trials import TrialQueue
+    from latprune.supernet._shared import SharedEstimator
+
+    real = SharedEstimator._score_here
+
+    def slow_here(self, claim):  # the search scores slowly, so the helper (seconds to start) gets candidates too
+        time.sleep(0.5)
+        return real(self, claim)
+
+    monkeypatch.setattr(SharedEstimator, "_score_here", slow_here)
+
+    base = [*_tiny_real_search(tmp_path, "group4,unstructured"), "--algorithm", "npas", "--latency-budget", "1ms",
+            "--population", "6", "--generations", "1", "--supernet-val-per-class", "40"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0, capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0, capsys.readouterr().err
+    one, two = (json.loads((tmp_path / d / "front.json").read_text()) for d in ("one", "two"))
+    assert one["population"] == two["population"] and one["best_under_budget"] == two["best_under_budget"]
+    queue = TrialQueue(str(tmp_path / "two" / "trials.journal"))
+    calls = {t.user_attrs["call"] for t in queue.storage.get_all_trials(queue._id)}
+    trials = [t for c in calls for t in queue.trials(c)]
+    assert len(calls) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(trials) == sum(len(json.loads(p.read_text())["evaluated"]) for p in (tmp_path / "two").glob("gen_*"))
+    assert {t.user_attrs["worker"] for t in trials} == {"search", "worker1"}  # both scored
+    log = (tmp_path / "two" / "workers" / "worker1.log").read_text()
+    assert log.count("serving") == 1 and "scored 0 " not in log
+    assert not (tmp_path / "one" / "trials.journal").exists()

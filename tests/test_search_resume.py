@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from latprune.search import SearchConfig, list_algorithms, run_search
+from latprune.search import SearchConfig, get_algorithm, list_algorithms, run_search
 from latprune.search.synthetic import SyntheticProblem
 
 PROBLEM = SyntheticProblem(n_groups=3, n_layers=5, seed=1, noise=0.03)
+#: For the algorithms that maximise accuracy under a budget (NPAS): about halfway along PROBLEM's latency range.
+BUDGET_MS = 0.4
 
 # Runs the same search in a child process whose estimator SIGKILLs its own process on the KILL_AT-th call,
 # i.e. after the algorithm's ask() and before tell(): the worst moment, with a generation half done.
@@ -36,7 +38,8 @@ _CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             return inner.evaluate(X)
 
-    config = SearchConfig(population=8, generations=5, seed=11, algorithm=sys.argv[3])
+    budget = float(sys.argv[4]) if sys.argv[4] != "none" else None
+    config = SearchConfig(population=8, generations=5, seed=11, algorithm=sys.argv[3], latency_budget_ms=budget)
     run_search(problem.space(), problem.predictor(), KillingEstimator(), config, sys.argv[1], progress=False)
     """
 )
@@ -45,9 +48,11 @@ _CHILD = textwrap.dedent(
 @pytest.mark.parametrize("algorithm", list_algorithms())
 def test_resume_after_kill_9_mid_generation(tmp_path: Path, algorithm: str) -> None:
     """Every registered search algorithm: its saved state continues a killed run exactly."""
-    config = SearchConfig(population=8, generations=5, seed=11, algorithm=algorithm)
+    budget = BUDGET_MS if get_algorithm(algorithm).uses_budget else None
+    config = SearchConfig(population=8, generations=5, seed=11, algorithm=algorithm, latency_budget_ms=budget)
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(out), "4", algorithm], capture_output=True, timeout=120)
+    args = [sys.executable, "-c", _CHILD, str(out), "4", algorithm, str(budget).lower()]
+    proc = subprocess.run(args, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     state = json.loads((out / "state.json").read_text())
     assert state["gen"] == 2  # generations 0..2 completed; generation 3 died inside the estimator

@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "_prune",
     "_finetune",
     "_latency",
+    "_replace",
     "_search",
     "_supernet",
     "_engine",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from latprune._io import output_lock
 from latprune._limits import check_threads
-from latprune.cli._parsers import parse_grid, parse_input_size
+from latprune.cli._parsers import parse_grid, parse_input_size, parse_kernel_sizes
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, load_jobs, load_measurements, save_jobs, save_measurements
@@ -50,6 +50,7 @@ def _profile(args: argparse.Namespace) -> int:
         timing=TimingConfig(repeats=args.repeats, model_repeats=args.model_repeats, statistic=args.statistic),
         calibration_models=args.calibration,
         seed=args.seed,
+        kernel_sizes=parse_kernel_sizes(args.kernel_sizes),
     )
     spec = _model_spec(args)
     if args.emit_jobs:
@@ -99,6 +100,7 @@ def _validate(args: argparse.Namespace) -> int:
             "profile that model first or drop --model."
         )
     out = Path(args.out if args.out is not None else Path(args.profile).with_suffix("").as_posix() + "_validation")
+    space = model_space(profile.model, args.scheme or profile.scheme, profile.kernel_sizes)
     statistic = args.statistic or profile.statistic
     config = ValidationConfig(
         samples=args.samples, seed=args.seed, repeats=args.repeats, statistic=statistic, sampling=args.sampling
@@ -135,6 +137,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="group4",
         help="Weight-sparsity scheme of the search space (default group4), or several joined by commas "
         "(group4,pattern): each layer then chooses among them and gets one table per scheme.",
+    )
+    p.add_argument(
+        "--kernel-sizes",
+        default="",
+        help="Square kernel sizes every depthwise conv may choose among, e.g. 3,5,7 (NPAS's filter-size search; one "
+        "table per size); default none: each keeps its own.",
     )
     p.add_argument("--grid", default="8,10", help="N,M: channel grid i/N and sparsity grid k/M (default 8,10).")
     p.add_argument(

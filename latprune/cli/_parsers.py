@@ -37,6 +37,17 @@ def parse_input_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def parse_kernel_sizes(text: str, flag: str = "--kernel-sizes") -> tuple[int, ...]:
+    """'3,5,7' -> (3, 5, 7): odd square kernel sizes ('' -> none)."""
+    try:
+        sizes = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        sizes = (0,)
+    if any(k < 1 or k % 2 == 0 for k in sizes):
+        raise ArgumentError(f"{flag} '{text}' must list positive odd kernel sizes, like 3,5,7 (or be empty).")
+    return sizes
+
+
 def parse_names(text: str, flag: str) -> tuple[str, ...]:
     """'onnxruntime,torch' -> ('onnxruntime', 'torch'): a comma-separated list of names, in order, without repeats."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
@@ -45,4 +56,4 @@ def parse_names(text: str, flag: str) -> tuple[str, ...]:
     return names
 
 
-__all__ = ["parse_grid", "parse_input_size", "parse_latency", "parse_names"]
+__all__ = ["parse_grid", "parse_input_size", "parse_kernel_sizes", "parse_latency", "parse_names"]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
-from latprune.cli._parsers import parse_grid, parse_latency, parse_names
+from latprune.cli._parsers import parse_grid, parse_kernel_sizes, parse_latency, parse_names
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
 from latprune.pipeline._config import DEFAULT_DATA, DEFAULT_MODEL
 from latprune.search import MODES, SELECTIONS
@@ -40,6 +40,14 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         export=not args.no_export,
         redo_from=args.redo_from,
+        search=args.search,
+        scheme=args.scheme,
+        workers=args.workers,
+        shortlist=args.shortlist,
+        phase3_epochs=args.phase3_epochs,
+        phase3_per_class=None if args.phase3_per_class == 0 else args.phase3_per_class,
+        kernel_sizes=None if args.kernel_sizes is None else parse_kernel_sizes(args.kernel_sizes),
+        replace_epochs=args.replace_epochs,
     )
 
 
@@ -85,6 +93,26 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out: str | None = None) -> 
     )
     s = p.add_argument_group("search and retraining (unset values come from the preset)")
     s.add_argument("--preset", default="quick", choices=list(PIPELINE_PRESETS), help=f"Budget. {presets}")
+    s.add_argument(
+        "--search",
+        default="nsga2",
+        choices=["nsga2", "npas"],
+        help="nsga2: JCW's NSGA-II over widths and sparsities (default); npas: NPAS's phases (an RL controller and "
+        "TPE choose every layer's scheme, sparsity and width under --latency-budget, the pick is measured on the "
+        "engine, then masked/ADMM/GMP retraining compete on a short run and the best retrains the model).",
+    )
+    s.add_argument(
+        "--scheme",
+        default=None,
+        help="Sparsity schemes the layers choose among, comma-separated (default group4 for nsga2, "
+        "dense,group4,block_punched,pattern,unstructured for npas).",
+    )
+    s.add_argument(
+        "--kernel-sizes",
+        default=None,
+        help="Square kernel sizes depthwise convs choose among, e.g. 3,5 (default 3,5,7 for npas, none for nsga2).",
+    )
+    s.add_argument("--workers", type=int, default=1, help="Processes scoring search candidates (default 1).")
     s.add_argument("--population", type=int, default=None, help="Search population size.")
     s.add_argument("--generations", type=int, default=None, help="Search generations after the first.")
     s.add_argument("--mode", default="joint", choices=list(MODES), help="What the search prunes (default joint).")
@@ -92,7 +120,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out: str | None = None) -> 
     s.add_argument(
         "--latency-budget",
         default=None,
-        help="Retrain only the most accurate candidate at or under this predicted latency, e.g. 0.2ms.",
+        help="Retrain only the most accurate candidate at or under this predicted latency, e.g. 0.2ms (npas: the "
+        "constraint it searches under, and the pick must measure under it).",
     )
     s.add_argument("--top-k", type=int, default=None, help="Front models to retrain, spread over latency.")
     s.add_argument(
@@ -111,6 +140,24 @@ def add_run_arguments(p: argparse.ArgumentParser, *, out: str | None = None) -> 
         help="Distil from the dense parent while retraining.",
     )
     s.add_argument("--baseline-epochs", type=int, default=None, help="Epochs of the dense baseline when trained here.")
+    s.add_argument(
+        "--replace-epochs",
+        type=int,
+        default=1,
+        help="NPAS phase 1: epochs fine-tuning the parent after the stand-ins that pay replaced its ops (default 1).",
+    )
+    s.add_argument(
+        "--shortlist", type=int, default=4, help="NPAS: best candidates under the budget measured on the engine (4)."
+    )
+    s.add_argument(
+        "--phase3-epochs", type=int, default=2, help="NPAS phase 3: epochs each retraining method gets (default 2)."
+    )
+    s.add_argument(
+        "--phase3-per-class",
+        type=int,
+        default=1000,
+        help="NPAS phase 3: training images per class of the short runs (default 1000; 0: all).",
+    )
     s.add_argument("--seed", type=int, default=0, help="Seed of training, search and super-net (default 0).")
     t = p.add_argument_group("measurement")
     t.add_argument("--threads", type=int, default=1, help="Threads for profiling and latency measurement (default 1).")

@@ -1,13 +1,16 @@
-"""`latprune search`: JCW's NSGA-II search over a trained model, with a device profile and a super-net estimator."""
+"""`latprune search`: JCW's NSGA-II or NPAS's search over a trained model, with a device profile and a super-net
+estimator; `latprune search-worker`: help a running search score its candidates."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latprune.cli._parsers import parse_latency
+from latprune.errors import SearchError
 from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, get_preset, list_algorithms
 
 if TYPE_CHECKING:
@@ -34,6 +37,11 @@ def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
             sequential_channel_share=args.sequential_share,
             sequential_widths=args.sequential_widths,
             latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
+            npas_rl_share=args.npas_rl_share,
+            npas_elites=args.npas_elites,
+            npas_penalty=args.npas_penalty,
+            npas_policy_lr=args.npas_policy_lr,
+            npas_latency_floor=args.npas_latency_floor,
         )
     )
 
@@ -97,6 +105,7 @@ def search_job_from_args(args: argparse.Namespace) -> SearchJob:
     job = SearchJob(
         Path(args.checkpoint), Path(args.profile), Path(args.out), args.preset, search_config_from_args(args),
         model=args.model, data=args.data, force_profile=args.force_profile, device=args.device, resume=args.resume,
+        workers=args.workers, storage=args.storage, scheme=args.scheme,
     )  # fmt: skip
     return dataclasses.replace(job, supernet=supernet_from_args(job.supernet_config(), args))
 
@@ -125,9 +134,11 @@ def _search(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     desc = (
-        "Search pruned architectures of a trained model for the best latency/accuracy trade-offs (JCW): NSGA-II "
-        "over per-group widths and per-layer weight sparsities, latency from a device profile, accuracy from a "
-        "super-net retrained every generation."
+        "Search pruned architectures of a trained model for the best latency/accuracy trade-offs: JCW's NSGA-II "
+        "(--algorithm nsga2) over per-group widths and per-layer sparsities (and schemes, kernel sizes, when the "
+        "profile offers them), or NPAS (--algorithm npas: an RL controller and optuna's TPE maximising accuracy "
+        "under --latency-budget); latency from a device profile, accuracy from a super-net retrained every "
+        "generation. With --workers N the candidates are scored by N processes sharing an optuna storage."
     )
     p = sub.add_parser("search", help="Search the latency/accuracy Pareto front of pruned models.", description=desc)
     io = p.add_argument_group("inputs and outputs")
@@ -146,6 +157,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     io.add_argument("--profile", required=True, help="Latency profile JSON of this device from `latprune profile`.")
     io.add_argument(
+        "--scheme",
+        default=None,
+        help="Search only these of the profile's schemes, comma-separated (default: every scheme it was measured for).",
+    )
+    io.add_argument(
         "--force-profile",
         action="store_true",
         help="Use a profile measured on another device or engine build anyway (predictions will describe that device).",
@@ -157,6 +173,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="Continue the search in --out after its last completed generation (e.g. after a kill).",
     )
     io.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where the super-net trains.")
+    io.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Processes scoring candidates on this machine (this one included): each generation's candidates "
+        "become trials in an optuna storage that all of them share (default 1: no storage, all in this process).",
+    )
+    io.add_argument(
+        "--storage",
+        default=None,
+        help="Where the trials live: an optuna journal file (default --out/trials.journal when --workers > 1) or "
+        "an RDB URL (sqlite:///trials.db, postgresql://...) that `latprune search-worker` on other machines reach.",
+    )
 
     s = p.add_argument_group("search")
     s.add_argument(
@@ -170,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--algorithm",
         default=None,
         choices=list_algorithms(),
-        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW).",
+        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW; "
+        "npas: NPAS's RL controller + TPE under --latency-budget).",
     )
     s.add_argument(
         "--mode",
@@ -214,7 +244,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--latency-budget",
         default=None,
         help="Also report the most accurate candidate at or under "
-        "this predicted latency, e.g. 2.5ms (the search itself is unchanged).",
+        "this predicted latency, e.g. 2.5ms (NSGA-II's search is unchanged; NPAS maximises accuracy under it).",
     )
     s.add_argument(
         "--seed", type=int, default=None, help="Seed of the search and the super-net (same seed, same front)."
@@ -251,5 +281,80 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the channel stage's front the weight stage chooses among (default 4).",
     )
 
+    add_npas_arguments(p.add_argument_group("NPAS (--algorithm npas; see README, 'NPAS')"))
     add_supernet_arguments(p.add_argument_group("super-net estimator (defaults come from the preset)"))
     p.set_defaults(func=_search)
+    _register_worker(sub)
+
+
+def add_npas_arguments(n: argparse._ActionsContainer) -> None:
+    """The NPAS settings (SearchConfig's npas_* fields)."""
+    d = SearchConfig()
+    n.add_argument(
+        "--npas-rl-share",
+        type=float,
+        default=None,
+        help=f"Share of each batch the RL controller proposes; optuna's TPE proposes the rest "
+        f"(default {d.npas_rl_share}).",
+    )
+    n.add_argument(
+        "--npas-elites",
+        type=int,
+        default=None,
+        help=f"Best candidates so far re-estimated in every batch (default {d.npas_elites}).",
+    )
+    n.add_argument(
+        "--npas-penalty",
+        type=float,
+        default=None,
+        help=f"λ of the reward accuracy − λ·max(0, latency/budget − 1) (default {d.npas_penalty}).",
+    )
+    n.add_argument(
+        "--npas-policy-lr",
+        type=float,
+        default=None,
+        help=f"The controller's REINFORCE step size (default {d.npas_policy_lr}).",
+    )
+    n.add_argument(
+        "--npas-latency-floor",
+        type=float,
+        default=None,
+        help="Proposals predicted faster than this share of the budget are redrawn before they are scored "
+        f"(default {d.npas_latency_floor}).",
+    )
+
+
+def _search_worker(args: argparse.Namespace) -> int:
+    from latprune.pipeline._workers import serve_search
+
+    if not 0 < args.idle_timeout < math.inf:
+        raise SearchError(f"--idle-timeout {args.idle_timeout} must be a positive, finite number of seconds.")
+    if args.parent_pid is not None and args.parent_pid < 1:
+        raise SearchError(f"--parent-pid {args.parent_pid} is not a process id.")
+    if not Path(args.run).is_dir():
+        raise SearchError(f"--run '{args.run}' is not a folder; point it at the search's --out.")
+    serve_search(
+        Path(args.run), args.storage, name=args.name, parent_pid=args.parent_pid, idle_timeout_s=args.idle_timeout,
+        device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def _register_worker(sub: argparse._SubParsersAction) -> None:
+    desc = (
+        "Score the candidates of a running `latprune search` (started with --workers or --storage): rebuild its "
+        "super-net estimator from the run folder, then claim trials from its optuna storage until the search ends. "
+        "Run it on any machine that sees the run folder (for the saved super-nets) and the storage."
+    )
+    p = sub.add_parser("search-worker", help="Help a running search score its candidates.", description=desc)
+    p.add_argument("--run", required=True, help="The search's run folder (its --out).")
+    p.add_argument(
+        "--storage", default=None, help="The search's trial storage (default: the one its run record names)."
+    )
+    p.add_argument("--name", default=None, help="This worker's name in the trials (default host:pid).")
+    p.add_argument(
+        "--idle-timeout", type=float, default=1800.0, help="Exit after this many seconds without a trial (1800)."
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="Where candidates are scored.")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)  # set by --workers: exit with it
+    p.set_defaults(func=_search_worker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,13 +114,16 @@ def grid_for(
 
 def plan_grids(space: Any, config: GridConfig, rng: np.random.Generator) -> list[tuple[LayerSignature, GridSpec]]:
     """One (signature, grid) per distinct layer signature of ``space``, in first-use order; a layer with a choice of
-    schemes has one signature per scheme (a scheme that zeroes no weights is measured at sparsity 0 only)."""
+    schemes or kernel sizes has one signature per combination (a scheme that zeroes no weights is measured at
+    sparsity 0 only)."""
     ranges = layer_ranges(space, config.range_samples, rng) if config.trim_to_space else []
     by_sig: dict[LayerSignature, list[LayerRange]] = {}
     mult: dict[LayerSignature, tuple[int, int]] = {}
     for li, layer in enumerate(space.layers):
-        for scheme in getattr(layer, "options", None) or (layer.scheme,):
-            sig = LayerSignature.of_layer(layer, scheme)
+        for scheme, kernel in itertools.product(
+            getattr(layer, "options", None) or (layer.scheme,), getattr(layer, "kernels", None) or (None,)
+        ):
+            sig = LayerSignature.of_layer(layer, scheme, kernel)
             own = ranges[li : li + 1]
             if own and not get_scheme(scheme).prunes:
                 own = [dataclasses.replace(own[0], sparsity=(0.0, 0.0))]

@@ -119,6 +119,7 @@ class ModelJob:
     widths: tuple[float, ...] | None  # None: the unpruned model
     sparsities: tuple[float, ...] | None
     schemes: tuple[str, ...] | None = None  # per layer, where the space lets layers choose (None: the defaults)
+    kernels: tuple[int, ...] | None = None  # per layer, where the space lets depthwise layers choose a size
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -128,6 +129,8 @@ class ModelJob:
         }
         if self.schemes is not None:  # absent from one-scheme jobs, so their files (and digests) stay as they were
             d["schemes"] = list(self.schemes)
+        if self.kernels is not None:
+            d["kernels"] = list(self.kernels)
         return d
 
     @classmethod
@@ -137,13 +140,16 @@ class ModelJob:
             None if m["widths"] is None else tuple(float(w) for w in m["widths"]),
             None if m["sparsities"] is None else tuple(float(s) for s in m["sparsities"]),
             None if m.get("schemes") is None else tuple(str(s) for s in m["schemes"]),
+            None if m.get("kernels") is None else tuple(int(k) for k in m["kernels"]),
         )
 
     def arch(self) -> Any:
         """The job's architecture (a ``latprune.space.Arch``); None for the unpruned model."""
         from latprune.space import Arch
 
-        return None if self.widths is None else Arch(self.widths, self.sparsities or (), self.schemes or ())
+        if self.widths is None:
+            return None
+        return Arch(self.widths, self.sparsities or (), self.schemes or (), self.kernels or ())
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class ProfileJobs:
     timing: TimingConfig
     tables: tuple[TableJob, ...]
     models: tuple[ModelJob, ...]
+    kernel_sizes: tuple[int, ...] = ()  # the depthwise kernel sizes the space offers (SearchSpace.kernel_sizes)
 
     @property
     def n_points(self) -> int:
@@ -177,7 +184,7 @@ class ProfileJobs:
                 for t in self.tables
             ],
             "models": [m.to_json() for m in self.models],
-        }
+        } | ({"kernel_sizes": list(self.kernel_sizes)} if self.kernel_sizes else {})  # absent: digests unchanged
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ProfileJobs:
@@ -198,6 +205,7 @@ class ProfileJobs:
             TimingConfig.from_json(d["timing"]),
             tuple(tables),
             models,
+            tuple(int(k) for k in d.get("kernel_sizes", ())),
         )
 
     def digest(self) -> str:
@@ -329,8 +337,13 @@ def emit_jobs(
         for i, x in enumerate(xs):
             arch = space.decode(np.asarray(x))
             schemes = arch.schemes if getattr(space, "n_choices", 0) else None
-            models.append(ModelJob("smallest" if i == 0 else f"random{i}", arch.widths, arch.sparsities, schemes))
-    return ProfileJobs(model, space.scheme, threads, grid.n_channels, grid.n_sparsity, timing, tables, tuple(models))
+            kernels = arch.kernels or None
+            name = "smallest" if i == 0 else f"random{i}"
+            models.append(ModelJob(name, arch.widths, arch.sparsities, schemes, kernels))
+    kernel_sizes = tuple(getattr(space, "kernel_sizes", ()))
+    return ProfileJobs(
+        model, space.scheme, threads, grid.n_channels, grid.n_sparsity, timing, tables, tuple(models), kernel_sizes
+    )
 
 
 def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
@@ -344,6 +357,7 @@ def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
         scheme=jobs.scheme,
         tables=tables,
         additive=AdditiveTerm(0.0, 1.0),
+        kernel_sizes=jobs.kernel_sizes,
         grid_n=jobs.grid_n,
         grid_m=jobs.grid_m,
         build_seconds=m.seconds,
@@ -368,6 +382,6 @@ def _encode_unbounded(space: Any, arch: Any) -> np.ndarray:
 
     wide = SearchSpace(
         space.groups, space.layers, space.input_size, space.in_channels, space.num_classes, space.scheme,
-        np.zeros(space.n_var, dtype=np.int64), np.full(space.n_var, 10, dtype=np.int64),
+        np.zeros(space.n_var, dtype=np.int64), np.full(space.n_var, 10, dtype=np.int64), space.kernel_sizes,
     )  # fmt: skip
     return wide.encode(arch)

@@ -200,7 +200,8 @@ def build_model(
     from latprune.space import SearchSpace
 
     if space is None:
-        space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme)
+        sizes = tuple(sorted(set(job.kernels or ())))  # the job's kernel sizes must be choices of the space
+        space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme, kernel_sizes=sizes)
     plan = plan_from_arch(model, space, job.arch())
     # plain weights with zeros, as export does; every sparse layer's scheme declared to the engine
     return bake_masks(apply_plan(model, plan)).eval(), plan.layer_schemes()
@@ -280,7 +281,7 @@ def measure_jobs(jobs: ProfileJobs, progress: bool = True) -> Measurements:
             if space is None and job.widths is not None:
                 from latprune.latency.profiling import model_space
 
-                space = model_space(jobs.model, jobs.scheme)
+                space = model_space(jobs.model, jobs.scheme, jobs.kernel_sizes)
             model, schemes = build_model(jobs.model, job, jobs.scheme, space)
             calls.append(compile_model(model, schemes, jobs.model, jobs.threads))
         models = time_models(calls, jobs.timing, progress, monitor)

@@ -26,6 +26,11 @@ def _options(layer: Any) -> tuple[str, ...]:
     return tuple(getattr(layer, "options", ())) or (str(layer.scheme),)
 
 
+def _kernels(layer: Any) -> tuple[int | None, ...]:
+    """The kernel sizes a layer can take (None: its own, for spaces that know no kernel choice)."""
+    return tuple(getattr(layer, "kernels", ())) or (None,)
+
+
 class _Axis:
     """One interpolation axis of every table: finds each layer's grid segment, one numpy pass per table."""
 
@@ -79,21 +84,27 @@ class TrilinearPredictor:
         tables: list[LatencyTable] = []
         index: dict[int, int] = {}
         n_options = max((len(_options(layer)) for layer in space.layers), default=1)
-        option_table = np.zeros((len(space.layers), n_options), dtype=np.int64)  # (L, K) table of each option
+        n_kernels = max((len(_kernels(layer)) for layer in space.layers), default=1)
+        option_table = np.zeros((len(space.layers), n_options, n_kernels), dtype=np.int64)  # (L, K, Q) table index
+        area = np.zeros((len(space.layers), n_kernels))  # (L, Q) kh * kw of each kernel choice
         for li, layer in enumerate(space.layers):
-            for k, scheme in enumerate(_options(layer)):
-                sig = LayerSignature.of_layer(layer, scheme)
-                table = profile.table_for(sig)
-                if table is None:
-                    raise ProfileError(
-                        f"The latency profile (model {profile.model.name}) has no table for layer '{layer.name}' "
-                        f"({sig.key}); profile this model, input size and scheme with `latprune profile`."
-                    )
-                if id(table) not in index:
-                    index[id(table)] = len(tables)
-                    tables.append(table)
-                option_table[li, k] = index[id(table)]
+            for q, kernel in enumerate(_kernels(layer)):
+                area[li, q:] = _kernel_area(layer) if kernel is None else kernel * kernel  # padded with the last
+                for k, scheme in enumerate(_options(layer)):
+                    sig = LayerSignature.of_layer(layer, scheme, kernel)
+                    table = profile.table_for(sig)
+                    if table is None:
+                        raise ProfileError(
+                            f"The latency profile (model {profile.model.name}) has no table for layer "
+                            f"'{layer.name}' ({sig.key}); profile this model, input size, scheme and kernel sizes "
+                            "with `latprune profile`."
+                        )
+                    if id(table) not in index:
+                        index[id(table)] = len(tables)
+                        tables.append(table)
+                    option_table[li, k, q:] = index[id(table)]
         self._option_table = option_table
+        self._own_kernel = np.array([getattr(ly, "own_kernel_index", 0) for ly in space.layers], dtype=np.int64)
         self._tied = np.array([t.grid.tied for t in tables])  # (U,)
         self._cin = _Axis([t.grid.cin for t in tables])
         self._cout = _Axis([t.grid.cout for t in tables])
@@ -105,8 +116,8 @@ class TrilinearPredictor:
         stride = np.stack([shapes[:, 1] * shapes[:, 2], shapes[:, 2], np.ones(len(tables), int)], 1)
         self._stride = np.where(shapes > 1, stride, 0)  # (U, 3); a one-point axis never moves: its upper corner is it
         # MB of fp32 weights per (output channel x input channel x density); depthwise: per output channel.
-        groups = [1 if layer.kind == "depthwise" else int(layer.groups) for layer in space.layers]
-        self._mb_per = np.array([_kernel_area(ly) * 4e-6 / g for ly, g in zip(space.layers, groups, strict=True)])
+        groups = np.array([1 if layer.kind == "depthwise" else int(layer.groups) for layer in space.layers])
+        self._mb_per = area * 4e-6 / groups[:, None]  # (L, Q)
         self._dw = np.array([layer.kind == "depthwise" for layer in space.layers])  # (L,)
 
     @property
@@ -128,15 +139,23 @@ class TrilinearPredictor:
         return x
 
     def interpolate(
-        self, c_in: np.ndarray, c_out: np.ndarray, sparsity: np.ndarray, options: np.ndarray | None = None
+        self,
+        c_in: np.ndarray,
+        c_out: np.ndarray,
+        sparsity: np.ndarray,
+        options: np.ndarray | None = None,
+        kernels: np.ndarray | None = None,
     ) -> np.ndarray:
         """Per-layer latency (ms), shape (n, L), at the given per-layer dimensions (each (n, L)); ``options`` (n, L)
-        picks each layer's scheme (an index into its ``options``; None: every layer's default)."""
+        picks each layer's scheme (an index into its ``options``; None: every layer's default) and ``kernels``
+        (n, L) its kernel size (an index into its ``kernels``; None: the first, which is its own without a choice)."""
         c_in = np.asarray(c_in, dtype=np.float64)
         c_out = np.asarray(c_out, dtype=np.float64)
         sparsity = np.asarray(sparsity, dtype=np.float64)
         layers = np.arange(c_out.shape[-1])
-        table = self._option_table[layers, 0 if options is None else options]  # (n, L) or (L,)
+        opt = 0 if options is None else options
+        ker = self._own_kernel if kernels is None else kernels
+        table = self._option_table[layers, opt, ker]  # (n, L) or (L,)
         table = np.broadcast_to(table, c_out.shape)
         c_in = np.where(self._tied[table], c_out, c_in)  # depthwise: one channel count for both
         i, ti = self._cin.locate(c_in, table)
@@ -156,27 +175,35 @@ class TrilinearPredictor:
         layer_options = getattr(self.space, "layer_options", None)
         return None if layer_options is None else layer_options(x)
 
+    def _kernels_of(self, x: np.ndarray) -> np.ndarray:
+        """Each layer's kernel-size index (n, L); the own size where the space has no kernel choice."""
+        index = getattr(self.space, "layer_kernel_index", None)
+        return np.tile(self._own_kernel, (len(x), 1)) if index is None else index(x)
+
     def predict_layers(self, archs: np.ndarray | Sequence[Any]) -> np.ndarray:
         """Per-layer latency (ms) of each architecture, shape (n, L) (before the additive term)."""
         x = self._as_matrix(archs)
         c_in, c_out, sparsity = self.space.layer_dims(x)
-        return self.interpolate(c_in, c_out, sparsity, self._options_of(x))
+        return self.interpolate(c_in, c_out, sparsity, self._options_of(x), self._kernels_of(x))
 
-    def _weight_mb(self, c_in: np.ndarray, c_out: np.ndarray, sparsity: np.ndarray) -> np.ndarray:
+    def _weight_mb(self, c_in: np.ndarray, c_out: np.ndarray, sparsity: np.ndarray, kernels: np.ndarray) -> np.ndarray:
         """MB of nonzero fp32 weights of each architecture, shape (n,), from per-layer dimensions (each (n, L))."""
         fan_in = np.where(self._dw, 1.0, np.asarray(c_in, dtype=np.float64))  # (n, L)
-        return (np.asarray(c_out, dtype=np.float64) * fan_in * (1.0 - np.asarray(sparsity)) * self._mb_per).sum(1)
+        per = self._mb_per[np.arange(self._mb_per.shape[0])[None, :], kernels]  # (n, L)
+        return (np.asarray(c_out, dtype=np.float64) * fan_in * (1.0 - np.asarray(sparsity)) * per).sum(1)
 
     def weight_mb(self, archs: np.ndarray | Sequence[Any]) -> np.ndarray:
         """MB of nonzero weights of each architecture, shape (n,): what a pass streams through the caches."""
-        return self._weight_mb(*self.space.layer_dims(self._as_matrix(archs)))
+        x = self._as_matrix(archs)
+        return self._weight_mb(*self.space.layer_dims(x), self._kernels_of(x))
 
     def predict(self, archs: np.ndarray | Sequence[Any]) -> np.ndarray:
         """Predicted end-to-end latency in ms, shape (n,), for an (n, n_var) int array (or a list of Archs)."""
         term = self.profile.additive
         x = self._as_matrix(archs)
         c_in, c_out, sparsity = self.space.layer_dims(x)
-        layers = self.interpolate(c_in, c_out, sparsity, self._options_of(x)).sum(axis=1)  # (n,)
+        kernels = self._kernels_of(x)
+        layers = self.interpolate(c_in, c_out, sparsity, self._options_of(x), kernels).sum(axis=1)  # (n,)
         if term.ms_per_mb == 0.0:
             return term.offset_ms + term.scale * layers
-        return term.offset_ms + term.scale * layers + term.ms_per_mb * self._weight_mb(c_in, c_out, sparsity)
+        return term.offset_ms + term.scale * layers + term.ms_per_mb * self._weight_mb(c_in, c_out, sparsity, kernels)

@@ -56,17 +56,20 @@ class LayerSignature:
         )
 
     @classmethod
-    def of_layer(cls, layer: Any, scheme: str | None = None) -> LayerSignature:
+    def of_layer(cls, layer: Any, scheme: str | None = None, kernel: int | None = None) -> LayerSignature:
         """The signature of a search-space ``LayerSpec`` (any object with its fields) under ``scheme`` (default: the
-        layer's own); a layer with a choice of schemes has one signature, and one table, per scheme."""
+        layer's own) and square ``kernel`` size (default: the layer's own; another one keeps "same" padding, k // 2).
+        A layer with a choice of schemes or kernel sizes has one signature, and one table, per combination."""
         hw = _pair(layer.in_hw) if layer.in_hw is not None else (1, 1)
+        own = _pair(layer.kernel)
+        resized = kernel is not None and (kernel, kernel) != own
         return cls(
             kind=str(layer.kind),
             c_in=int(layer.c_in),
             c_out=int(layer.c_out),
-            kernel=_pair(layer.kernel),
+            kernel=(int(kernel), int(kernel)) if resized else own,  # type: ignore[arg-type]
             stride=_pair(layer.stride),
-            padding=_pair(layer.padding),
+            padding=(int(kernel) // 2,) * 2 if resized else _pair(layer.padding),  # type: ignore[arg-type]
             groups=int(layer.groups),
             in_hw=hw,
             scheme=str(scheme or layer.scheme),
@@ -300,6 +303,7 @@ class LatencyProfile:
     statistic: str = "median"  # how repeated timings were reduced ("median" or "min"); validation uses the same
     layer_overhead_ms: float = 0.0  # the layer runner's call overhead, measured and taken out of every table point
     load: LoadCheck = field(default_factory=LoadCheck)  # whether the machine looked busy while it was measured
+    kernel_sizes: tuple[int, ...] = ()  # depthwise kernel sizes the space offers (tables per size), () for none
 
     def table_for(self, signature: LayerSignature) -> LatencyTable | None:
         for t in self.tables:
@@ -326,7 +330,7 @@ class LatencyProfile:
             "load": self.load.to_json(),
             "additive": self.additive.to_json(),
             "tables": [t.to_json() for t in self.tables],
-        }
+        } | ({"kernel_sizes": list(self.kernel_sizes)} if self.kernel_sizes else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LatencyProfile:
@@ -350,6 +354,7 @@ class LatencyProfile:
             statistic=str(d["statistic"]),
             layer_overhead_ms=float(d["layer_overhead_ms"]),
             load=LoadCheck.from_json(d.get("load")),
+            kernel_sizes=tuple(int(k) for k in d.get("kernel_sizes", ())),
         )
 
 

@@ -23,22 +23,24 @@ class ProfileConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     calibration_models: int = 24  # whole models measured to fit the additive term (dense, smallest, random)
     seed: int = 0
+    kernel_sizes: tuple[int, ...] = ()  # depthwise kernel sizes the search may choose (NPAS), () keeps the model's
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
 
 
-def model_space(spec: ModelSpec, scheme: str) -> object:
-    """The default search space of ``spec``'s zoo model for ``scheme`` (what the profile's tables cover)."""
+def model_space(spec: ModelSpec, scheme: str, kernel_sizes: tuple[int, ...] = ()) -> object:
+    """The default search space of ``spec``'s zoo model for ``scheme`` and ``kernel_sizes`` (what the profile's
+    tables cover)."""
     from latprune.space import SearchSpace
 
     model, _ = build_model(spec)
-    return SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme)
+    return SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme, kernel_sizes=kernel_sizes)
 
 
 def make_jobs(spec: ModelSpec, config: ProfileConfig) -> ProfileJobs:
     """The profiling jobs for ``spec`` (host side; nothing is timed)."""
-    space = model_space(spec, config.scheme)
+    space = model_space(spec, config.scheme, config.kernel_sizes)
     return emit_jobs(
         spec,
         space,
@@ -53,7 +55,7 @@ def make_jobs(spec: ModelSpec, config: ProfileConfig) -> ProfileJobs:
 def assemble(measurements: Measurements) -> LatencyProfile:
     """The profile of device measurements (host side), rebuilding the space the jobs were made for."""
     jobs = measurements.jobs
-    space = model_space(jobs.model, jobs.scheme)
+    space = model_space(jobs.model, jobs.scheme, jobs.kernel_sizes)
     return assemble_profile(measurements, space)
 
 

@@ -110,7 +110,10 @@ def validate_latency(
     for i, x in enumerate(tqdm(xs, desc="compile", unit="model", disable=not progress)):
         arch = space.decode(x)
         model, schemes = build_model(
-            profile.model, ModelJob(f"sample{i}", arch.widths, arch.sparsities, arch.schemes), space.scheme, space
+            profile.model,
+            ModelJob(f"sample{i}", arch.widths, arch.sparsities, arch.schemes, arch.kernels or None),
+            space.scheme,
+            space,
         )
         calls.append(compile_model(model, schemes, profile.model, profile.threads))
     timing = TimingConfig(

@@ -93,20 +93,33 @@ def create_model(
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to rebuild a zoo model; checkpoints store it as "model" (the name) and "model_kwargs" (the rest)."""
+    """How to rebuild a zoo model; checkpoints store it as "model" (the name) and "model_kwargs" (the rest).
+
+    ``replacements`` names NPAS phase-1 rules (``latprune.models.replace``) applied after building, e.g.
+    ("silu-hardswish",): the replaced model is then what every stage rebuilds. Empty specs serialise as before.
+    """
 
     name: str
     num_classes: int
     in_channels: int
     input_size: int
     width_mult: float = 1.0
+    replacements: tuple[str, ...] = ()
 
     def kwargs(self) -> dict[str, Any]:
         """The checkpoint's "model_kwargs" dict."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+        return {k: v for k, v in self.to_dict().items() if k != "name"}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.replacements:
+            d["replacements"] = list(self.replacements)
+        else:
+            del d["replacements"]  # absent: specs (and profile digests) written before phase 1 are unchanged
+        return d
+
+    def _builder_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.kwargs().items() if k != "replacements"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
@@ -116,20 +129,24 @@ class ModelSpec:
             int(d["in_channels"]),
             int(d["input_size"]),
             float(d.get("width_mult", 1.0)),
+            tuple(str(r) for r in d.get("replacements", ())),
         )
 
     def describe(self) -> str:
         """Short human form, e.g. "resnet20 (10 classes, 1x28x28 input, width 0.5)"."""
         size = f"{self.in_channels}x{self.input_size}x{self.input_size}"
-        return f"{self.name} ({self.num_classes} classes, {size} input, width {self.width_mult:g})"
+        replaced = f", {'+'.join(self.replacements)}" if self.replacements else ""
+        return f"{self.name} ({self.num_classes} classes, {size} input, width {self.width_mult:g}{replaced})"
 
     def build(self, seed: int | None = None) -> nn.Module:
         """Create the model; with ``seed`` its initial weights are reproducible without touching global RNG state."""
+        from latprune.models.replace import apply_replacements
+
         if seed is None:
-            return create_model(self.name, **self.kwargs())
+            return apply_replacements(create_model(self.name, **self._builder_kwargs()), self.replacements)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return create_model(self.name, **self.kwargs())
+            return apply_replacements(create_model(self.name, **self._builder_kwargs()), self.replacements)
 
 
 # Importing the definitions registers them.

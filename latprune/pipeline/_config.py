@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from latprune._limits import check_seed
+from latprune._space_layers import requested_schemes
 from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime
 from latprune.errors import LatpruneError
-from latprune.search import MODES, SELECTIONS
+from latprune.search import MODES, SELECTIONS, list_algorithms
 
 #: What a run prunes when neither --model nor a --checkpoint says.
 DEFAULT_MODEL = "resnet20"
 DEFAULT_DATA = "fashion-mnist"
-STAGES = ("baseline", "profile", "search", "select", "retrain", "measure", "export", "report")
+STAGES = ("baseline", "replace", "profile", "search", "select", "retrain", "measure", "export", "report")
+#: The schemes an NPAS run's layers choose among (block_punched and pattern fall back to block_fc on linear layers).
+NPAS_SCHEMES = "dense,group4,block_punched,pattern,unstructured"
+#: The depthwise kernel sizes an NPAS run's depthwise convs choose among (MobileNetV3 / EfficientNet use 3 and 5).
+NPAS_KERNEL_SIZES = (3, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,14 @@ class RunConfig:
     device: str = "cpu"  # where training runs
     export: bool = True
     redo_from: str | None = None  # forget this stage and the ones after it (e.g. "measure" on an idle machine)
+    search: str = "nsga2"  # the search algorithm: "nsga2" (JCW) or "npas" (NPAS phases 1-3, needs the budget)
+    scheme: str | None = None  # the profile's schemes: None is "group4" for JCW, NPAS_SCHEMES for NPAS
+    workers: int = 1  # processes scoring the search's candidates (latprune search --workers)
+    shortlist: int = 4  # NPAS: best candidates under the budget compiled and measured before one is retrained
+    phase3_epochs: int = 2  # NPAS phase 3: the equal, short budget each retraining method gets
+    phase3_per_class: int | None = 1000  # ... on this many training images per class (None: all)
+    kernel_sizes: tuple[int, ...] | None = None  # depthwise sizes to choose among: None is (3, 5, 7) for NPAS, ()
+    replace_epochs: int = 1  # NPAS phase 1: epochs that fine-tune the parent after its ops were replaced
 
     def __post_init__(self) -> None:
         if self.preset not in PIPELINE_PRESETS:
@@ -110,6 +123,7 @@ class RunConfig:
             raise LatpruneError(f"--finetune-lr {self.finetune_lr} must be a positive, finite learning rate.")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise LatpruneError(f"The latency budget {self.latency_budget_ms} ms is not positive; write e.g. 0.2ms.")
+        self._check_search()
         for name in ("checkpoint", "profile"):
             path = getattr(self, name)
             # A checkpoint may also be a `latprune train` run folder holding checkpoint.pt.
@@ -121,11 +135,47 @@ class RunConfig:
             if not found:
                 raise LatpruneError(f"The --{name} file '{path}' does not exist; check the path.")
 
+    def _check_search(self) -> None:
+        if self.search not in list_algorithms():
+            raise LatpruneError(f"Unknown --search '{self.search}'; choose one of {', '.join(list_algorithms())}.")
+        if self.search == "npas" and self.latency_budget_ms is None:
+            raise LatpruneError("--search npas maximises accuracy under a latency budget; pass --latency-budget.")
+        for name in ("workers", "shortlist", "phase3_epochs", "replace_epochs"):
+            if getattr(self, name) < 1:
+                raise LatpruneError(f"--{name.replace('_', '-')} is {getattr(self, name)}; it must be at least 1.")
+        if self.scheme is not None:
+            requested_schemes(self.scheme)  # "" or an unknown name: one sentence, before any work
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes or ()):
+            raise LatpruneError(f"--kernel-sizes {self.kernel_sizes} must be positive odd sizes, like 3,5,7.")
+        if self.phase3_per_class is not None and self.phase3_per_class < 1:
+            raise LatpruneError(f"--phase3-per-class is {self.phase3_per_class}; use at least 1 (or leave it unset).")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this run goes through: NPAS adds its phase 1, "replace", after the baseline."""
+        return tuple(s for s in STAGES if s != "replace" or self.search == "npas")
+
+    @property
+    def schemes(self) -> str:
+        """The schemes the profile (and so the search space) offers each layer."""
+        return self.scheme or (NPAS_SCHEMES if self.search == "npas" else "group4")
+
+    @property
+    def kernels(self) -> tuple[int, ...]:
+        """The kernel sizes depthwise layers choose among (profiled, so searched): NPAS's filter-size choice."""
+        if self.kernel_sizes is not None:
+            return self.kernel_sizes
+        return NPAS_KERNEL_SIZES if self.search == "npas" else ()
+
     def resolved(self) -> RunConfig:
-        """A copy with every preset-dependent field filled in (what the run records and compares on resume)."""
+        """A copy with every preset-dependent field filled in (what the run records and compares on resume).
+
+        NPAS scores ``population`` candidates per estimator call and NSGA-II ``2 x population`` (P ∪ Q), so an NPAS
+        run takes twice the preset's population: each generation then costs the same super-net time.
+        """
         p = PIPELINE_PRESETS[self.preset]
         fill = {
-            "population": p.population,
+            "population": p.population * (2 if self.search == "npas" else 1),
             "generations": p.generations,
             "top_k": p.top_k,
             "finetune_epochs": p.finetune_epochs,

@@ -117,6 +117,18 @@ class RunReport:
     rows: tuple[ModelRow, ...]
     stage_seconds: dict[str, float]
     load_warning: str | None = None  # one sentence when the machine looked busy while latency was measured
+    latency_budget_ms: float | None = None  # the run's --latency-budget, if it had one
+    search: str = "nsga2"  # the search algorithm of the run
+
+    def budget_line(self) -> str | None:
+        """Whether each pruned model MEASURES within the budget (the search only predicted it)."""
+        if self.latency_budget_ms is None or len(self.rows) < 2:
+            return None
+        parts = [
+            f"{r.name} {r.engine_ms:.3f} ms ({'met' if r.engine_ms <= self.latency_budget_ms else 'MISSED'})"
+            for r in self.rows[1:]
+        ]
+        return f"latency budget {self.latency_budget_ms:g} ms, measured: " + ", ".join(parts)
 
     @property
     def reference(self) -> str:
@@ -160,6 +172,8 @@ class RunReport:
             f"{self.threads} thread(s), fastest of interleaved rounds' medians, {self.cpu}; weights: the engine's "
             "packed weights on disk."
         )
+        if self.budget_line():
+            lines.append(self.budget_line())  # type: ignore[arg-type]
         if self.load_warning:
             lines.append(f"WARNING: {self.load_warning}")
         return "\n".join(lines)
@@ -229,13 +243,15 @@ def report_html(report: RunReport, png: bytes) -> str:
     warning = (
         f'<p style="color:#b00"><b>Warning:</b> {html.escape(report.load_warning)}</p>' if report.load_warning else ""
     )
+    budget = f"<p>{html.escape(report.budget_line() or '')}</p>" if report.budget_line() else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>latprune run: {html.escape(report.model)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:nth-child(2){{text-align:left}}</style></head>
 <body><h1>latprune run: {html.escape(report.model)} on {html.escape(report.data)}</h1>
-<p>Preset {html.escape(report.preset)}; latency measured at batch 1 with {report.threads} thread(s) on
-{html.escape(report.cpu)}; speed-ups are the dense model's latency over each model's engine latency.</p>{warning}
+<p>Preset {html.escape(report.preset)}, search {html.escape(report.search)}; latency measured at batch 1 with
+{report.threads} thread(s) on {html.escape(report.cpu)}; speed-ups are the dense model's latency over each model's
+engine latency.</p>{warning}{budget}
 <img alt="measured latency against test accuracy" src="data:image/png;base64,{img}">
 <table><tr>{"".join(f"<th>{html.escape(c)}</th>" for c in cols)}</tr>
 {"".join(body)}</table>

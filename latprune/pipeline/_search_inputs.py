@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from latprune._io import locks_output, read_json
+from latprune._space_layers import requested_schemes
 from latprune.data import DataConfig, load_splits
 from latprune.data.datasets import canonical_name
-from latprune.errors import DataError, ModelError, ProfileError
+from latprune.errors import DataError, ModelError, ProfileError, SearchError
 from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import LatencyProfile, load_profile
 from latprune.search import SearchConfig, SearchResult, get_preset, run_search
+from latprune.search.trials import check_storage
 from latprune.space import SearchSpace
 from latprune.supernet import SupernetConfig, SupernetData, SupernetEstimator
 from latprune.train import load_model_from_checkpoint
@@ -91,19 +93,27 @@ def build_search_inputs(
     device: str = "cpu",
     resume_dir: str | Path | None = None,
     progress: bool = True,
+    scheme: str | None = None,
 ) -> SearchInputs:
     """Checkpoint -> model and its search space, profile -> latency predictor, data -> super-net estimator.
 
-    ``model`` and ``data`` are only checked against what the checkpoint records. With ``resume_dir`` the
-    estimator's call counter continues from that run's completed generations: it seeds each call from the
-    counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
+    ``model`` and ``data`` are only checked against what the checkpoint records; ``scheme`` searches some of the
+    profile's schemes (default: all of them; a scheme the profile has no table for fails naming it). With
+    ``resume_dir`` the estimator's call counter continues from that run's completed generations: it seeds each call
+    from the counter, so a resumed search trains exactly the super-nets an uninterrupted one would.
     """
     parent, ckpt = load_model_from_checkpoint(checkpoint)
     check_parent(ckpt, checkpoint, model)
     prof = load_profile(profile, force=force_profile)
     check_profile_fits(prof, profile, ckpt)
     kwargs = ckpt["model_kwargs"]
-    space = SearchSpace.from_model(parent, kwargs["input_size"], kwargs["in_channels"], scheme=prof.scheme)
+    space = SearchSpace.from_model(
+        parent,
+        kwargs["input_size"],
+        kwargs["in_channels"],
+        scheme=prof.scheme if scheme is None else scheme,
+        kernel_sizes=prof.kernel_sizes,
+    )
     predictor = TrilinearPredictor(prof, space)
     data_cfg = checkpoint_data(ckpt, checkpoint, data)
     splits = load_splits(data_cfg)
@@ -136,7 +146,10 @@ class SearchJob:
     ``search`` and ``supernet`` default to the ``preset``'s (``latprune.search.PRESETS``, which also names the
     super-net schedule); callers change settings on top of those with ``SearchConfig.override`` and
     ``SupernetConfig.override``. ``model`` and ``data`` are only checked against what the checkpoint records.
-    ``resume`` continues the run in ``out_dir`` after its last completed generation.
+    ``resume`` continues the run in ``out_dir`` after its last completed generation. With ``workers`` > 1, or a
+    ``storage``, candidates are scored through optuna's storage (``latprune.search.trials``): ``workers - 1`` helper
+    processes start on this machine, and ``latprune search-worker --run OUT_DIR`` joins from others. ``storage`` is
+    an optuna journal file or RDB URL (default: ``OUT_DIR/trials.journal``).
     """
 
     checkpoint: Path
@@ -151,9 +164,18 @@ class SearchJob:
     device: str = "cpu"
     resume: bool = False
     progress: bool = True
+    workers: int = 1
+    storage: str | None = None
+    scheme: str | None = None
 
     def __post_init__(self) -> None:
         get_preset(self.preset)  # an unknown name fails here with the list of valid ones
+        if self.workers < 1:
+            raise SearchError(f"--workers is {self.workers}; use 1 (this process alone) or more.")
+        if self.storage is not None:
+            check_storage(self.storage)
+        if self.scheme is not None:
+            requested_schemes(self.scheme)  # "" or an unknown name: one sentence, before any work
 
     def search_config(self) -> SearchConfig:
         """The search's settings: ``search``, or the preset's."""
@@ -189,6 +211,7 @@ def search_inputs(job: SearchJob) -> SearchInputs:
         device=job.device,
         resume_dir=job.out_dir if job.resume else None,
         progress=job.progress,
+        scheme=job.scheme,
     )
     inputs.meta["preset"] = job.preset
     return inputs
@@ -203,11 +226,33 @@ def search_checkpoint(job: SearchJob) -> SearchOutcome:
 
     config = job.search_config()
     inputs = search_inputs(job)
-    result = run_search(
-        inputs.space, inputs.predictor, inputs.estimator, config, job.out_dir, resume=job.resume, meta=inputs.meta,
-        progress=job.progress,
-    )  # fmt: skip
+    estimator: Any = inputs.estimator
+    queue, procs = None, []
+    if job.workers > 1 or job.storage:
+        from latprune.pipeline._workers import spawn_workers
+        from latprune.search.trials import TrialQueue, default_storage
+        from latprune.supernet._shared import SharedEstimator
+
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        url = job.storage or default_storage(job.out_dir)
+        queue = TrialQueue(url, worker="search")
+        queue.reopen()
+        inputs.meta["storage"] = url
+        estimator = SharedEstimator(inputs.estimator, queue, job.out_dir / "supernet")
+        procs = spawn_workers(job.workers - 1, job.out_dir, url)
+    try:
+        result = run_search(
+            inputs.space, inputs.predictor, estimator, config, job.out_dir, resume=job.resume, meta=inputs.meta,
+            progress=job.progress,
+        )  # fmt: skip
+    finally:
+        if queue is not None:
+            from latprune.pipeline._workers import stop_workers
+
+            queue.close()
+            stop_workers(procs)
     if not is_main():
         return SearchOutcome(result, None, "")
-    title = f"{inputs.meta.get('model', 'search')}: {config.mode}, {config.selection}"
+    how = f"{config.mode}, {config.selection}" if config.algorithm == "nsga2" else f"{config.algorithm}, {config.mode}"
+    title = f"{inputs.meta.get('model', 'search')}: {how}"
     return SearchOutcome(result, plot_search(job.out_dir, result=result, title=title), front_table(result))

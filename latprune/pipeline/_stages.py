@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,121 +17,25 @@ import torch
 import torch.nn as nn
 
 from latprune._busy import LoadCheck, busy_warning, worst
-from latprune._io import LOCK_NAME, atomic_write_json, locks_output, read_json
+from latprune._io import atomic_write_json, locks_output, read_json
 from latprune.bench import TIMING_ROUNDS
 from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
 from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
-from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
+from latprune.pipeline._config import PIPELINE_PRESETS, RunConfig
+from latprune.pipeline._npas import measured_select, phase3_retrain, replace_stage
 from latprune.pipeline._preflight import check_run_inputs
 from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
 from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
+from latprune.pipeline._status import Status, stage
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
 from latprune.search import Candidate, SearchResult, get_preset
 from latprune.space import SearchSpace
 
-RUN_FORMAT = "latprune.run/1"
 #: RunConfig fields that are SearchConfig fields of the same name: they replace the search preset's values.
 _SEARCH_SETTINGS = ("population", "generations", "mode", "selection", "seed", "latency_budget_ms")
-# Settings that may change between a run and its resumption: they only change how results are measured or shown.
-_RESUMABLE = frozenset(
-    (
-        "threads",
-        "timing_runs",
-        "device",
-        "export",
-        "checkpoint",
-        "profile",
-        "force_profile",
-        "profile_grid",
-        "redo_from",
-        "runtimes",
-    )
-)
-
-#: The first stage each setting changes (the others: "baseline"), see _check_same_run.
-_SETTING_STAGE = {
-    **dict.fromkeys(("preset", "population", "generations", "mode", "selection", "latency_budget_ms"), "search"),
-    "top_k": "select",
-    **dict.fromkeys(("finetune_method", "finetune_epochs", "finetune_lr", "distill"), "retrain"),
-}
-
-
-class _Status:
-    """``status.json``: which stages are done, what each produced, and how long it took."""
-
-    def __init__(self, out_dir: Path, config: RunConfig) -> None:
-        self.path = out_dir / "status.json"
-        self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
-        if self.path.exists():
-            saved = read_json(self.path, what="run status")
-            if not _is_status(saved):
-                raise LatpruneError(f"'{self.path}' is not a latprune run status, or is damaged; choose another --out.")
-            stages = saved.get("stages", {})
-            done = {name for name, entry in stages.items() if entry.get("done")}
-            _check_same_run(self.path, saved["config"], self.data["config"], done)
-            self.data["stages"] = saved.get("stages", {})
-            if config.redo_from is not None:
-                for stage in STAGES[STAGES.index(config.redo_from) :]:
-                    self.data["stages"].pop(stage, None)
-        elif any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # a fresh run would overwrite what is there
-            raise LatpruneError(
-                f"The folder '{out_dir}' holds other files but no latprune run (status.json); pick a new or empty "
-                "--out, so that nothing in it is overwritten."
-            )
-        self.save()
-
-    def done(self, stage: str) -> dict[str, Any] | None:
-        entry = self.data["stages"].get(stage)
-        return entry if entry and entry.get("done") else None
-
-    def start(self, stage: str) -> None:
-        self.data["current"] = stage
-        self.data["stages"].setdefault(stage, {})["started"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self.save()
-
-    def finish(self, stage: str, seconds: float, **outputs: Any) -> None:
-        self.data["stages"][stage] |= {"done": True, "seconds": round(seconds, 2), **outputs}
-        self.data["current"] = None
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data)
-
-
-def _is_status(saved: Any) -> bool:
-    """Whether a status.json holds what _Status reads (an edited or foreign one is refused, not a traceback)."""
-    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(saved.get("config"), dict):
-        return False
-    stages = saved.get("stages", {})
-    return isinstance(stages, dict) and all(isinstance(entry, dict) for entry in stages.values())
-
-
-def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any], done: set[str]) -> None:
-    """Refuse a setting that differs from what a finished stage used; one that no finished stage used yet may
-    change, so a run refused for a bad value (an impossible --latency-budget) is corrected in the same folder."""
-    for key, value in now.items():
-        if key not in _RESUMABLE and _SETTING_STAGE.get(key, "baseline") in done and saved.get(key) != value:
-            raise LatpruneError(
-                f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
-                "same setting to resume it, or choose another --out."
-            )
-
-
-def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one stage unless ``status.json`` says it is done; returns its recorded outputs."""
-    done = status.done(name)
-    if done is not None:
-        print(f"[{index}/{len(STAGES)}] {name}: done earlier ({text})")
-        return done
-    print(f"\n[{index}/{len(STAGES)}] {name}: {text}")
-    status.start(name)
-    t0 = time.perf_counter()
-    outputs = fn()
-    status.finish(name, time.perf_counter() - t0, **outputs)
-    return status.done(name) or {}
 
 
 @locks_output("config.out_dir")
@@ -142,41 +44,30 @@ def run_pipeline(config: RunConfig) -> RunReport:
     cfg = check_run_inputs(config.resolved())
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    status = _Status(out, cfg)
+    status = Status(out, cfg)
     print(f"latprune run: {cfg.model} on {cfg.data}, preset '{cfg.preset}', run folder {out}")
 
-    base = _stage(status, "baseline", 1, _baseline_text(cfg), lambda: _baseline(cfg, out))
-    parent_path = Path(base["checkpoint"])
-    prof = _stage(status, "profile", 2, _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
+    base = stage(status, "baseline", _baseline_text(cfg), lambda: _baseline(cfg, out))
+    dense_path = parent_path = Path(base["checkpoint"])
+    if "replace" in cfg.stages:  # NPAS phase 1: the search starts from the parent with its slow ops replaced
+        text = "time a stand-in for each slow op on the engine; apply those that pay and fine-tune the parent"
+        parent_path = Path(stage(status, "replace", text, lambda: replace_stage(cfg, out, dense_path))["checkpoint"])
+    prof = stage(status, "profile", _profile_text(cfg), lambda: _profile(cfg, out, parent_path))
     profile_path = Path(prof["profile"])
-    _stage(
-        status,
-        "search",
-        3,
-        f"NSGA-II, population {cfg.population}, {cfg.generations} generations, {cfg.mode}, {cfg.selection} selection",
-        lambda: _search(cfg, out, parent_path, profile_path),
-    )
-    sel = _stage(status, "select", 4, _select_text(cfg), lambda: _select(cfg, out, parent_path))
+    stage(status, "search", _search_text(cfg), lambda: _search(cfg, out, parent_path, profile_path))
+    sel = stage(status, "select", _select_text(cfg), lambda: _select(cfg, out, parent_path))
     names = [c["name"] for c in sel["models"]]
-    _stage(
-        status,
-        "retrain",
-        5,
-        f"{len(names)} model(s), {cfg.finetune_method} fine-tuning for {cfg.finetune_epochs} epoch(s)"
-        + (", distilled from the parent" if cfg.distill else ""),
-        lambda: _retrain(cfg, out, parent_path, sel["models"]),
-    )
-    _stage(
+    stage(status, "retrain", _retrain_text(cfg, len(names)), lambda: _retrain(cfg, out, parent_path, sel["models"]))
+    stage(
         status,
         "measure",
-        6,
         f"compile with the engine; batch-1 latency on {cpu_model()}, {cfg.threads} thread(s), {cfg.timing_runs} "
         f"runs each, interleaved in {TIMING_ROUNDS} rounds",
-        lambda: _measure(cfg, out, parent_path, names),
+        lambda: _measure(cfg, out, dense_path, names),
     )
     if cfg.export:
-        _stage(status, "export", 7, "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
-    _stage(status, "report", 8, "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
+        stage(status, "export", "plan + weights, ONNX and the saved engine per model", lambda: _export(out, names))
+    stage(status, "report", "table, report.json, report.html and the Pareto plot", lambda: _report(cfg, out, sel))
     report = RunReport.load(out)
     print("\n" + report.table())
     print(f"\nreport: {out / 'report.html'} (and report.json)\nplot:   {out / 'pareto.png'}\nmodels: {out / 'models'}")
@@ -225,19 +116,31 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
         return {"profile": str(cfg.profile)}
     spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
     n, m = cfg.profile_grid
-    profile = profile_model(spec, ProfileConfig(threads=cfg.threads, grid=GridConfig(n_channels=n, n_sparsity=m)))
+    grid = GridConfig(n_channels=n, n_sparsity=m)
+    config = ProfileConfig(threads=cfg.threads, scheme=cfg.schemes, grid=grid, kernel_sizes=cfg.kernels)
+    profile = profile_model(spec, config)
     path = save_profile(profile, out / "profile.json")
     print(f"profile: {len(profile.tables)} tables in {profile.build_seconds:.0f} s -> {path}")
     return {"profile": str(path)}
 
 
+def _search_text(cfg: RunConfig) -> str:
+    if cfg.search == "npas":
+        return (
+            f"NPAS (RL controller + TPE), {cfg.population} candidates per generation, {cfg.generations} generations, "
+            f"budget {cfg.latency_budget_ms:g} ms, schemes {cfg.schemes}"
+        )
+    return f"NSGA-II, population {cfg.population}, {cfg.generations} generations, {cfg.mode}, {cfg.selection} selection"
+
+
 def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str, Any]:
     preset = PIPELINE_PRESETS[cfg.preset].search_preset
     run_dir = out / "search"
-    search = get_preset(preset).search_config().override(**{k: getattr(cfg, k) for k in _SEARCH_SETTINGS})
+    settings = {k: getattr(cfg, k) for k in _SEARCH_SETTINGS} | {"algorithm": cfg.search}
+    search = get_preset(preset).search_config().override(**settings)
     job = SearchJob(
         parent, profile, run_dir, preset, search, data=cfg.data, force_profile=cfg.force_profile, device=cfg.device,
-        resume=(run_dir / "state.json").exists(),
+        resume=(run_dir / "state.json").exists(), workers=cfg.workers,
     )  # fmt: skip
     outcome = search_checkpoint(job)
     print(outcome.table)
@@ -245,6 +148,11 @@ def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str,
 
 
 def _select_text(cfg: RunConfig) -> str:
+    if cfg.search == "npas":
+        return (
+            f"the {cfg.shortlist} most accurate candidates predicted under {cfg.latency_budget_ms:g} ms, compiled and "
+            "measured; the most accurate that measures under it"
+        )
     if cfg.latency_budget_ms is not None:
         return f"the most accurate candidate at or under {cfg.latency_budget_ms:g} ms predicted"
     return f"{cfg.top_k} candidates of the Pareto front, spread evenly over predicted latency"
@@ -253,6 +161,8 @@ def _select_text(cfg: RunConfig) -> str:
 def _select(cfg: RunConfig, out: Path, parent_path: Path) -> dict[str, Any]:
     from latprune.train import load_model_from_checkpoint
 
+    if cfg.search == "npas":
+        return measured_select(cfg, out, parent_path)
     result = SearchResult.load(out / "search")
     if cfg.latency_budget_ms is not None:
         if result.best_under_budget is None:
@@ -300,9 +210,22 @@ def top_k_candidates(result: SearchResult, k: int) -> list[Candidate]:
     return sorted(picked + spread(rest, k - len(picked)), key=lambda c: c.latency_ms)
 
 
+def _retrain_text(cfg: RunConfig, n: int) -> str:
+    if cfg.search == "npas":
+        return (
+            f"phase 3: masked, ADMM and GMP retraining {cfg.phase3_epochs} epoch(s) each on a subset, then the best "
+            f"(validation accuracy) for {cfg.finetune_epochs} epoch(s)" + (", distilled" if cfg.distill else "")
+        )
+    return f"{n} model(s), {cfg.finetune_method} fine-tuning for {cfg.finetune_epochs} epoch(s)" + (
+        ", distilled from the parent" if cfg.distill else ""
+    )
+
+
 def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
     from latprune.train import FinetuneConfig, finetune
 
+    if cfg.search == "npas":
+        return phase3_retrain(cfg, out, parent, models)
     epochs = cfg.finetune_epochs or 1
     ft = FinetuneConfig(
         method=cfg.finetune_method,
@@ -321,7 +244,14 @@ def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any
     return {"test_acc": accs}
 
 
-def _time_runtimes(model: nn.Module, x: torch.Tensor, threads: int, runs: int, baselines: tuple[str, ...]) -> dict:
+def _time_runtimes(
+    model: nn.Module,
+    x: torch.Tensor,
+    threads: int,
+    runs: int,
+    baselines: tuple[str, ...],
+    schemes: dict[str, str] | None = None,
+) -> dict:
     """Batch-1 latency (ms) of ``model`` compiled by the engine and on each baseline runtime, and the size of the
     engine's packed weights.
 
@@ -330,7 +260,7 @@ def _time_runtimes(model: nn.Module, x: torch.Tensor, threads: int, runs: int, b
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
-    engine = compile(model, x, threads=threads)
+    engine = compile(model, x, threads=threads, schemes=schemes)  # each layer's scheme declared, as export does
     timings = time_runtimes(
         model, x, threads, ("engine", *baselines), warmup=20, runs=runs, prepared={"engine": lambda: engine(xa)}
     )
@@ -349,9 +279,10 @@ def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[
     rows = {"dense": timed(dense) | {"params": count_params(dense)}}
     ref = reference_runtime(cfg.runtimes)
     for name in names:
-        model, _ = load_model_from_checkpoint(out / "models" / name / "finetune")
+        model, ckpt = load_model_from_checkpoint(out / "models" / name / "finetune")
         model = bake_masks(copy.deepcopy(model))
-        rows[name] = timed(model) | {"params": count_params(model, nonzero=True)}
+        schemes = PruningPlan.from_dict(ckpt["plan"]).layer_schemes()
+        rows[name] = timed(model, schemes=schemes) | {"params": count_params(model, nonzero=True)}
         ms = rows[name]["latency_ms"]["engine"]
         speedup = rows["dense"]["latency_ms"][ref] / ms
         print(f"{name}: engine {ms:.3f} ms ({speedup:.2f}x {runtime_info(ref).label} on the dense model)")
@@ -398,6 +329,8 @@ def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
         rows=tuple(rows),
         stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
         load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measured latency"),
+        latency_budget_ms=cfg.latency_budget_ms,
+        search=cfg.search,
     )
     write_report(report, out)
     return {"report": str(out / "report.json")}

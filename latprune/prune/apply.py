@@ -13,6 +13,7 @@ import torch_pruning as tp
 
 from latprune.errors import ModelError, PlanError
 from latprune.graph import ChannelGraph, build_graph, is_depthwise
+from latprune.prune.kernels import check_resizable, resize_kernel
 from latprune.prune.plan import ModelSpec, PruningPlan
 from latprune.schemes import make_mask
 
@@ -55,6 +56,8 @@ def _check_fits(plan: PruningPlan, graph: ChannelGraph) -> None:
             raise PlanError(f"The plan does not fit the model: the model has no layer '{ly.name}'.")
         if info.kind == "depthwise" and ly.sparsity > 0:
             raise PlanError(f"Layer '{ly.name}' is depthwise and takes no weight sparsity; set it to 0.0.")
+        if ly.kernel is not None:
+            check_resizable(ly.name, info, ly.kernel)
     if len(plan.layers) != len(graph.layers):
         raise PlanError(
             f"The plan does not fit the model: it lists {len(plan.layers)} layers, the model has {len(graph.layers)}."
@@ -99,6 +102,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan, masks: bool = True) -> nn.Mo
             pruner.prune_out_channels(module, idxs)
         elif not is_depthwise(module):  # a depthwise conv's inputs went with its outputs
             pruner.prune_in_channels(module, idxs)
+    for ly in plan.layers:
+        if ly.kernel is not None:
+            resize_kernel(modules[ly.name], ly.kernel)
     if masks:
         attach_masks(model, plan)
     return model

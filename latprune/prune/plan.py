@@ -32,7 +32,8 @@ class GroupPlan:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One layer's weight sparsity and the groups its output / input channels come from."""
+    """One layer's weight sparsity, the groups its output / input channels come from, and (NPAS) a new square kernel
+    size for a depthwise conv (None: the model's own)."""
 
     name: str
     scheme: str
@@ -40,6 +41,7 @@ class LayerPlan:
     params: SchemeParams = SchemeParams()  # noqa: RUF009 - frozen dataclass, safe as a default
     out_group: str | None = None
     in_groups: tuple[str, ...] = ()
+    kernel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class PruningPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
-            "model": None if self.model is None else dataclasses.asdict(self.model),
+            "model": None if self.model is None else self.model.to_dict(),
             "input_size": list(self.input_size),
             "in_channels": self.in_channels,
             "importance": self.importance,
@@ -106,6 +108,7 @@ class PruningPlan:
                     "out_group": ly.out_group,
                     "in_groups": list(ly.in_groups),
                 }
+                | ({"kernel": ly.kernel} if ly.kernel is not None else {})  # absent: plans read by older versions
                 for ly in self.layers
             ],
         }
@@ -119,7 +122,7 @@ class PruningPlan:
             raise PlanError(f"{source} has version {d.get('version')!r}; this latprune reads version {PLAN_VERSION}.")
         try:
             return cls(
-                model=None if d["model"] is None else ModelSpec(**d["model"]),
+                model=None if d["model"] is None else ModelSpec.from_dict(d["model"]),
                 input_size=(int(d["input_size"][0]), int(d["input_size"][1])),
                 in_channels=int(d["in_channels"]),
                 groups=tuple(GroupPlan(g["name"], int(g["channels"]), tuple(g["keep"])) for g in d["groups"]),
@@ -131,6 +134,7 @@ class PruningPlan:
                         SchemeParams(**ly["params"]),
                         ly["out_group"],
                         tuple(ly["in_groups"]),
+                        None if ly.get("kernel") is None else int(ly["kernel"]),
                     )
                     for ly in d["layers"]
                 ),
@@ -222,7 +226,13 @@ def plan_from_arch(
     graph = build_graph(model, space.input_size, space.in_channels)
     _check_space_matches(space, graph)
     keep = [kept_channels(w, g.channels, g.multiple) for w, g in zip(arch.widths, space.groups, strict=True)]
-    return _make_plan(model, graph, keep, list(arch.schemes), list(arch.sparsities), importance, params, model_spec)
+    kernels = [
+        None if not arch.kernels or k == ly.kernel[0] else int(k)
+        for ly, k in zip(space.layers, arch.kernels or [None] * len(space.layers), strict=True)
+    ]
+    return _make_plan(
+        model, graph, keep, list(arch.schemes), list(arch.sparsities), importance, params, model_spec, kernels
+    )
 
 
 def uniform_plan(
@@ -277,6 +287,7 @@ def _make_plan(
     importance: Criterion,
     params: SchemeParams,
     model_spec: ModelSpec | None,
+    kernels: list[int | None] | None = None,
 ) -> PruningPlan:
     if importance not in CRITERIA:
         raise PlanError(f"Unknown channel importance '{importance}'; choose one of: {', '.join(CRITERIA)}.")
@@ -288,9 +299,10 @@ def _make_plan(
             kept = select_channels(group_importance(model, g, importance), k, g.name)
         groups.append(GroupPlan(g.name, g.channels, kept))
     links = _layer_groups(graph)
+    kernels = kernels or [None] * len(graph.layers)
     layers = tuple(
-        LayerPlan(info.name, scheme, round(float(s), 6), params, *links[info.name])
-        for info, scheme, s in zip(graph.layers, schemes, sparsities, strict=True)
+        LayerPlan(info.name, scheme, round(float(s), 6), params, *links[info.name], k)
+        for info, scheme, s, k in zip(graph.layers, schemes, sparsities, kernels, strict=True)
     )
     return PruningPlan(model_spec, graph.input_size, graph.in_channels, tuple(groups), layers, importance)
 

@@ -74,21 +74,38 @@ class AlgorithmSpec:
     create: Callable[[DecisionSpace, SearchConfig, int], SearchAlgorithm]
     restore: Callable[[DecisionSpace, SearchConfig, int, dict[str, Any]], SearchAlgorithm]
     description: str
+    uses_budget: bool = False
+    """Whether ``SearchConfig.latency_budget_ms`` steers the search (NPAS maximises accuracy under it) rather than
+    only the report (NSGA-II): then it is required, and a resumed run must keep it."""
+
+
+@runtime_checkable
+class LatencyAware(Protocol):
+    """An algorithm that screens its proposals with the latency predictor before they cost an estimator call.
+
+    The driver calls :meth:`use_latency` once after creating or restoring the algorithm, with a function from
+    decision vectors (n, n_dec) to predicted latency in ms (n,). Predictions are cheap and deterministic, so a
+    resumed run screens exactly as the uninterrupted one did.
+    """
+
+    def use_latency(self, predict: Callable[[np.ndarray], np.ndarray]) -> None: ...
 
 
 _ALGORITHMS: dict[str, AlgorithmSpec] = {}
 #: Modules whose import registers the built-in algorithms (imported on first use: pymoo is slow to import).
-_BUILTIN_MODULES = ("latprune.search.nsga",)
+_BUILTIN_MODULES = ("latprune.search.nsga", "latprune.search.npas")
 
 
-def register_algorithm(name: str, *, description: str) -> Callable[[type], type]:
+def register_algorithm(name: str, *, description: str, uses_budget: bool = False) -> Callable[[type], type]:
     """Register a class with ``create(space, config, seed)`` and ``restore(space, config, seed, state)``
-    classmethods returning a :class:`SearchAlgorithm`, as search algorithm ``name``."""
+    classmethods returning a :class:`SearchAlgorithm`, as search algorithm ``name`` (``uses_budget``: see
+    :class:`AlgorithmSpec`)."""
 
     def deco(cls: type) -> type:
         if name in _ALGORITHMS:
             raise ValueError(f"search algorithm '{name}' is already registered")
-        _ALGORITHMS[name] = AlgorithmSpec(name, cls.create, cls.restore, description)  # type: ignore[attr-defined]
+        spec = AlgorithmSpec(name, cls.create, cls.restore, description, uses_budget)  # type: ignore[attr-defined]
+        _ALGORITHMS[name] = spec
         return cls
 
     return deco
@@ -117,6 +134,7 @@ def get_algorithm(name: str) -> AlgorithmSpec:
 __all__ = [
     "AlgorithmSpec",
     "DecisionSpace",
+    "LatencyAware",
     "SearchAlgorithm",
     "get_algorithm",
     "list_algorithms",

@@ -10,7 +10,7 @@ from typing import Any
 from latprune._limits import check_seed
 from latprune._overrides import override
 from latprune.errors import SearchError
-from latprune.search.algorithms import list_algorithms
+from latprune.search.algorithms import get_algorithm, list_algorithms
 from latprune.search.selection import SELECTIONS
 
 MODES: tuple[str, ...] = ("joint", "weight-only", "channel-only", "sequential")
@@ -27,7 +27,12 @@ class SearchConfig:
     ``mode`` picks the JCW Table 3 ablation: joint channel+weight, weight-only (WSO, widths 1.0),
     channel-only (CWO, sparsity 0), or sequential (SCW, see :mod:`latprune.search.driver`).
     ``latency_targets`` is the N of JCW eq. 9 for uniform selection (the official JCW configuration uses 4).
-    ``latency_budget_ms`` only changes the report (best candidate under the budget), never the search.
+    ``latency_budget_ms`` only changes NSGA-II's report (best candidate under the budget); NPAS (``algorithm="npas"``)
+    maximises accuracy under it, so it needs one. The ``npas_*`` settings are NPAS's (:mod:`latprune.search.npas`):
+    the share of each batch its RL controller proposes (the rest comes from optuna's TPE), how many of the best
+    candidates so far are re-estimated beside the new ones, the penalty λ of the reward
+    accuracy − λ·max(0, latency/budget − 1), the controller's gradient step, and the latency band [floor·budget, budget]
+    proposals are screened into by the predictor before they cost an estimator call.
     """
 
     population: int = 16
@@ -43,6 +48,11 @@ class SearchConfig:
     sequential_channel_share: float = 0.5
     sequential_widths: int = 4
     latency_budget_ms: float | None = None
+    npas_rl_share: float = 0.5
+    npas_elites: int = 4
+    npas_penalty: float = 2.0
+    npas_policy_lr: float = 0.5
+    npas_latency_floor: float = 0.8
 
     def __post_init__(self) -> None:
         check_seed(self.seed)
@@ -74,6 +84,25 @@ class SearchConfig:
             raise SearchError("The sequential mode needs at least 2 generations (one per stage); raise --generations.")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise SearchError(f"The latency budget {self.latency_budget_ms} ms must be positive.")
+        if get_algorithm(self.algorithm).uses_budget and self.latency_budget_ms is None:
+            raise SearchError(
+                f"The {self.algorithm} search maximises accuracy under a latency budget; pass --latency-budget "
+                "(e.g. 0.3ms)."
+            )
+        self._check_npas()
+
+    def _check_npas(self) -> None:
+        if not 0.0 <= self.npas_rl_share <= 1.0:
+            raise SearchError(f"The NPAS controller share {self.npas_rl_share} is outside [0, 1].")
+        if self.npas_elites < 0 or (self.algorithm == "npas" and self.npas_elites >= self.population):
+            raise SearchError(
+                f"NPAS re-estimates {self.npas_elites} elites per batch of {self.population}; use 0 to "
+                f"{self.population - 1}."
+            )
+        if not (0 <= self.npas_penalty < math.inf and 0 < self.npas_policy_lr < math.inf):  # NaN too
+            raise SearchError("The NPAS latency penalty must be >= 0 and the controller's learning rate positive.")
+        if not 0.0 <= self.npas_latency_floor < 1.0:
+            raise SearchError(f"The NPAS latency floor {self.npas_latency_floor} must lie in [0, 1).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

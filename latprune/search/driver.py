@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from latprune._io import atomic_write_json, read_json
 from latprune.errors import SearchError
-from latprune.search.algorithms import SearchAlgorithm, get_algorithm
+from latprune.search.algorithms import LatencyAware, SearchAlgorithm, get_algorithm
 from latprune.search.config import SearchConfig
 from latprune.search.genome import Genome
 from latprune.search.interfaces import AccuracyEstimator, LatencyPredictor, SpaceLike, TimedEstimator, arch_to_dict
@@ -134,7 +134,7 @@ def run_search(
         total=config.generations + 1,
         initial=min(done, config.generations + 1),
         unit="gen",
-        desc=f"search ({config.mode}, {config.selection})",
+        desc=_bar_title(config),
         disable=not progress,
         dynamic_ncols=True,
     )
@@ -148,6 +148,13 @@ def run_search(
     return _finish(space, config, out_dir, state)
 
 
+def _bar_title(config: SearchConfig) -> str:
+    if config.algorithm == "nsga2":
+        return f"search ({config.mode}, {config.selection})"
+    budget = "" if config.latency_budget_ms is None else f", budget {config.latency_budget_ms:g} ms"
+    return f"search ({config.algorithm}, {config.mode}{budget})"
+
+
 def _check_interfaces(space: Any, predictor: Any, estimator: Any) -> None:
     if not isinstance(predictor, LatencyPredictor):
         raise SearchError(f"The latency predictor {type(predictor).__name__} has no predict(X) method.")
@@ -158,8 +165,9 @@ def _check_interfaces(space: Any, predictor: Any, estimator: Any) -> None:
 
 
 def _identity(space: SpaceLike, config: SearchConfig) -> dict[str, Any]:
-    """What must match between a run directory and a --resume of it."""
-    cfg = {k: v for k, v in config.to_dict().items() if k not in _REPORT_ONLY_FIELDS}
+    """What must match between a run directory and a --resume of it (the budget too, where it steers the search)."""
+    report_only = () if get_algorithm(config.algorithm).uses_budget else _REPORT_ONLY_FIELDS
+    cfg = {k: v for k, v in config.to_dict().items() if k not in report_only}
     return {"config": cfg, "xl": np.asarray(space.xl).tolist(), "xu": np.asarray(space.xu).tolist()}
 
 
@@ -247,6 +255,8 @@ def _run_stage(
     else:
         algorithm = spec.create(box, config, seed)
         gen = stage.first_gen
+    if isinstance(algorithm, LatencyAware):  # e.g. NPAS screens its proposals into the budget
+        algorithm.use_latency(lambda Z: predictor.predict(genome.expand(Z)))
     carry = {k: state[k] for k in ("width_table",) if state is not None and k in state}
     ended_early = False
     while gen <= stage.last_gen:

@@ -22,7 +22,7 @@ from latprune.space import SearchSpace
 from latprune.supernet._bn import recalibrate_bn
 from latprune.supernet._config import SupernetConfig
 from latprune.supernet._masks import MaskedSupernet, Subnet
-from latprune.supernet._space import SpaceAdapter
+from latprune.supernet._space import SpaceAdapter, expand_kernels
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +128,7 @@ class SupernetEstimator:
             )
         self.progress = progress and self.env.is_main
         # A private copy: the shared weights are trained in place, the caller's model stays the parent.
-        self.model = copy.deepcopy(model).to(self.device)
+        self.model = expand_kernels(copy.deepcopy(model), space).to(self.device)
         self.parent_state = copy.deepcopy(self.model.state_dict())
         self.adapter = SpaceAdapter(space, self.model, config.importance)
         self.supernet = MaskedSupernet(self.model, self.adapter.graph)
@@ -164,6 +164,18 @@ class SupernetEstimator:
 
     def evaluate_candidates(self, candidates: Sequence[Subnet]) -> np.ndarray:
         """Train a super-net holding exactly ``candidates``, then return each one's validation error."""
+        train_s = self.train_call(candidates)
+        t1 = time.perf_counter()
+        errors, bn_s = self._score(candidates)
+        t2 = time.perf_counter()
+        timing = SupernetTiming(train_s, bn_s, t2 - t1 - bn_s, len(candidates))
+        self.history.append(timing)
+        self.last_timing = timing.as_dict()
+        return errors
+
+    def train_call(self, candidates: Sequence[Subnet]) -> float:
+        """The first half of a call: the shared weights restart from the parent (or continue, with ``warm_start``)
+        and train on exactly ``candidates``, seeded by the call counter; returns the seconds it took."""
         if not candidates:
             raise SearchError("The estimator was given no candidate to evaluate.")
         call_seed = self.seed * 1_000_003 + self.calls
@@ -173,13 +185,7 @@ class SupernetEstimator:
             self.model.load_state_dict(self.parent_state)
         t0 = time.perf_counter()
         self.train_supernet(candidates, gen)
-        t1 = time.perf_counter()
-        errors, bn_s = self._score(candidates)
-        t2 = time.perf_counter()
-        timing = SupernetTiming(t1 - t0, bn_s, t2 - t1 - bn_s, len(candidates))
-        self.history.append(timing)
-        self.last_timing = timing.as_dict()
-        return errors
+        return time.perf_counter() - t0
 
     @property
     def total_timing(self) -> dict[str, float]:
@@ -251,26 +257,32 @@ class SupernetEstimator:
         BN statistics are left untouched. Under torchrun rank r scores candidates r, r + K, ... and the errors
         are summed over ranks, so every rank returns all of them.
         """
-        cfg = self.config
         env = self.env
         errors = np.zeros(len(candidates))
         bn_s = 0.0
         mine = range(env.rank, len(candidates), env.world_size)
         bar = tqdm(mine, desc="BN recalibration + validation", leave=False, disable=not self.progress)
         for i in bar:
-            cand = candidates[i]
-            small = self.supernet.extract(cand, self.supernet.weight_masks(cand))
-            t0 = time.perf_counter()
-            recalibrate_bn(small, lambda x, small=small: small(self._normalize(x)), self.bn_images, cfg.eval_batch_size)
-            bn_s += time.perf_counter() - t0
-            wrong = 0
-            for s in range(0, len(self.val), cfg.eval_batch_size):
-                logits = small(self._normalize(self.val.images[s : s + cfg.eval_batch_size]))
-                wrong += int((logits.argmax(1) != self.val.labels[s : s + cfg.eval_batch_size]).sum())
-            errors[i] = wrong / len(self.val)
+            errors[i], seconds = self.score_candidate(candidates[i])
+            bn_s += seconds
         if env.is_distributed:
             errors = _distributed().all_reduce_sum(torch.from_numpy(errors).to(self.device)).cpu().numpy()
         return errors, bn_s
+
+    @torch.no_grad()
+    def score_candidate(self, cand: Subnet) -> tuple[float, float]:
+        """One candidate's validation error under the current shared weights, after recomputing its BN statistics
+        on the R fixed images; returns (error, seconds spent in BN). Deterministic: no randomness is drawn."""
+        cfg = self.config
+        small = self.supernet.extract(cand, self.supernet.weight_masks(cand))
+        t0 = time.perf_counter()
+        recalibrate_bn(small, lambda x: small(self._normalize(x)), self.bn_images, cfg.eval_batch_size)
+        bn_s = time.perf_counter() - t0
+        wrong = 0
+        for s in range(0, len(self.val), cfg.eval_batch_size):
+            logits = small(self._normalize(self.val.images[s : s + cfg.eval_batch_size]))
+            wrong += int((logits.argmax(1) != self.val.labels[s : s + cfg.eval_batch_size]).sum())
+        return wrong / len(self.val), bn_s
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return normalize(images, self.mean, self.std)

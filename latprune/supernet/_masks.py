@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -26,11 +26,14 @@ class Subnet:
     ``keep`` maps a group name to its sorted kept channel indices, so the k-th kept channel is the k-th
     channel of the physically pruned model and the group-of-4 structure (adjacent output channels) is
     the same in both. Groups not in ``keep`` stay whole. ``schemes`` names each sparse layer's scheme.
+    ``kernels`` gives depthwise layers a square kernel size no larger than the shared weight's: the candidate
+    uses its centre (the shared weight holds the largest size the search offers; see ``expand_kernels``).
     """
 
     keep: Mapping[str, torch.Tensor]
     sparsity: Mapping[str, float]
     schemes: Mapping[str, str]
+    kernels: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,15 @@ class MaskedSupernet:
             sub_mask = make_mask(scheme, sub, sparsity, SchemeParams(), name).to(weight.dtype)
             mask[rows.view(-1, 1), cols.view(1, -1)] = sub_mask
             masks[f"{name}.weight"] = mask
+        for name, k in candidate.kernels.items():
+            module = self._modules.get(name)
+            if not isinstance(module, nn.Conv2d) or k > module.kernel_size[0]:
+                raise PlanError(f"Layer '{name}' cannot take kernel size {k} in this super-net; rebuild it.")
+            if k < module.kernel_size[0]:  # the centre k x k taps: a k x k conv with padding k // 2, exactly
+                a = (module.kernel_size[0] - k) // 2
+                ring = torch.zeros_like(module.weight)
+                ring[:, :, a : a + k, a : a + k] = 1.0
+                masks[f"{name}.weight"] = masks.get(f"{name}.weight", 1.0) * ring
         return masks
 
     @torch.no_grad()

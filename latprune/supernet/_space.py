@@ -9,6 +9,7 @@ import torch.nn as nn
 from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.prune import group_importance, select_channels
+from latprune.prune.kernels import resize_kernel
 from latprune.space import SearchSpace
 from latprune.supernet._masks import Subnet
 
@@ -38,6 +39,8 @@ class SpaceAdapter:
         kept = self.space.kept(X)  # (n, G)
         _, _, sparsity = self.space.layer_dims(X)  # (n, L), 0 where a layer is not sparse
         options = self.space.layer_options(X)  # (n, L) index of each layer's scheme
+        kernels = self.space.layer_kernels(X)  # (n, L) each layer's kernel size
+        choose = [li for li, ly in enumerate(self.space.layers) if ly.kernel_choices]
         out = []
         for row in range(X.shape[0]):
             keep: dict[str, torch.Tensor] = {}
@@ -49,5 +52,17 @@ class SpaceAdapter:
             layers = self.space.layers
             sparse = {ly.name: float(s) for ly, s in zip(layers, sparsity[row], strict=True) if s > 0.0}
             schemes = {ly.name: ly.options[k] for ly, k in zip(layers, options[row], strict=True) if ly.name in sparse}
-            out.append(Subnet(keep, sparse, schemes))
+            sizes = {layers[li].name: int(kernels[row, li]) for li in choose}
+            out.append(Subnet(keep, sparse, schemes, sizes))
         return out
+
+
+def expand_kernels(model: nn.Module, space: SearchSpace) -> nn.Module:
+    """Give every depthwise layer with a choice of kernel sizes the largest one, in place (the parent's kernel in
+    the centre, zeros around it: the same function). Every size then shares that one weight: a candidate's k x k
+    kernel is its centre, as in once-for-all's elastic kernels (without their transformation matrices)."""
+    modules = dict(model.named_modules())
+    for ly in space.layers:
+        if ly.kernel_choices:
+            resize_kernel(modules[ly.name], max(ly.kernel_choices))
+    return model

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from latprune._io import locks_output
 from latprune._limits import check_threads
-from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
+from latprune.data import BatchLoader, DataConfig, DataSplits, class_subset, load_splits, make_loader
 from latprune.errors import LatpruneError, ModelError, PlanError
 from latprune.models import ModelSpec
 from latprune.prune.apply import apply_plan, attach_masks, model_spec_from_checkpoint
@@ -77,6 +77,8 @@ class FinetuneConfig:
     gmp_start: float = 0.0
     gmp_end: float = 0.75
     gmp_frequency: int = 100
+    # A short run (NPAS phase 3 compares the methods on one): at most this many training images per class.
+    train_per_class: int | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -93,6 +95,7 @@ class FinetuneConfig:
             (0.0 <= self.gmp_start < 1.0, "gmp_start", "in [0, 1)"),
             (self.gmp_start <= self.gmp_end <= 1.0, "gmp_end", "in [gmp_start, 1]"),
             (self.gmp_frequency >= 1, "gmp_frequency", "at least 1 step"),
+            (self.train_per_class is None or self.train_per_class >= 1, "train_per_class", "at least 1 (or unset)"),
         ]
         checks += [(math.isfinite(v), k, "finite") for k, v in asdict(self).items() if isinstance(v, float)]
         for ok, name, need in checks:
@@ -160,6 +163,9 @@ def _load_data(
             f"The parent model is for {spec.num_classes} classes x {spec.in_channels} channels, but '{data.name}' "
             f"has {info.num_classes} x {info.in_channels}; pass the dataset it was trained on."
         )
+    if config.train_per_class is not None:  # a seeded per-class subset: the same images for every method compared
+        keep = class_subset(splits.train.labels, None, config.train_per_class, config.seed)
+        splits = DataSplits(splits.train.subset(keep), splits.val, splits.test, info)
     if device.type == "cuda":  # small datasets fit on the GPU: no host-to-device copy per batch
         splits = DataSplits(splits.train.to(device), splits.val.to(device), splits.test.to(device), info)
     train = make_loader(splits.train, info, config.batch_size, train=True, seed=config.seed, device=device)
