@@ -17,6 +17,7 @@ from latprune.engine.detect import (
     scheme_applies,
     scheme_mask,
 )
+from latprune.engine.isa import host_isa
 from latprune.engine.kernels import SCHEMES, ConvMeta, get_kernel
 from latprune.engine.kernels.npas import PATTERNS_3x3
 from latprune.engine.layer import run_layer
@@ -232,9 +233,9 @@ def test_effective_density_matches_the_packed_work():
     meta = ConvMeta(10, 14, 6, 6, 3, 3, 1, 1, 1, 1)  # channel counts that are not multiples of 4
     w = weight(rng, meta, unstructured_mask(rng, shape_of(meta), 0.8))
     bp = get_kernel("npas_block_punched")
-    assert effective_density(bp, w, meta) == bp.pack(w, meta)["ptr"][-1] * 16 / w.size
+    assert effective_density(bp, w, meta) == bp.pack(w, meta, host_isa())["ptr"][-1] * 16 / w.size
     pat = get_kernel("npas_pattern3x3")
-    values = int(pat.pack(w, meta)["voff"][-1])
+    values = int(pat.pack(w, meta, host_isa())["voff"][-1])
     assert effective_density(pat, w, meta) == values / w.size
     assert effective_density(get_kernel("npas_unstructured"), w, meta) == np.count_nonzero(w) / w.size
     assert effective_density(dense_kernel(meta), w, meta) == 1.0

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine.isa import ISAS
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
-from latprune.engine.kernels.dense import DENSE_CM, DENSE_MR, is_direct, pack_dense_conv, uses_channel_major
+from latprune.engine.kernels.dense import is_direct, pack_dense_conv, uses_channel_major
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
 
@@ -159,26 +160,31 @@ def test_dense_kernels_cover_every_layer_kind():
     assert "dense_linear" in [k.name for k in kernels_for("dense", ConvMeta(8, 4, 1, 1, is_linear=True))]
 
 
-def test_dense_pack_layout_is_k_major_panels():
+@pytest.mark.parametrize("isa", list(ISAS))
+def test_dense_pack_layout_is_k_major_panels(isa):
     meta = ConvMeta(3, 10, 9, 9, 3, 3, pad_h=1, pad_w=1)  # 81 output pixels: pixel-major tiles
     w = np.arange(10 * 3 * 9, dtype=np.float32).reshape(10, 3, 3, 3)
-    packed = pack_dense_conv(w, meta)
-    k = 27
-    assert packed["w"].shape == (2 * k * DENSE_MR,)
-    panels = packed["w"].reshape(2, k, DENSE_MR)  # (panels, K, MR)
+    packed = pack_dense_conv(w, meta, ISAS[isa])
+    k, mr = 27, ISAS[isa].tiles.dense_mr
+    panels_n = -(-10 // mr)
+    assert packed["w"].shape == (panels_n * k * mr,)
+    panels = packed["w"].reshape(panels_n, k, mr)  # (panels, K, MR)
     np.testing.assert_array_equal(panels[0, :, 3], w[3].ravel())
-    np.testing.assert_array_equal(panels[1, :, 1], w[9].ravel())
-    assert not panels[1, :, 2:].any()  # padding rows are zero
+    np.testing.assert_array_equal(panels[9 // mr, :, 9 % mr], w[9].ravel())
+    assert not panels[-1, :, 10 % mr or mr :].any()  # padding rows are zero
     assert packed["off"].shape == (k,) and not is_direct(meta)
     assert is_direct(ConvMeta(3, 10, 4, 4)) and not is_direct(ConvMeta(3, 10, 3, 3))
     assert not uses_channel_major(meta)
 
 
-def test_small_kxk_outputs_pack_channel_major_panels():
+@pytest.mark.parametrize("isa", list(ISAS))
+def test_small_kxk_outputs_pack_channel_major_panels(isa):
     meta = ConvMeta(2, 40, 7, 7, 3, 3, pad_h=1, pad_w=1)  # 49 output pixels
     assert uses_channel_major(meta) and not uses_channel_major(ConvMeta(2, 40, 7, 7))
     w = np.arange(40 * 18, dtype=np.float32).reshape(40, 2, 3, 3)
-    panels = pack_dense_conv(w, meta)["w"].reshape(2, 18, DENSE_CM)  # (panels, K, CM)
+    cm = ISAS[isa].tiles.cm_channels
+    n = -(-40 // cm)
+    panels = pack_dense_conv(w, meta, ISAS[isa])["w"].reshape(n, 18, cm)  # (panels, K, CM)
     np.testing.assert_array_equal(panels[0, :, 5], w[5].ravel())
-    np.testing.assert_array_equal(panels[1, :, 7], w[39].ravel())
-    assert not panels[1, :, 8:].any()  # channels 40..63 are padding
+    np.testing.assert_array_equal(panels[39 // cm, :, 39 % cm], w[39].ravel())
+    assert not panels[-1, :, 40 % cm or cm :].any()  # channels past 40 are padding

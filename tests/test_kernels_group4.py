@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine.isa import host_isa
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for
 from latprune.engine.kernels.dense import grid_offsets
 from latprune.engine.kernels.group4 import (
@@ -111,7 +112,7 @@ def test_pack_format_is_csr_over_groups_of_four():
     w[3, 1, 2, 0] = 2.0  # ... shared by channel 3
     w[2, 0, 0, 1] = 3.0  # and (0, 0, 1)
     w[5, 2, 1, 1] = 4.0  # group 1 (channels 4, 5 + 2 padding rows) uses (2, 1, 1)
-    packed = pack_group4(w, meta)
+    packed = pack_group4(w, meta, host_isa())
     np.testing.assert_array_equal(packed["group_ptr"], [0, 2, 3])
     vals = packed["values"].reshape(-1, 4)  # (nnz, 4)
     np.testing.assert_array_equal(vals, [[0, 0, 3, 0], [1, 0, 0, 2], [0, 4, 0, 0]])
@@ -134,7 +135,7 @@ def test_pack_format_is_csr_over_groups_of_four():
 def test_padded_copy_only_where_channels_are_not_whole_cache_lines(meta, stride):
     rng = np.random.default_rng(6)
     w = group4_weight(rng, meta, 0.5)
-    packed = pack_group4(w, meta)
+    packed = pack_group4(w, meta, host_isa())
     assert padded_stride(meta) == stride
     if stride:
         # 1x1: position k is input channel k, at k * stride in the copy

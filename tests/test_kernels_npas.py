@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine.isa import host_isa
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
 from latprune.engine.kernels.npas import (
     CONV_VARIANTS,
@@ -155,7 +156,7 @@ def test_unpack_inverts_pack(meta, sparsity, structured, seed):
         if not spec.supports(meta):
             continue
         w = masked_weight(rng, name, meta, sparsity, structured)
-        packed = spec.pack(w, meta)
+        packed = spec.pack(w, meta, host_isa())
         assert all(a.dtype in (np.float32, np.int32) for a in packed.values())
         np.testing.assert_array_equal(UNPACKERS[name](packed, meta), w)
 
@@ -165,7 +166,7 @@ def test_block_punched_pack_stores_one_entry_per_kept_block_position():
     meta = ConvMeta(8, 12, 6, 6, 3, 3, 1, 1, 1, 1)
     mask = block_punched_mask(rng, (12, 8, 3, 3), 0.6)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
-    packed = pack_block_punched(w, meta)
+    packed = pack_block_punched(w, meta, host_isa())
     kept_blocks = int(mask[::4, ::4].sum())  # one (block, position) per 4x4 block corner
     assert packed["ptr"][-1] == kept_blocks
     assert packed["val"].size == max(1, kept_blocks * 16)
@@ -182,7 +183,7 @@ def test_pattern_pack_groups_kernels_by_pattern_and_keeps_odd_kernels_full():
     w[1, 1, [4]] = 4.0  # centre only: covered by the first pattern
     w = w.reshape(2, 3, 3, 3)
     np.testing.assert_array_equal(kernel_patterns(w), [[5, 2, FULL_PATTERN], [-1, 0, -1]])
-    packed = pack_pattern(w, meta)
+    packed = pack_pattern(w, meta, host_isa())
     off = packed["off"]
     # Output channel 0: pattern 2 (ci 1), pattern 5 (ci 0), full (ci 2); channel 1: pattern 0 (ci 1).
     assert list(packed["ci"]) == [1, 0, 2, 1]
@@ -200,7 +201,7 @@ def test_pattern_column_pack_groups_filters_by_input_column():
         w[co, 2, list(PATTERNS_3x3[6])] = co
     w[5, 0, [0, 8]] = 2.0  # not a pattern: kept full
     w = w.reshape(40, 3, 3, 3)
-    packed = pack_pattern_columns(w, meta)
+    packed = pack_pattern_columns(w, meta, host_isa())
     qc = int(packed["qc"][0])
     assert qc == column_chunk(40) == 20
     # Chunk 0 (filters 0..19): column (channel 0, full) with filter 5, column (channel 2, pattern 6) with 1 and 7.
@@ -217,7 +218,7 @@ def test_block_fc_pack_shares_columns_per_four_rows():
     meta = ConvMeta(10, 6, 1, 1, is_linear=True)
     mask = block_fc_mask(rng, (6, 10, 1, 1), 0.5)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
-    packed = pack_block_fc(w, meta)
+    packed = pack_block_fc(w, meta, host_isa())
     np.testing.assert_array_equal(np.diff(packed["ptr"]), [mask[0].sum(), mask[4].sum()])
     np.testing.assert_array_equal(packed["cols"][: packed["ptr"][1]], np.nonzero(mask[0, :, 0, 0])[0])
     np.testing.assert_array_equal(UNPACKERS["npas_block_fc"](packed, meta), w)
@@ -226,7 +227,7 @@ def test_block_fc_pack_shares_columns_per_four_rows():
 def test_pack_rejects_a_weight_of_the_wrong_shape():
     meta = ConvMeta(4, 4, 5, 5, 3, 3)
     with pytest.raises(EngineError, match=r"npas_pattern3x3.*shape"):
-        pack_pattern(np.zeros((4, 4, 1, 1), np.float32), meta)
+        pack_pattern(np.zeros((4, 4, 1, 1), np.float32), meta, host_isa())
 
 
 # ------------------------------------------------------------------ kernels against the reference

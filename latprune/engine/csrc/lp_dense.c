@@ -14,9 +14,15 @@
 #ifndef LP_DENSE_C
 #define LP_DENSE_C
 #include "lp_common.h"
+#include "lp_lanes.h"
 
+/* The ISA's tile shapes come from the #defines that open the generated source (Isa.c_defines in engine/isa.py, which
+ * kernels/dense.py packs the weights for): rows per weight panel, vectors per pixel-major tile, channels and pixels
+ * of the channel-major tiles. */
+#if !defined(LP_DENSE_MR) || !defined(LP_DENSE_NV) || !defined(LP_CM) || !defined(LP_CM_NP)
+#error "lp_dense.c needs the ISA's tile #defines (LP_DENSE_MR, LP_DENSE_NV, LP_CM, LP_CM_NP) from Isa.c_defines"
+#endif
 #define LP_MAXNV 4 /* widest tile, in vectors */
-#define LP_DENSE_MR 8 /* output rows per weight panel (must match kernels/dense.py) */
 
 /* Keep a vector live in a register. After the last FMA that reads an input vector, GCC likes to overwrite the input
  * instead of the accumulator (vfmadd132ps) and then copies the result back at the loop edge: 4-5 extra register
@@ -63,29 +69,6 @@ LP_INLINE lp_grid lp_grid_make(const float *in, const float *scratch, const lp_c
     g.hw_out = s->h_out * s->w_out;
     return g;
 }
-
-/* Lanes [a, a + len) of v to dst[0 .. len), and the matching masked load: one masked instruction on AVX-512
- * (masked-off lanes never fault, so dst - a may point before the buffer), a scalar loop elsewhere. */
-#if LP_LANES == 16 && defined(__AVX512F__)
-#include <immintrin.h>
-LP_INLINE void lp_store_lanes(float *dst, lp_vf v, int a, int len) {
-    const __mmask16 m = (__mmask16)(((1u << len) - 1u) << a);
-    _mm512_mask_storeu_ps(dst - a, m, (__m512)v);
-}
-LP_INLINE lp_vf lp_load_lanes(const float *src, int a, int len) {
-    const __mmask16 m = (__mmask16)(((1u << len) - 1u) << a);
-    return (lp_vf)_mm512_maskz_loadu_ps(m, src - a);
-}
-#else
-LP_INLINE void lp_store_lanes(float *dst, lp_vf v, int a, int len) {
-    for (int t = 0; t < len; t++) dst[t] = v[a + t];
-}
-LP_INLINE lp_vf lp_load_lanes(const float *src, int a, int len) {
-    lp_vf v = lp_vsplat(0.f);
-    for (int t = 0; t < len; t++) v[a + t] = src[t];
-    return v;
-}
-#endif
 
 /* Small copies and fills, inline: the grid's rows are often a few floats long (7x7 maps), where a memcpy/memset
  * call per row costs more than the data. */
@@ -159,32 +142,46 @@ LP_INLINE void lp_grid_zero_slack(float *scratch, const lp_conv_shape *s) {
     memset(scratch + (size_t)s->c_in * lp_grid_chan(s), 0, sizeof(float) * (size_t)(lp_grid_wq(s) + 512));
 }
 
-/* Grid tiles whose columns cross grid rows (k x k layers: junk columns between the rows), on AVX-512 with grid rows
- * of at least LP_LANES columns: a vector of grid columns then holds at most two runs of output pixels (the end of
- * one row and the start of the next), each stored by one masked store at a shifted base (lane l of run k goes to
- * o_k + l). Computed once per vector of a tile, shared by all its rows: the finish stays in registers, without the
- * run tables of the general path below. That path cost 14-16% of a sparse 3x3 layer's time at 56x56 and ~8% at
- * 28x28; this one recovers about a third of it (group-of-4 64 -> 64 at 56x56, 80%: 420 -> 397 us). */
-#if LP_LANES == 16 && defined(__AVX512F__)
+/* Grid tiles whose columns cross grid rows (k x k layers: junk columns between the rows), with grid rows of at least
+ * LP_LANES columns: a vector of grid columns then holds at most two runs of output pixels (the end of one row and the
+ * start of the next), each stored at a shifted base (lane l of run k goes to o_k + l): one masked store each on
+ * AVX-512, lp_store_lanes elsewhere. Computed once per vector of a tile, shared by all its rows: the finish stays in
+ * registers, without the run tables of the general path below. On AVX-512 that path cost 14-16% of a sparse 3x3
+ * layer's time at 56x56 and ~8% at 28x28; this one recovers about a third of it (group-of-4 64 -> 64 at 56x56, 80%:
+ * 420 -> 397 us). */
 #define LP_MASKED_FINISH 1
 typedef struct {
+#if LP_AVX512
     __mmask16 m0, m1; /* lanes of the first and second run */
+#else
+    int n0, a1, n1; /* run 0: lanes [0, n0); run 1: lanes [a1, a1 + n1) */
+#endif
     ptrdiff_t o0, o1; /* output index of lane 0 for each run */
 } lp_vruns;
 
 /* The runs of the vector whose lane 0 is grid column (oy, ox), ox < wq, wq >= LP_LANES. */
 LP_INLINE lp_vruns lp_vruns_at(const lp_grid *g, int oy, int ox) {
-    lp_vruns q = {0, 0, 0, 0};
+    lp_vruns q;
+    memset(&q, 0, sizeof q);
     const int h_out = g->hw_out / g->w_out;
     if (oy < h_out && ox < g->w_out) {
         const int len = g->w_out - ox < LP_LANES ? g->w_out - ox : LP_LANES;
+#if LP_AVX512
         q.m0 = (__mmask16)((1u << len) - 1u);
+#else
+        q.n0 = len;
+#endif
         q.o0 = (ptrdiff_t)oy * g->w_out + ox;
     }
     const int l1 = g->wq - ox; /* first lane of the next grid row */
     if (l1 < LP_LANES && oy + 1 < h_out) {
         const int len = g->w_out < LP_LANES - l1 ? g->w_out : LP_LANES - l1;
+#if LP_AVX512
         q.m1 = (__mmask16)(((1u << len) - 1u) << l1);
+#else
+        q.a1 = l1;
+        q.n1 = len;
+#endif
         q.o1 = (ptrdiff_t)(oy + 1) * g->w_out - l1;
     }
     return q;
@@ -203,6 +200,7 @@ LP_INLINE void lp_vruns_tile(const lp_grid *g, int j, int nv, lp_vruns *q) {
     }
 }
 
+#if LP_AVX512
 LP_INLINE lp_vf lp_vruns_load(const float *p, lp_vruns q) {
     return (lp_vf)_mm512_mask_loadu_ps(_mm512_maskz_loadu_ps(q.m0, p + q.o0), q.m1, p + q.o1);
 }
@@ -211,7 +209,15 @@ LP_INLINE void lp_vruns_store(float *p, lp_vruns q, lp_vf x) {
     _mm512_mask_storeu_ps(p + q.o1, q.m1, (__m512)x);
 }
 #else
-#define LP_MASKED_FINISH 0
+LP_INLINE lp_vf lp_vruns_load(const float *p, lp_vruns q) {
+    lp_vf x = q.n0 ? lp_load_lanes(p + q.o0, 0, q.n0) : lp_vsplat(0.f);
+    if (q.n1) x += lp_load_lanes(p + q.o1 + q.a1, q.a1, q.n1);
+    return x;
+}
+LP_INLINE void lp_vruns_store(float *p, lp_vruns q, lp_vf x) {
+    if (q.n0) lp_store_lanes(p + q.o0, x, 0, q.n0);
+    if (q.n1) lp_store_lanes(p + q.o1 + q.a1, x, q.a1, q.n1);
+}
 #endif
 
 
@@ -385,30 +391,24 @@ static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float 
     lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 3, pf, npf);
 }
 
-/* Column tail (direct mode, 1-3 columns): the panel's 8 rows in the lanes of one 8-float vector per column. */
-typedef float lp_v8 __attribute__((vector_size(32), aligned(4)));
+/* Column tail (direct mode, 1-3 columns): the panel's LP_DENSE_MR rows in the lanes of one vector per column. */
+typedef float lp_vmr __attribute__((vector_size(LP_DENSE_MR * 4)));
+typedef float lp_vmr_u __attribute__((vector_size(LP_DENSE_MR * 4), aligned(4), may_alias));
+LP_INLINE lp_vmr lp_vmr_load(const float *p) { return *(const lp_vmr_u *)p; } /* not memcpy: see lp_vload */
 static void lp_dense_cols(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K, int j,
                           int rows, const float *bias, const float *residual, float *out, int act) {
     for (int c = j; c < g->n; c++) {
-        lp_v8 acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}; /* four chains hide the FMA latency */
+        lp_vmr acc = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0}; /* four chains hide the FMA latency */
         const float *src = g->src + c;
         int k = 0;
         for (; k + 4 <= K; k += 4) {
-            lp_v8 w0, w1, w2, w3;
-            memcpy(&w0, w + (size_t)k * LP_DENSE_MR, sizeof w0);
-            memcpy(&w1, w + (size_t)(k + 1) * LP_DENSE_MR, sizeof w1);
-            memcpy(&w2, w + (size_t)(k + 2) * LP_DENSE_MR, sizeof w2);
-            memcpy(&w3, w + (size_t)(k + 3) * LP_DENSE_MR, sizeof w3);
-            acc += w0 * (src[off[k]] - (lp_v8){0});
-            acc1 += w1 * (src[off[k + 1]] - (lp_v8){0});
-            acc2 += w2 * (src[off[k + 2]] - (lp_v8){0});
-            acc3 += w3 * (src[off[k + 3]] - (lp_v8){0});
+            const float *wk = w + (size_t)k * LP_DENSE_MR;
+            acc += lp_vmr_load(wk) * (src[off[k]] - (lp_vmr){0});
+            acc1 += lp_vmr_load(wk + LP_DENSE_MR) * (src[off[k + 1]] - (lp_vmr){0});
+            acc2 += lp_vmr_load(wk + 2 * LP_DENSE_MR) * (src[off[k + 2]] - (lp_vmr){0});
+            acc3 += lp_vmr_load(wk + 3 * LP_DENSE_MR) * (src[off[k + 3]] - (lp_vmr){0});
         }
-        for (; k < K; k++) {
-            lp_v8 wk;
-            memcpy(&wk, w + (size_t)k * LP_DENSE_MR, sizeof wk);
-            acc += wk * (src[off[k]] - (lp_v8){0});
-        }
+        for (; k < K; k++) acc += lp_vmr_load(w + (size_t)k * LP_DENSE_MR) * (src[off[k]] - (lp_vmr){0});
         acc += (acc1 + acc2) + acc3;
         for (int r = 0; r < rows; r++) {
             const size_t o = (size_t)r * g->hw_out + c;
@@ -435,14 +435,9 @@ LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const flo
  * its lanes (49 pixels in 64 lanes, 63 with the grid's junk columns). Here the lanes hold LP_CM = 32 output
  * channels and the registers hold up to LP_CM_NP pixels of one output row (no junk, no tail): per tap, 32/LANES
  * weight vectors and one broadcast per pixel. Weights are then packed k-major in panels of 32 channels (K x 32). */
-#define LP_CM 32
-#define LP_CM_NV (LP_CM / LP_LANES)
-#if LP_LANES == 16
-#define LP_CM_NP 12 /* 24 accumulators + 2 weights + 1 broadcast of 32 zmm */
-#elif LP_LANES == 8
-#define LP_CM_NP 2 /* 8 accumulators of 16 ymm */
-#else
-#define LP_CM_NP 3 /* 24 accumulators of 32 NEON registers */
+#define LP_CM_NV (LP_CM / LP_LANES) /* LP_CM and LP_CM_NP (pixels per tile) come from the ISA prelude */
+#if LP_CM_NP > 12
+#error "LP_CM_NP > 12: lp_cm_tile_any has cases up to 12 pixels"
 #endif
 
 /* Must match uses_channel_major() in kernels/dense.py, which packs the weights for it (the override exists only
@@ -518,8 +513,10 @@ static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w,
     switch (np) {
         LP_CM_CASE(1) LP_CM_CASE(2) LP_CM_CASE(3)
 #if LP_CM_NP > 3
-        LP_CM_CASE(4) LP_CM_CASE(5) LP_CM_CASE(6) LP_CM_CASE(7) LP_CM_CASE(8) LP_CM_CASE(9) LP_CM_CASE(10)
-        LP_CM_CASE(11) LP_CM_CASE(12)
+        LP_CM_CASE(4) LP_CM_CASE(5) LP_CM_CASE(6)
+#endif
+#if LP_CM_NP > 6
+        LP_CM_CASE(7) LP_CM_CASE(8) LP_CM_CASE(9) LP_CM_CASE(10) LP_CM_CASE(11) LP_CM_CASE(12)
 #endif
     default: break;
     }
@@ -601,7 +598,7 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
 #ifndef LP_PK_PREFETCH
 #define LP_PK_PREFETCH 512 /* floats ahead in the weight stream (64 k steps) */
 #endif
-#define LP_PK_NV 3
+#define LP_PK_NV LP_DENSE_NV
 #define LP_PK_COLS (LP_PK_NV * LP_LANES)
 
 LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT wp, int kb, int first, int last,
@@ -610,7 +607,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
     const size_t hw = (size_t)g->hw_out;
     const float *bt = bp + LP_PK_KB * LP_PK_COLS; /* tail1: the one column after the tile, (kb,) */
     const int tc = j + cols;                      /* ... and its output column */
-    lp_v8 acct = {0};                             /* tail1: the panel's 8 rows in the lanes */
+    lp_vmr acct = {0};                            /* tail1: the panel's LP_DENSE_MR rows in the lanes */
     if (tail1 && !first)
         for (int r = 0; r < rows; r++) acct[r] = out[r * hw + tc];
     lp_vf acc[LP_DENSE_MR][LP_MAXNV];
@@ -639,9 +636,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
         }
         for (int v = 0; v < nv; v++) LP_KEEP(b[v]);
         if (tail1) {
-            lp_v8 w8;
-            memcpy(&w8, wk, sizeof w8);
-            acct += w8 * (bt[k] - (lp_v8){0});
+            acct += lp_vmr_load(wk) * (bt[k] - (lp_vmr){0});
         }
     }
     if (tail1)
@@ -752,7 +747,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
         lp_dense_conv_cm(in, out, bias, residual, scratch, s, act, variant, nthreads, w, off);
         return;
     }
-    static const int widths[3] = {3, 2, 1};
+    static const int widths[3] = {LP_DENSE_NV, 2, 1};
     const lp_grid g = lp_grid_make(in, scratch, s);
     const int nv = widths[variant % 3], col_outer = variant >= 3;
     const int groups = s->groups, mg = s->c_out / groups;
