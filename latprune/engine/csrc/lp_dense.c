@@ -836,7 +836,7 @@ static void lp_dw_channel(const lp_grid *g, const int32_t *off, const float *w, 
  * fills whole vectors instead of one short vector per row; the 9 tap masks of each 16-pixel chunk are the same for
  * every channel and are computed once per call. Stride 2 runs per output row: two loads of 32 input floats and lane
  * shuffles give the even (dx = 0) and odd (dx = +-1) columns, with several rows in one vector when w_out <= 8. */
-#if LP_LANES == 16 && defined(__AVX512F__)
+#if LP_AVX512
 #define LP_DW3_MAX_CHUNKS 1024 /* stride 1: 16-pixel chunks per channel (112x112 = 784) */
 #define LP_DW3_MAX_W 512       /* stride 2: input row width */
 LP_INLINE int lp_dw3_applies(const lp_conv_shape *s) {
@@ -1006,12 +1006,215 @@ static void lp_dw3_s2(const float *in, float *out, const float *bias, const floa
     }
 }
 #else
-#define lp_dw3_applies(s) 0
-#define lp_dw3_s1(in, out, bias, residual, s, act, nthreads, w) ((void)0)
-#define lp_dw3_s2(in, out, bias, residual, s, act, nthreads, w) ((void)0)
+/* The same layers on the narrower ISAs (AVX2, NEON, generic: 8 or 4 lanes), per output row with portable vector code:
+ * a row of 8 or 4 lanes wastes at most 1/8 of them on MobileNet's maps (7, 14, 28 ...), so there is no need for the
+ * flat layout and its per-chunk masks. Out-of-image taps come from lane shuffles that shift a zero in (the first and
+ * last vector of a row) and from partial loads (lp_load_lanes) past the end of a row; the last vector of a stride-1
+ * row is shifted left to end at the row's end (recomputing a few pixels) instead of being partial. One accumulator
+ * per kernel row keeps three independent FMA chains. The grid path (variant >= 1) costs a padded copy per channel
+ * and a run-table finish: MobileNetV1's 13 depthwise layers took 5.7 ms on AVX2 that way (ENGINE_NOTES.md). */
+#if LP_LANES == 8
+#define LP_PREV_IDX 7, 8, 9, 10, 11, 12, 13, 14 /* lane L-1 of a, then lanes 0 .. L-2 of b */
+#define LP_NEXT_IDX 1, 2, 3, 4, 5, 6, 7, 8      /* lanes 1 .. L-1 of a, then lane 0 of b */
+#define LP_ODD_IDX 1, 3, 5, 7, 9, 11, 13, 15
+#elif LP_LANES == 4
+#define LP_PREV_IDX 3, 4, 5, 6
+#define LP_NEXT_IDX 1, 2, 3, 4
+#define LP_ODD_IDX 1, 3, 5, 7
+#endif
+#if defined(__clang__)
+#define LP_SHUFFLE2(a, b, IDX) __builtin_shufflevector(a, b, IDX)
+#else
+#define LP_SHUFFLE2(a, b, IDX) __builtin_shuffle(a, b, (lp_vi){IDX})
 #endif
 
-/* variant: 0 -> the masked 3x3 path above where it applies, else tiles 4 vectors wide; 1 -> 2, 2 -> 1, 3 -> 3. */
+LP_INLINE int lp_dw3_applies(const lp_conv_shape *s) {
+    return s->kh == 3 && s->kw == 3 && s->pad_h == 1 && s->pad_w == 1 && s->stride_h == s->stride_w &&
+           (s->stride_h == 1 || s->stride_h == 2);
+}
+
+/* One kernel row's three taps for the LP_LANES pixels of a stride-1 output row from column x0 (row: the input row).
+ * first / last (constants): the vector starts at column 0 / ends at the row's end, so the left / right tap shifts a
+ * zero in instead of loading past the row. */
+LP_INLINE lp_vf lp_dw3_s1_taps(const float *row, int x0, const lp_vf *wt, lp_vf acc, const int first, const int last) {
+    const lp_vf zero = lp_vsplat(0.f);
+    const lp_vf c = lp_vload(row + x0);
+    const lp_vf l = first ? LP_SHUFFLE2(zero, c, LP_PREV_IDX) : lp_vload(row + x0 - 1);
+    const lp_vf r = last ? LP_SHUFFLE2(c, zero, LP_NEXT_IDX) : lp_vload(row + x0 + 1);
+    acc += wt[0] * l;
+    acc += wt[1] * c;
+    return acc + wt[2] * r;
+}
+
+/* The vector of output row oy at column x0; top / bottom / first / last / act are constants at every call. */
+LP_INLINE void lp_dw3_s1_vec(const float *row, int wd, int x0, const lp_vf *wt, lp_vf b, const float *res, float *dst,
+                             const int top, const int bottom, const int first, const int last, const int act) {
+    const lp_vf zero = lp_vsplat(0.f);
+    lp_vf a0 = b, a1 = zero, a2 = zero; /* one FMA chain per kernel row */
+    if (!top) a0 = lp_dw3_s1_taps(row - wd, x0, wt, a0, first, last);
+    a1 = lp_dw3_s1_taps(row, x0, wt + 3, a1, first, last);
+    if (!bottom) a2 = lp_dw3_s1_taps(row + wd, x0, wt + 6, a2, first, last);
+    lp_vf x = (a0 + a1) + a2;
+    if (res) x += lp_vload(res + x0);
+    lp_vstore(dst + x0, lp_vact(x, act));
+}
+
+/* One output row (wd >= LP_LANES): the first vector, the inner ones, and the last one shifted left to end at the row's
+ * end (recomputing a few pixels rather than storing a partial vector). */
+LP_INLINE void lp_dw3_s1_row(const float *row, int wd, const lp_vf *wt, lp_vf b, const float *res, float *dst,
+                             const int top, const int bottom, const int act) {
+    if (wd == LP_LANES) {
+        lp_dw3_s1_vec(row, wd, 0, wt, b, res, dst, top, bottom, 1, 1, act);
+        return;
+    }
+    lp_dw3_s1_vec(row, wd, 0, wt, b, res, dst, top, bottom, 1, 0, act);
+    int x0 = LP_LANES;
+    for (; x0 + LP_LANES < wd; x0 += LP_LANES) lp_dw3_s1_vec(row, wd, x0, wt, b, res, dst, top, bottom, 0, 0, act);
+    lp_dw3_s1_vec(row, wd, wd - LP_LANES, wt, b, res, dst, top, bottom, 0, 1, act);
+}
+
+/* A row shorter than a vector: partial loads (lanes >= wd read as zero, the right padding) and a partial store. */
+static void lp_dw3_s1_short_row(const float *row, int wd, int h, int oy, const lp_vf *wt, lp_vf b, const float *res,
+                                float *dst, int act) {
+    const lp_vf zero = lp_vsplat(0.f);
+    lp_vf acc = b;
+    for (int dy = -1; dy <= 1; dy++) {
+        if (oy + dy < 0 || oy + dy >= h) continue;
+        const lp_vf c = lp_load_lanes(row + dy * wd, 0, wd);
+        const lp_vf *k = wt + 3 * (dy + 1);
+        acc += k[0] * LP_SHUFFLE2(zero, c, LP_PREV_IDX) + k[1] * c + k[2] * LP_SHUFFLE2(c, zero, LP_NEXT_IDX);
+    }
+    if (res) acc += lp_load_lanes(res, 0, wd);
+    lp_store_lanes(dst, lp_vact(acc, act), 0, wd);
+}
+
+LP_INLINE void lp_dw3_s1_channel(const float *src, int h, int wd, const lp_vf *wt, lp_vf b, const float *res,
+                                 float *dst, const int act) {
+    const size_t w = (size_t)wd;
+    if (wd < LP_LANES) {
+        for (int oy = 0; oy < h; oy++)
+            lp_dw3_s1_short_row(src + oy * w, wd, h, oy, wt, b, res ? res + oy * w : NULL, dst + oy * w, act);
+        return;
+    }
+    if (h == 1) {
+        lp_dw3_s1_row(src, wd, wt, b, res, dst, 1, 1, act);
+        return;
+    }
+    lp_dw3_s1_row(src, wd, wt, b, res, dst, 1, 0, act);
+    for (int oy = 1; oy + 1 < h; oy++)
+        lp_dw3_s1_row(src + oy * w, wd, wt, b, res ? res + oy * w : NULL, dst + oy * w, 0, 0, act);
+    const size_t last = (size_t)(h - 1) * w;
+    lp_dw3_s1_row(src + last, wd, wt, b, res ? res + last : NULL, dst + last, 0, 1, act);
+}
+
+static void lp_dw3_s1(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
+                      int act, int nthreads, const float *w) {
+    const int h = s->h, wd = s->w;
+    const size_t hw = (size_t)h * wd;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int c = 0; c < s->c_out; c++) {
+        const float *res = residual ? residual + c * hw : NULL;
+        lp_vf wt[9];
+        for (int t = 0; t < 9; t++) wt[t] = lp_vsplat(w[c * 9 + t]);
+        const lp_vf b = lp_vsplat(bias[c]);
+        switch (act) { /* the activation a constant inside the row loops */
+        case LP_ACT_RELU: lp_dw3_s1_channel(in + c * hw, h, wd, wt, b, res, out + c * hw, LP_ACT_RELU); break;
+        case LP_ACT_RELU6: lp_dw3_s1_channel(in + c * hw, h, wd, wt, b, res, out + c * hw, LP_ACT_RELU6); break;
+        default: lp_dw3_s1_channel(in + c * hw, h, wd, wt, b, res, out + c * hw, act); break;
+        }
+    }
+}
+
+/* One kernel row's three taps for the LP_LANES outputs of a stride-2 row from output column ox0: input columns
+ * 2*ox - 1, 2*ox, 2*ox + 1, from two loads at 2*ox0 split into even and odd lanes and the odd lanes shifted by one
+ * with the previous odd column shifted in. tail (a constant): the loads may pass the row's end, so they are partial
+ * (the right padding reads as zero). */
+LP_INLINE lp_vf lp_dw3_s2_taps(const float *row, int ox0, int wd, const lp_vf *wt, lp_vf acc, const int tail) {
+    const int p = 2 * ox0, n = wd - p; /* floats of the row from p */
+    lp_vf va, vb;
+    if (!tail) {
+        va = lp_vload(row + p);
+        vb = lp_vload(row + p + LP_LANES);
+    } else {
+        const int n1 = n - LP_LANES;
+        va = n >= LP_LANES ? lp_vload(row + p) : lp_load_lanes(row + p, 0, n);
+        vb = n1 >= LP_LANES ? lp_vload(row + p + LP_LANES)
+                            : (n1 > 0 ? lp_load_lanes(row + p + LP_LANES, 0, n1) : lp_vsplat(0.f));
+    }
+    const lp_vf ev = LP_SHUFFLE2(va, vb, LP_EVEN_IDX); /* x = 2*ox */
+    const lp_vf od = LP_SHUFFLE2(va, vb, LP_ODD_IDX);  /* x = 2*ox + 1 */
+    const lp_vf prev = lp_vsplat(p > 0 ? row[p - 1] : 0.f);
+    const lp_vf l = LP_SHUFFLE2(prev, od, LP_PREV_IDX); /* x = 2*ox - 1 */
+    acc += wt[0] * l;
+    acc += wt[1] * ev;
+    return acc + wt[2] * od;
+}
+
+/* The vector of output row oy from output column ox0 (input row iy = 2 * oy); top / bottom / tail / act are constants
+ * at every call; tail: the last vector of the row (partial loads, and a partial store when len < LP_LANES). */
+LP_INLINE void lp_dw3_s2_vec(const float *row, int wd, int ox0, int len, const lp_vf *wt, lp_vf b, const float *res,
+                             float *dst, const int top, const int bottom, const int tail, const int act) {
+    const lp_vf zero = lp_vsplat(0.f);
+    lp_vf a0 = b, a1 = zero, a2 = zero;
+    if (!top) a0 = lp_dw3_s2_taps(row - wd, ox0, wd, wt, a0, tail);
+    a1 = lp_dw3_s2_taps(row, ox0, wd, wt + 3, a1, tail);
+    if (!bottom) a2 = lp_dw3_s2_taps(row + wd, ox0, wd, wt + 6, a2, tail);
+    lp_vf x = (a0 + a1) + a2;
+    if (!tail || len >= LP_LANES) {
+        if (res) x += lp_vload(res + ox0);
+        lp_vstore(dst + ox0, lp_vact(x, act));
+    } else {
+        if (res) x += lp_load_lanes(res + ox0, 0, len);
+        lp_store_lanes(dst + ox0, lp_vact(x, act), 0, len);
+    }
+}
+
+/* One output row: vectors whose two loads (2 * LP_LANES floats from 2 * ox0) stay inside the row, then the rest. */
+LP_INLINE void lp_dw3_s2_row(const float *row, int wd, int wo, const lp_vf *wt, lp_vf b, const float *res, float *dst,
+                             const int top, const int bottom, const int act) {
+    int ox0 = 0;
+    for (; ox0 < wo && 2 * ox0 + 2 * LP_LANES <= wd; ox0 += LP_LANES)
+        lp_dw3_s2_vec(row, wd, ox0, LP_LANES, wt, b, res, dst, top, bottom, 0, act);
+    for (; ox0 < wo; ox0 += LP_LANES)
+        lp_dw3_s2_vec(row, wd, ox0, wo - ox0, wt, b, res, dst, top, bottom, 1, act);
+}
+
+LP_INLINE void lp_dw3_s2_channel(const float *src, int h, int wd, int ho, int wo, const lp_vf *wt, lp_vf b,
+                                 const float *res, float *dst, const int act) {
+    for (int oy = 0; oy < ho; oy++) {
+        const int iy = 2 * oy;
+        const float *row = src + (size_t)iy * wd;
+        const float *r = res ? res + (size_t)oy * wo : NULL;
+        float *d = dst + (size_t)oy * wo;
+        if (iy > 0 && iy + 1 < h)
+            lp_dw3_s2_row(row, wd, wo, wt, b, r, d, 0, 0, act);
+        else
+            lp_dw3_s2_row(row, wd, wo, wt, b, r, d, iy == 0, iy + 1 >= h, act);
+    }
+}
+
+static void lp_dw3_s2(const float *in, float *out, const float *bias, const float *residual, const lp_conv_shape *s,
+                      int act, int nthreads, const float *w) {
+    const int h = s->h, wd = s->w, ho = s->h_out, wo = s->w_out;
+    const size_t hw = (size_t)h * wd, hwo = (size_t)ho * wo;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int c = 0; c < s->c_out; c++) {
+        const float *src = in + c * hw;
+        const float *res = residual ? residual + c * hwo : NULL;
+        float *dst = out + c * hwo;
+        lp_vf wt[9];
+        for (int t = 0; t < 9; t++) wt[t] = lp_vsplat(w[c * 9 + t]);
+        const lp_vf b = lp_vsplat(bias[c]);
+        switch (act) { /* the activation a constant inside the row loops */
+        case LP_ACT_RELU: lp_dw3_s2_channel(src, h, wd, ho, wo, wt, b, res, dst, LP_ACT_RELU); break;
+        case LP_ACT_RELU6: lp_dw3_s2_channel(src, h, wd, ho, wo, wt, b, res, dst, LP_ACT_RELU6); break;
+        default: lp_dw3_s2_channel(src, h, wd, ho, wo, wt, b, res, dst, act); break;
+        }
+    }
+}
+#endif
+
+/* variant: 0 -> the in-place 3x3 path above where it applies, else tiles 4 vectors wide; 1 -> 2, 2 -> 1, 3 -> 3. */
 void lp_dense_depthwise(const float *in, float *out, const float *bias, const float *residual, float *scratch,
                         const lp_conv_shape *s, int act, int variant, int nthreads, const float *w,
                         const int32_t *off) {

@@ -141,9 +141,10 @@ DENSE_DEPTHWISE = register_kernel(
         supports=lambda meta: meta.is_depthwise,
         pack=pack_depthwise,
         scratch_floats=grid_scratch_floats,
-        variants=("masked3x3_w4", "w2", "w1", "w3"),
+        variants=("3x3_w4", "w2", "w1", "w3"),
         description="Depthwise convolution, any kernel/stride/padding: per channel, shifted vector loads of its "
-        "padded phase planes; variant 0 reads 3x3 pad-1 stride-1/2 layers in place with masked loads (AVX-512).",
+        "padded phase planes; variant 0 reads 3x3 pad-1 stride-1/2 layers in place (masked loads on AVX-512, lane "
+        "shuffles per output row on the narrower ISAs).",
     )
 )
 
