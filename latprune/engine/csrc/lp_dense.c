@@ -589,25 +589,45 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
 
 /* ---------------------------------------------------------------------------------------------------------------
  * 1x1 stride-1 layers (direct grid, one group) as a packed GEMM: out (c_out x HW) = W (c_out x c_in) * in (c_in x HW).
- * In place, every k step of an 8 x 48 tile reads three vectors from a different input row (HW floats apart), so
+ * In place, every k step of an AVX-512 8 x 48 tile reads three vectors from a different input row (HW floats apart), so
  * the hardware prefetchers see c_in streams and the tile waits on L2. Here each 48-column block of the input is first
  * copied, LP_PK_KB rows at a time, into a contiguous (KB x 48) panel on the stack (48 KB, L1/L2), which every
- * 8-row weight panel then streams sequentially. Partial sums over the K blocks live in out; the last block finishes
- * the tile (bias, residual, activation). Column remainders use the in-place tiles. */
+ * weight panel then streams sequentially. Partial sums over the K blocks live in out; the last block finishes
+ * the tile (bias, residual, activation). Column remainders use the in-place tiles.
+ * The panel is 48 columns on every ISA, the register tile LP_PK_SUB = LP_DENSE_NV vectors (48 on AVX-512, 24 on
+ * AVX2, 12 with 4 lanes): each weight panel then runs the panel's sub-tiles back to back from L1, so the layer's
+ * weights stream from L2/L3 once per 48 columns. With one 24-column panel per weight pass, AVX2 read them twice:
+ * 1024 x 1024 at 7x7 (4 MB of weights) 1.48 ms against AVX-512's 0.97 (ENGINE_NOTES.md). */
 #define LP_PK_KB 128
 #ifndef LP_PK_PREFETCH
 #define LP_PK_PREFETCH 512 /* floats ahead in the weight stream (64 k steps) */
 #endif
 #define LP_PK_NV LP_DENSE_NV
-#define LP_PK_COLS (LP_PK_NV * LP_LANES)
+#define LP_PK_SUB (LP_PK_NV * LP_LANES) /* columns of one register tile */
+#define LP_PK_COLS 48                   /* columns of one input panel: whole register tiles on every ISA */
+#if LP_PK_COLS % LP_PK_SUB != 0
+#error "LP_PK_COLS must be a whole number of register tiles (LP_DENSE_NV * LP_LANES columns)"
+#endif
+/* Vectors per register tile of a panel with the fused tail column: the full tile where the tail's accumulator, weight
+ * vector and broadcast fit beside the tile's (AVX-512: 24 + 3 + 1 + 2 of 32 registers), else the widest that fits
+ * (AVX2: 4 x 2, the panel in three 16-column tiles). AVX2's 4 x 3 tile with the tail spilled: 1024 x 1024 at 7x7
+ * 1.48 ms against 0.95 ms for 48 pixels (6x8); 24 + 8 + (16 + tail) columns 1.16 ms; 3 x (16) + tail 1.08 ms; the
+ * unfused tail column (lp_dense_cols) 1.17 ms, as it streams the 4 MB of weights a second time. */
+#if LP_DENSE_MR * LP_PK_NV + LP_PK_NV + 3 <= LP_REGISTERS
+#define LP_PK_TAIL_NV LP_PK_NV
+#elif LP_DENSE_MR * 2 + 2 + 3 <= LP_REGISTERS
+#define LP_PK_TAIL_NV 2
+#else
+#define LP_PK_TAIL_NV 1
+#endif
 
-LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT wp, int kb, int first, int last,
-                          int j, int cols, int rows, const lp_grid *g, const float *bias, const float *residual,
-                          float *out, int act, const int nv, const int tail1) {
+/* bp: the sub-tile's first column in the panel (rows LP_PK_COLS apart); bt: the panel's tail1 column (kb,). */
+LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT bt, const float *LP_RESTRICT wp,
+                          int kb, int first, int last, int j, int cols, int rows, const lp_grid *g, const float *bias,
+                          const float *residual, float *out, int act, const int nv, const int tail1) {
     const size_t hw = (size_t)g->hw_out;
-    const float *bt = bp + LP_PK_KB * LP_PK_COLS; /* tail1: the one column after the tile, (kb,) */
-    const int tc = j + cols;                      /* ... and its output column */
-    lp_vmr acct = {0};                            /* tail1: the panel's LP_DENSE_MR rows in the lanes */
+    const int tc = j + cols; /* tail1: the output column after the tile */
+    lp_vmr acct = {0}; /* tail1: the panel's LP_DENSE_MR rows in the lanes */
     if (tail1 && !first)
         for (int r = 0; r < rows; r++) acct[r] = out[r * hw + tc];
     lp_vf acc[LP_DENSE_MR][LP_MAXNV];
@@ -635,9 +655,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
             LP_KEEP(a);
         }
         for (int v = 0; v < nv; v++) LP_KEEP(b[v]);
-        if (tail1) {
-            acct += lp_vmr_load(wk) * (bt[k] - (lp_vmr){0});
-        }
+        if (tail1) acct += lp_vmr_load(wk) * (bt[k] - (lp_vmr){0});
     }
     if (tail1)
         for (int r = 0; r < rows; r++) {
@@ -660,16 +678,16 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
     }
 }
 
-#define LP_PK_CALL(f, l, n, t) lp_pk_tile(bp, wp, kb, f, l, j, cols, rows, g, bias, residual, out, act, n, t)
+#define LP_PK_CALL(f, l, n, t) lp_pk_tile(bp, bt, wp, kb, f, l, j, cols, rows, g, bias, residual, out, act, n, t)
 #define LP_PK_NV_CASES(f, l)                                                                                          \
-    if (tail1) LP_PK_CALL(f, l, 3, 1);                                                                                \
+    if (tail1) LP_PK_CALL(f, l, LP_PK_TAIL_NV, 1);                                                                    \
     else if (nv == 3) LP_PK_CALL(f, l, 3, 0);                                                                         \
     else if (nv == 2) LP_PK_CALL(f, l, 2, 0);                                                                         \
     else LP_PK_CALL(f, l, 1, 0);
-/* tail1 (only with nv == 3): the tile also computes the single column after it (a 7x7 map = 48 + 1 columns). */
-static void lp_pk_tile_any(const float *bp, const float *wp, int kb, int first, int last, int j, int cols, int rows,
-                           const lp_grid *g, const float *bias, const float *residual, float *out, int act, int nv,
-                           int tail1) {
+/* tail1 (only with nv == LP_PK_TAIL_NV): the tile also computes the single column after it (7x7 = 48 + 1 columns). */
+static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, int kb, int first, int last, int j,
+                           int cols, int rows, const lp_grid *g, const float *bias, const float *residual, float *out,
+                           int act, int nv, int tail1) {
     if (first && last) {
         LP_PK_NV_CASES(1, 1)
     } else if (first) {
@@ -703,7 +721,8 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
             float bp[LP_PK_KB * (LP_PK_COLS + 1)] __attribute__((aligned(64))); /* (KB, 48) panel, then (KB,) */
             const int j = t * LP_PK_COLS, cols = n - j < LP_PK_COLS ? n - j : LP_PK_COLS;
             const int tail1 = fuse_tail && t == full - 1;
-            const int nv = (cols + LP_LANES - 1) / LP_LANES;
+            const int nv = (cols + LP_LANES - 1) / LP_LANES; /* vectors of the panel's columns */
+            const int sub = tail1 ? LP_PK_TAIL_NV * LP_LANES : LP_PK_SUB; /* columns per register tile */
             for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
                 const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
                 for (int k = 0; k < kb; k++) { /* (kb, 48) panel: input rows k0.. of columns j .. j + cols - 1 */
@@ -711,18 +730,24 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
                     float *dst = bp + k * LP_PK_COLS;
                     if (tail1) bp[LP_PK_KB * LP_PK_COLS + k] = src[LP_PK_COLS];
                     if (cols == LP_PK_COLS)
-                        for (int v = 0; v < LP_PK_NV; v++) lp_vstore(dst + v * LP_LANES, lp_vload(src + v * LP_LANES));
+                        for (int v = 0; v < LP_PK_COLS / LP_LANES; v++)
+                            lp_vstore(dst + v * LP_LANES, lp_vload(src + v * LP_LANES));
                     else
                         for (int v = 0; v < nv; v++) {
                             const int len = cols - v * LP_LANES < LP_LANES ? cols - v * LP_LANES : LP_LANES;
                             lp_vstore(dst + v * LP_LANES, lp_load_lanes(src + v * LP_LANES, 0, len));
                         }
                 }
+                const float *bt = bp + LP_PK_KB * LP_PK_COLS;
                 for (int p = 0; p < panels; p++) {
                     const int co = p * LP_DENSE_MR, rows = c_out - co < LP_DENSE_MR ? c_out - co : LP_DENSE_MR;
                     const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
-                    lp_pk_tile_any(bp, wp, kb, k0 == 0, k0 + kb == K, j, cols, rows, g, bias + co,
-                                   residual ? residual + co * hw : NULL, out + co * hw, act, nv, tail1);
+                    for (int c0 = 0; c0 < cols; c0 += sub) { /* the panel's register tiles, weights in L1 */
+                        const int sc = cols - c0 < sub ? cols - c0 : sub;
+                        lp_pk_tile_any(bp + c0, bt, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, g, bias + co,
+                                       residual ? residual + co * hw : NULL, out + co * hw, act,
+                                       (sc + LP_LANES - 1) / LP_LANES, tail1 && c0 + sc == cols);
+                    }
                 }
             }
         }
