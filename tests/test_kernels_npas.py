@@ -245,7 +245,7 @@ def test_pack_rejects_a_weight_of_the_wrong_shape():
     nthreads=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, residual, variant, nthreads, seed):
+def test_conv_kernels_match_reference(isa, meta, kernel, sparsity, structured, act, residual, variant, nthreads, seed):
     spec = get_kernel(kernel)
     if not spec.supports(meta):
         meta = ConvMeta(meta.c_in, meta.c_out, max(meta.h, 3), max(meta.w, 3), 3, 3, meta.stride_h, meta.stride_w, 1, 1)
@@ -255,7 +255,7 @@ def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, r
     x = rng.standard_normal((meta.c_in, meta.h, meta.w)).astype(np.float32)
     res = rng.standard_normal((meta.c_out, meta.h_out, meta.w_out)).astype(np.float32) if residual else None
     variant %= len(spec.variants)
-    got = run_layer(kernel, w, b, x, meta, act=act, residual=res, variant=variant, nthreads=nthreads)
+    got = run_layer(kernel, w, b, x, meta, act=act, residual=res, variant=variant, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, res))
 
 
@@ -270,14 +270,14 @@ def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, r
     nthreads=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-def test_block_fc_matches_reference(c_in, c_out, sparsity, structured, act, residual, nthreads, seed):
+def test_block_fc_matches_reference(isa, c_in, c_out, sparsity, structured, act, residual, nthreads, seed):
     meta = ConvMeta(c_in, c_out, 1, 1, is_linear=True)
     rng = np.random.default_rng(seed)
     w = masked_weight(rng, "npas_block_fc", meta, sparsity, structured)
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in)).astype(np.float32)  # a batch of 2 feature vectors
     res = rng.standard_normal((2, c_out)).astype(np.float32) if residual else None
-    got = run_layer("npas_block_fc", w, b, x, meta, act=act, residual=res, nthreads=nthreads)
+    got = run_layer("npas_block_fc", w, b, x, meta, act=act, residual=res, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, res))
 
 
@@ -294,7 +294,7 @@ MODEL_SHAPES = (
     "kernel", ("npas_block_punched", "npas_pattern3x3", "npas_pattern3x3_cols", "npas_unstructured")
 )
 @pytest.mark.parametrize("meta", MODEL_SHAPES, ids=lambda m: f"{m.c_in}x{m.c_out}k{m.kh}s{m.stride_h}")
-def test_model_shapes_at_80_percent(kernel, meta):
+def test_model_shapes_at_80_percent(isa, kernel, meta):
     spec = get_kernel(kernel)
     if not spec.supports(meta):
         pytest.skip(f"{kernel} does not handle {meta.kh}x{meta.kw} kernels")
@@ -303,10 +303,11 @@ def test_model_shapes_at_80_percent(kernel, meta):
     b = rng.standard_normal(meta.c_out).astype(np.float32)
     x = rng.standard_normal((2, meta.c_in, meta.h, meta.w)).astype(np.float32)  # batch of 2
     for variant in {0, len(spec.variants) - 2}:
-        assert_close(run_layer(kernel, w, b, x, meta, act=1, variant=variant), conv_reference(w, b, x, meta, 1))
+        got = run_layer(kernel, w, b, x, meta, act=1, variant=variant, isa=isa)
+        assert_close(got, conv_reference(w, b, x, meta, 1))
 
 
-def test_all_zero_and_dense_weights():
+def test_all_zero_and_dense_weights(isa):
     """Edge cases of the formats: nothing kept (only bias survives), and everything kept."""
     meta = ConvMeta(5, 6, 7, 7, 3, 3, 1, 1, 1, 1)
     rng = np.random.default_rng(4)
@@ -314,12 +315,12 @@ def test_all_zero_and_dense_weights():
     x = rng.standard_normal((5, 7, 7)).astype(np.float32)
     for w in (np.zeros((6, 5, 3, 3), np.float32), rng.standard_normal((6, 5, 3, 3)).astype(np.float32)):
         for kernel in ("npas_block_punched", "npas_pattern3x3", "npas_pattern3x3_cols", "npas_unstructured"):
-            assert_close(run_layer(kernel, w, b, x, meta, act=2), conv_reference(w, b, x, meta, 2))
+            assert_close(run_layer(kernel, w, b, x, meta, act=2, isa=isa), conv_reference(w, b, x, meta, 2))
 
 
 @pytest.mark.parametrize("kernel", (*CONV_KERNELS[:-1], "npas_block_fc"))
 @pytest.mark.parametrize("variant", range(6))
-def test_kernels_stay_inside_their_buffers(kernel, variant):
+def test_kernels_stay_inside_their_buffers(isa, kernel, variant):
     """Writes past ``scratch_floats`` or past the output would corrupt the compiled model's arena: canaries."""
     spec = get_kernel(kernel)
     if variant >= len(spec.variants):
@@ -331,7 +332,7 @@ def test_kernels_stay_inside_their_buffers(kernel, variant):
         if not spec.supports(meta):
             continue
         w = masked_weight(rng, kernel, meta, 0.5, structured=True)
-        layer = bind_layer(spec, w, None, meta, act=1, variant=variant)
+        layer = bind_layer(spec, w, None, meta, act=1, variant=variant, isa=isa)
         n = layer.scratch.size
         layer.scratch = np.full(n + 256, np.nan, dtype=np.float32)  # stale NaNs must not leak into the result
         layer.scratch[n:] = 7.0

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from latprune.engine.isa import cpu_model, using_isa
 from latprune.engine.runtime import compile
 from latprune.errors import EngineError
 from latprune.models import create_model
@@ -39,6 +40,7 @@ class BenchConfig:
     autotune: bool = False
     onnxruntime: bool = True
     torch_eager: bool = True
+    isa: str | None = None  # the engine's compile target (avx512, avx2, generic); None: $LATPRUNE_ISA or the CPU's best
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -64,6 +66,8 @@ class BenchResult:
     max_rel_error: float  # engine vs torch output, relative to max |torch output|
     sparse_layers: int
     kernels: dict[str, int]  # kernel name -> number of layers using it
+    isa: str = ""  # the ISA the engine ran (its generated code's target)
+    cpu: str = ""  # the CPU model it ran on
 
     @property
     def speedup_vs_onnxruntime(self) -> float | None:
@@ -199,7 +203,13 @@ def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
 
 
 def benchmark_model(cfg: BenchConfig) -> BenchResult:
-    """Build the zoo model with random weights, sparsify it, compile it, and time the three runtimes."""
+    """Build the zoo model with random weights, sparsify it, compile it for ``cfg.isa``, and time the three
+    runtimes."""
+    with using_isa(cfg.isa):
+        return _benchmark_model(cfg)
+
+
+def _benchmark_model(cfg: BenchConfig) -> BenchResult:
     with torch.random.fork_rng():  # zoo models initialise from the global generator: seed a private copy of it
         torch.manual_seed(cfg.seed)
         model = create_model(
@@ -245,6 +255,8 @@ def benchmark_model(cfg: BenchConfig) -> BenchResult:
         max_rel_error=err,
         sparse_layers=n_sparse,
         kernels=kernels,
+        isa=cm.spec.isa,
+        cpu=cpu_model(),
     )
 
 
@@ -253,7 +265,7 @@ def format_result(r: BenchResult) -> str:
     c = r.config
     lines = [
         f"{c.model} @ {c.input_size}px, batch {c.batch}, {c.threads} thread(s), {c.scheme} sparsity {c.sparsity:.0%} "
-        f"on {r.sparse_layers} convs (median of {c.runs} runs)",
+        f"on {r.sparse_layers} convs (median of {c.runs} runs), engine compiled for {r.isa} on {r.cpu}",
         f"  latprune engine  {r.engine_ms:9.3f} ms   (compiled in {r.compile_s:.1f} s, "
         f"max rel error {r.max_rel_error:.1e})",
     ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +141,26 @@ def resolve_isa(name: str, source: str = "--isa") -> Isa:
             f"{source}={name!r} cannot run on this {native_isa().name} CPU; use one of {', '.join(runnable_isas())}."
         )
     return ISAS[name]
+
+
+@contextlib.contextmanager
+def using_isa(name: str | None, source: str = "--isa") -> Iterator[Isa]:
+    """Within the block the engine compiles, tunes and fingerprints for ``name`` (None: leave the target as it is),
+    by setting ``$LATPRUNE_ISA``, which everything that asks ``host_isa()`` reads; restored on exit. An unknown or
+    unrunnable name fails before the block with one sentence naming ``source``."""
+    if not name:
+        yield host_isa()
+        return
+    isa = resolve_isa(name.strip().lower(), source)
+    old = os.environ.get("LATPRUNE_ISA")
+    os.environ["LATPRUNE_ISA"] = isa.name
+    try:
+        yield isa
+    finally:
+        if old is None:
+            os.environ.pop("LATPRUNE_ISA", None)
+        else:
+            os.environ["LATPRUNE_ISA"] = old
 
 
 @functools.cache
