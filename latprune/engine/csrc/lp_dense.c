@@ -432,9 +432,12 @@ LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const flo
 
 /* ---------------------------------------------------------------------------------------------------------------
  * Channel-major tiles for small outputs (<= 64 pixels, e.g. 7x7): a pixel-major tile of a 7x7 map wastes a third of
- * its lanes (49 pixels in 64 lanes, 63 with the grid's junk columns). Here the lanes hold LP_CM = 32 output
- * channels and the registers hold up to LP_CM_NP pixels of one output row (no junk, no tail): per tap, 32/LANES
- * weight vectors and one broadcast per pixel. Weights are then packed k-major in panels of 32 channels (K x 32). */
+ * its lanes (49 pixels in 64 lanes, 63 with the grid's junk columns). Here the lanes hold LP_CM output channels
+ * (2 vectors) and the registers hold up to LP_CM_NP consecutive output pixels, which may cross output rows (no junk,
+ * no tail): per tap, LP_CM / LANES weight vectors and one broadcast per pixel, each from its own grid column (base +
+ * index addressing, the indices in registers). Weights are packed k-major in panels of LP_CM channels (K x LP_CM).
+ * Tiles used to stop at the end of an output row: a 7-pixel row was 4 + 3 pixels on AVX2 (8 and 6 accumulators, too
+ * few for the FMA latency; ResNet20's 64 -> 64 3x3 at 7x7 took 1.2x its 14x14 twin's time, ENGINE_NOTES.md). */
 #define LP_CM_NV (LP_CM / LP_LANES) /* LP_CM and LP_CM_NP (pixels per tile) come from the ISA prelude */
 #if LP_CM_NP > 12
 #error "LP_CM_NP > 12: lp_cm_tile_any has cases up to 12 pixels"
@@ -452,21 +455,39 @@ LP_INLINE int lp_dense_use_cm(const lp_conv_shape *s) {
     return s->groups == 1 && s->kh * s->kw > 1 && s->h_out * s->w_out <= LP_CM_MAX_PIXELS;
 }
 
-/* Output row segments of at most LP_CM_NP pixels, balanced (14 -> 7 + 7). */
-LP_INLINE int lp_cm_segs_per_row(const lp_conv_shape *s) { return (s->w_out + LP_CM_NP - 1) / LP_CM_NP; }
-LP_INLINE void lp_cm_segment(const lp_conv_shape *s, int t, int *oy, int *ox, int *np) {
-    const int nseg = lp_cm_segs_per_row(s), k = t % nseg, base = s->w_out / nseg, rem = s->w_out % nseg;
-    *oy = t / nseg;
-    *ox = k * base + (k < rem ? k : rem);
-    *np = base + (k < rem);
+/* Tiles of at most LP_CM_NP consecutive output pixels (row-major, across rows), balanced: 49 -> 9 tiles of 5-6 pixels
+ * on AVX2, 5 of 9-10 on AVX-512. */
+LP_INLINE int lp_cm_segs(const lp_conv_shape *s) { return (s->h_out * s->w_out + LP_CM_NP - 1) / LP_CM_NP; }
+LP_INLINE void lp_cm_segment(const lp_conv_shape *s, int t, int *p0, int *np) {
+    const int n = s->h_out * s->w_out, nseg = lp_cm_segs(s), base = n / nseg, rem = n % nseg;
+    *p0 = t * base + (t < rem ? t : rem);
+    *np = base + (t < rem);
 }
 
-/* One tile over taps [0, K) of the panel (w and off start at the block's first tap). part: this segment's partial sums
- * (np x LP_CM floats), read unless first and written unless last; the last block finishes the tile. The first npf
- * steps each prefetch one cache line of pf (the next block's weights) into L2. */
-LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K,
-                          int co, int c_out, size_t hw, size_t o0, const float *bias, const float *residual, float *out,
-                          int act, const int np, float *part, int first, int last, const float *pf, int npf) {
+/* The grid column of output pixel p0 (returned) and those of pixels p0 .. p0 + np - 1 relative to it (in gq). */
+LP_INLINE int lp_cm_columns(const lp_grid *g, int p0, int np, int32_t *gq) {
+    int oy = p0 / g->w_out, ox = p0 - oy * g->w_out;
+    const int base = oy * g->wq + ox;
+    for (int q = 0; q < np; q++) {
+        gq[q] = oy * g->wq + ox - base;
+        if (++ox == g->w_out) {
+            ox = 0;
+            oy++;
+        }
+    }
+    return base;
+}
+
+/* One tile over taps [0, K) of the panel (w and off start at the block's first tap); pixel q reads grid column
+ * src + gq[q] and writes output o0 + q. part: this segment's partial sums (np x LP_CM floats), read unless first and
+ * written unless last; the last block finishes the tile. The first npf steps each prefetch one cache line of pf (the
+ * next block's weights) into L2. */
+LP_INLINE void lp_cm_tile(const float *src, const int32_t *gq_in, const int32_t *LP_RESTRICT off,
+                          const float *LP_RESTRICT w, int K, int co, int c_out, size_t hw, size_t o0, const float *bias,
+                          const float *residual, float *out, int act, const int np, float *part, int first, int last,
+                          const float *pf, int npf) {
+    int32_t gq[12]; /* a local copy, so the indices stay in registers across the taps */
+    for (int q = 0; q < np; q++) gq[q] = gq_in[q];
     lp_vf acc[12][LP_CM_NV];
     for (int q = 0; q < np; q++)
         for (int v = 0; v < LP_CM_NV; v++)
@@ -479,7 +500,7 @@ LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, cons
         for (int v = 0; v < LP_CM_NV; v++) wv[v] = lp_vload(w + (size_t)k * LP_CM + v * LP_LANES);                    \
         if (PF) __builtin_prefetch(pf + (size_t)k * 16, 0, 2);                                                         \
         for (int q = 0; q < np; q++) {                                                                                 \
-            const lp_vf x = lp_vsplat(p[q]);                                                                           \
+            const lp_vf x = lp_vsplat(p[gq[q]]);                                                                       \
             for (int v = 0; v < LP_CM_NV; v++) acc[q][v] += wv[v] * x;                                                 \
             LP_KEEP(x);                                                                                                \
         }                                                                                                              \
@@ -505,11 +526,11 @@ LP_INLINE void lp_cm_tile(const float *src, const int32_t *LP_RESTRICT off, cons
 
 #define LP_CM_CASE(n)                                                                                                \
     case n:                                                                                                          \
-        lp_cm_tile(src, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n, part, first, last, pf, npf);      \
+        lp_cm_tile(src, gq, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n, part, first, last, pf, npf);  \
         break;
-static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w, int K, int co, int c_out, size_t hw,
-                           size_t o0, const float *bias, const float *residual, float *out, int act, int np,
-                           float *part, int first, int last, const float *pf, int npf) {
+static void lp_cm_tile_any(const float *src, const int32_t *gq, const int32_t *off, const float *w, int K, int co,
+                           int c_out, size_t hw, size_t o0, const float *bias, const float *residual, float *out,
+                           int act, int np, float *part, int first, int last, const float *pf, int npf) {
     switch (np) {
         LP_CM_CASE(1) LP_CM_CASE(2) LP_CM_CASE(3)
 #if LP_CM_NP > 3
@@ -527,7 +548,7 @@ static void lp_cm_tile_any(const float *src, const int32_t *off, const float *w,
 #define LP_CM_KB 256
 
 /* Dense convolution with channel-major tiles. Variant < 3, blocked: each thread takes whole panels, and per block of
- * LP_CM_KB taps runs every row segment (partial sums in a small buffer), so each weight comes from memory once and
+ * LP_CM_KB taps runs every pixel tile (partial sums in a small buffer), so each weight comes from memory once and
  * is reused by all segments from L1. Panel by panel with the segments inside, the first segment streamed the whole
  * panel from memory and waited on it (the 9.4 MB of weights of a ResNet18 512 x 512 3x3 layer at 7x7 never stay in
  * cache between inferences). Variant >= 3, or too few panels to share: one tile per (panel, segment), the segment
@@ -537,7 +558,7 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
                              const int32_t *off) {
     const lp_grid g = lp_grid_make(in, scratch, s);
     const int K = s->c_in * s->kh * s->kw, panels = (s->c_out + LP_CM - 1) / LP_CM;
-    const int segs = s->h_out * lp_cm_segs_per_row(s), seg_outer = variant >= 3;
+    const int segs = lp_cm_segs(s), seg_outer = variant >= 3;
     const int blocked = variant < 3 && K > LP_CM_KB && panels >= 2 * nthreads;
     const long items = (long)panels * segs;
     const size_t hw = (size_t)g.hw_out;
@@ -562,15 +583,16 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
                     const int left = k0 + kb < K ? K - k0 - kb : (p + 1 < panels ? K : 0);
                     const int lines = (left < LP_CM_KB ? left : LP_CM_KB) * (LP_CM / 16);
                     const int share = (lines + segs - 1) / segs;
-                    for (int t = 0, q0 = 0; t < segs; t++) {
-                        int oy, ox, np;
-                        lp_cm_segment(s, t, &oy, &ox, &np);
+                    for (int t = 0; t < segs; t++) {
+                        int p0, np;
+                        int32_t gq[12];
+                        lp_cm_segment(s, t, &p0, &np);
+                        const int base = lp_cm_columns(&g, p0, np, gq);
                         const int l0 = t * share < lines ? t * share : lines;
                         const int npf = lines - l0 < share ? lines - l0 : share;
-                        lp_cm_tile_any(g.src + (size_t)oy * g.wq + ox, off + k0, w + ((size_t)p * K + k0) * LP_CM, kb,
-                                       p * LP_CM, s->c_out, hw, (size_t)oy * s->w_out + ox, bias, residual, out, act,
-                                       np, part + q0 * LP_CM, k0 == 0, k0 + kb == K, nxt + (size_t)l0 * 16, npf);
-                        q0 += np;
+                        lp_cm_tile_any(g.src + base, gq, off + k0, w + ((size_t)p * K + k0) * LP_CM, kb, p * LP_CM,
+                                       s->c_out, hw, (size_t)p0, bias, residual, out, act, np, part + p0 * LP_CM,
+                                       k0 == 0, k0 + kb == K, nxt + (size_t)l0 * 16, npf);
                     }
                 }
         } else {
@@ -578,10 +600,12 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
             for (long it = 0; it < items; it++) {
                 const int p = (int)(seg_outer ? it % panels : it / segs);
                 const int t = (int)(seg_outer ? it / panels : it % segs);
-                int oy, ox, np;
-                lp_cm_segment(s, t, &oy, &ox, &np);
-                lp_cm_tile_any(g.src + (size_t)oy * g.wq + ox, off, w + (size_t)p * K * LP_CM, K, p * LP_CM, s->c_out,
-                               hw, (size_t)oy * s->w_out + ox, bias, residual, out, act, np, part, 1, 1, w, 0);
+                int p0, np;
+                int32_t gq[12];
+                lp_cm_segment(s, t, &p0, &np);
+                const int base = lp_cm_columns(&g, p0, np, gq);
+                lp_cm_tile_any(g.src + base, gq, off, w + (size_t)p * K * LP_CM, K, p * LP_CM, s->c_out, hw,
+                               (size_t)p0, bias, residual, out, act, np, part, 1, 1, w, 0);
             }
         }
     }
