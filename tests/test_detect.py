@@ -17,7 +17,7 @@ from latprune.engine.detect import (
     scheme_applies,
     scheme_mask,
 )
-from latprune.engine.isa import host_isa
+from latprune.engine.isa import ISAS, host_isa
 from latprune.engine.kernels import SCHEMES, ConvMeta, get_kernel
 from latprune.engine.kernels.npas import PATTERNS_3x3
 from latprune.engine.layer import run_layer
@@ -248,3 +248,8 @@ def test_default_variant_fits_the_image():
     assert default_variant(spec, big) == 0  # widest tile on a large image
     assert default_variant(spec, tiny) == 2  # 4 pixels: the narrowest tile wastes least
     assert default_variant(dense_kernel(big), big) == 0
+    # The target's vector width decides, not the host's: 14 x 16 grid columns (224) fill 4-vector tiles exactly
+    # with NEON's 4 lanes (tile 16), while 16 lanes make a 64-column tile waste 32 and a 32-column one fits.
+    row = ConvMeta(8, 8, 14, 14, 3, 3, 1, 1, 1, 1)
+    assert default_variant(spec, row, isa=ISAS["neon"]) == 0
+    assert default_variant(spec, row, isa=ISAS["avx512"]) == 1
