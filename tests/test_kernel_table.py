@@ -15,8 +15,8 @@ from latprune.engine.layer import aligned_copy, bind_layer
 from latprune.engine.reference import conv_reference
 
 # Shapes that reach every code path's edges: 49 pixels (48 + 1 fused column), 50 (a 2-column tail), fewer than a
-# vector (the grid), k x k pixel-major and channel-major tiles, stride 2, a 7x7 stem, groups, depthwise rows shorter
-# than a vector and odd widths, linear layers with tails.
+# vector (the grid), k x k pixel-major, grid-packed (K >= 512) and channel-major tiles, stride 2, a 7x7 stem, groups,
+# depthwise rows shorter than a vector and odd widths, linear layers with tails.
 SHAPES = (
     ConvMeta(16, 12, 7, 7),
     ConvMeta(20, 9, 5, 10),
@@ -24,6 +24,7 @@ SHAPES = (
     ConvMeta(6, 10, 9, 11, 3, 3, 1, 1, 1, 1),
     ConvMeta(12, 20, 7, 7, 3, 3, 1, 1, 1, 1),
     ConvMeta(8, 12, 13, 11, 3, 3, 2, 2, 1, 1),
+    ConvMeta(64, 12, 20, 20, 3, 3, 1, 1, 1, 1),
     ConvMeta(3, 8, 20, 20, 7, 7, 2, 2, 3, 3),
     ConvMeta(8, 8, 12, 12, 3, 3, 1, 1, 1, 1, groups=2),
     ConvMeta(5, 5, 9, 23, 3, 3, 1, 1, 1, 1, groups=5),

@@ -101,6 +101,8 @@ SHAPES = [
     ConvMeta(260, 9, 5, 10),  # packed 1x1: a 2-column tail
     ConvMeta(200, 13, 7, 7),  # packed 1x1: the 49th column fused into the full tile, a partial weight panel
     ConvMeta(140, 10, 14, 14),  # packed 1x1: two K blocks, a 4-column remainder tile
+    ConvMeta(64, 20, 9, 11, 3, 3, 1, 1, 1, 1),  # grid-packed 3x3 (4-row tiles): K = 576, a partial panel and tile
+    ConvMeta(130, 6, 6, 17, 3, 3, 2, 2, 1, 1),  # grid-packed stride 2: ten K blocks
 ]
 
 
@@ -110,6 +112,15 @@ def test_dense_conv_on_model_shapes(isa, meta):
     for variant in range(len(get_kernel("dense_conv").variants)):
         got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant, isa=isa)
         assert_close(got, conv_reference(w, b, x, meta, 1, r))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_grid_packed_tiles_share_column_tiles_between_threads(isa, nthreads):
+    """Enough 48-column tiles (20 x 22 grid columns) for two threads to take the grid-packed path (4-row tiles)."""
+    meta = ConvMeta(64, 12, 20, 20, 3, 3, 1, 1, 1, 1)
+    w, b, x, r = random_layer(np.random.default_rng(6), meta, 0.0, True)
+    got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=0, nthreads=nthreads, isa=isa)
+    assert_close(got, conv_reference(w, b, x, meta, 1, r))
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])

@@ -308,7 +308,7 @@ LP_INLINE int lp_tile_count(const lp_grid *g, int nv) {
     if (r == 0) return full + extra;
     const int v = (r + LP_LANES - 1) / LP_LANES;
     if (!g->direct || n >= v * LP_LANES) return full + 1 + extra;
-    return full + 1 + (r % LP_LANES != 0) + extra; /* no full tile and n < v lanes: floor(r/L) vectors + a shifted one */
+    return full + 1 + (r % LP_LANES != 0) + extra; /* no full tile, n < v lanes: floor(r/L) vectors + a shifted one */
 }
 
 /* Tile t: its first grid column *j and width *tnv in vectors (0: the column tail, columns *j .. n-1). */
@@ -648,7 +648,8 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
 /* bp: the sub-tile's first column in the panel (rows LP_PK_COLS apart); bt: the panel's tail1 column (kb,). */
 LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT bt, const float *LP_RESTRICT wp,
                           int kb, int first, int last, int j, int cols, int rows, const lp_grid *g, const float *bias,
-                          const float *residual, float *out, int act, const int nv, const int tail1) {
+                          const float *residual, float *out, float *part, size_t phw, int act, const int nv,
+                          const int tail1) {
     const size_t hw = (size_t)g->hw_out;
     const int tc = j + cols; /* tail1: the output column after the tile */
     lp_vmr acct = {0}; /* tail1: the panel's LP_DENSE_MR rows in the lanes */
@@ -661,7 +662,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
     } else {
         for (int r = 0; r < LP_DENSE_MR; r++)
             for (int v = 0; v < nv; v++) {
-                const float *o = out + r * hw + j + v * LP_LANES;
+                const float *o = part + r * phw + v * LP_LANES;
                 acc[r][v] = r >= rows ? lp_vsplat(0.f)
                             : cols >= (v + 1) * LP_LANES ? lp_vload(o)
                                                          : lp_load_lanes(o, 0, cols - v * LP_LANES);
@@ -695,14 +696,15 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
         for (int r = 0; r < rows; r++)
             for (int v = 0; v < nv; v++) {
                 if (cols >= (v + 1) * LP_LANES)
-                    lp_vstore(out + r * hw + j + v * LP_LANES, acc[r][v]);
+                    lp_vstore(part + r * phw + v * LP_LANES, acc[r][v]);
                 else
-                    lp_store_lanes(out + r * hw + j + v * LP_LANES, acc[r][v], 0, cols - v * LP_LANES);
+                    lp_store_lanes(part + r * phw + v * LP_LANES, acc[r][v], 0, cols - v * LP_LANES);
             }
     }
 }
 
-#define LP_PK_CALL(f, l, n, t) lp_pk_tile(bp, bt, wp, kb, f, l, j, cols, rows, g, bias, residual, out, act, n, t)
+#define LP_PK_CALL(f, l, n, t)                                                                                        \
+    lp_pk_tile(bp, bt, wp, kb, f, l, j, cols, rows, g, bias, residual, out, part, phw, act, n, t)
 #define LP_PK_NV_CASES(f, l)                                                                                          \
     if (tail1) LP_PK_CALL(f, l, LP_PK_TAIL_NV, 1);                                                                    \
     else if (nv == 3) LP_PK_CALL(f, l, 3, 0);                                                                         \
@@ -711,7 +713,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
 /* tail1 (only with nv == LP_PK_TAIL_NV): the tile also computes the single column after it (7x7 = 48 + 1 columns). */
 static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, int kb, int first, int last, int j,
                            int cols, int rows, const lp_grid *g, const float *bias, const float *residual, float *out,
-                           int act, int nv, int tail1) {
+                           float *part, size_t phw, int act, int nv, int tail1) {
     if (first && last) {
         LP_PK_NV_CASES(1, 1)
     } else if (first) {
@@ -769,8 +771,8 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
                     for (int c0 = 0; c0 < cols; c0 += sub) { /* the panel's register tiles, weights in L1 */
                         const int sc = cols - c0 < sub ? cols - c0 : sub;
                         lp_pk_tile_any(bp + c0, bt, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, g, bias + co,
-                                       residual ? residual + co * hw : NULL, out + co * hw, act,
-                                       (sc + LP_LANES - 1) / LP_LANES, tail1 && c0 + sc == cols);
+                                       residual ? residual + co * hw : NULL, out + co * hw, out + co * hw + j + c0, hw,
+                                       act, (sc + LP_LANES - 1) / LP_LANES, tail1 && c0 + sc == cols);
                     }
                 }
             }
@@ -786,6 +788,8 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
     }
     return 1;
 }
+
+#define LP_GP_MAX_COUT 512 /* output channels whose partial sums fit the stack buffer of the grid-packed path */
 
 /* Small k x k outputs (<= 64 pixels, groups == 1) use the channel-major tiles above. Otherwise
  * variant: tile width 3, 2 or 1 vectors (0, 1, 2) with the weight panel outermost (it stays in L1 while the
@@ -809,6 +813,16 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
         return;
     const long gp_count = (long)groups * panels, items = gp_count * tiles;
     const int pf_lines = K * LP_DENSE_MR / 16, pf_share = (pf_lines + tiles - 1) / tiles;
+    /* variant 0 on a k x k layer with 4-row tiles (16 registers: AVX2, generic): the packed panels of the 1x1 path,
+     * copied from the grid's shifted rows. A 4-row tile loads twice the input vectors per FMA of an 8-row one; from
+     * an L1 panel (aligned, sequential) instead of L2 (unaligned grid rows, one stream per tap) they cost less. A/B
+     * on AVX2, noisy machine: 64 -> 64 3x3 at 56x56 0.91-1.09, 128 -> 128 at 28x28 0.91, 64 -> 128 stride 2 0.75,
+     * 128 -> 256 stride 2 0.80; loses below K = 512 (16 -> 16 at 28x28: 1.10) and on AVX-512's 8-row tiles (1.05-1.2).
+     * Partial sums over the K blocks stay in a per-tile buffer on the stack (up to 512 output channels); the column
+     * tiles are the parallel work, so few of them against the threads keep the in-place order. */
+    const int ct = (g.n + LP_PK_COLS - 1) / LP_PK_COLS;
+    const int grid_packed = LP_DENSE_MR < 8 && variant == 0 && !g.direct && groups == 1 && s->c_out <= LP_GP_MAX_COUT &&
+                            K >= 512 && (nthreads == 1 || ct >= 4 * nthreads);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
@@ -817,6 +831,34 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
 #pragma omp single
             lp_grid_zero_slack(scratch, s);
         }
+        if (grid_packed) {
+#pragma omp for schedule(static)
+            for (int t = 0; t < ct; t++) {
+                float bp[LP_PK_KB * LP_PK_COLS] __attribute__((aligned(64)));
+                float part[(LP_GP_MAX_COUT + LP_DENSE_MR) * LP_PK_COLS] __attribute__((aligned(64)));
+                const int j = t * LP_PK_COLS, cols = g.n - j < LP_PK_COLS ? g.n - j : LP_PK_COLS;
+                for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
+                    const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
+                    for (int k = 0; k < kb; k++) {
+                        const float *src = g.src + off[k0 + k] + j;
+                        for (int v = 0; v < LP_PK_COLS / LP_LANES; v++)
+                            lp_vstore(bp + k * LP_PK_COLS + v * LP_LANES, lp_vload(src + v * LP_LANES));
+                    }
+                    for (int p = 0; p < panels; p++) {
+                        const int co = p * LP_DENSE_MR;
+                        const int rows = s->c_out - co < LP_DENSE_MR ? s->c_out - co : LP_DENSE_MR;
+                        const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
+                        for (int c0 = 0; c0 < cols; c0 += LP_PK_SUB) {
+                            const int sc = cols - c0 < LP_PK_SUB ? cols - c0 : LP_PK_SUB;
+                            lp_pk_tile_any(bp + c0, bp, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, &g,
+                                           bias + co, residual ? residual + (size_t)co * g.hw_out : NULL,
+                                           out + (size_t)co * g.hw_out, part + (size_t)co * LP_PK_COLS + c0,
+                                           LP_PK_COLS, act, (sc + LP_LANES - 1) / LP_LANES, 0);
+                        }
+                    }
+                }
+            }
+        } else
 #pragma omp for schedule(static)
         for (long it = 0; it < items; it++) {
             const int t = (int)(col_outer ? it / gp_count : it % tiles);
