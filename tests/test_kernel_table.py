@@ -97,8 +97,9 @@ def test_every_kernel_stays_inside_its_buffers(isa):
 
 
 def test_the_cross_check_program_matches_on_this_host(tmp_path):
-    """The stand-alone program the aarch64 check runs, built natively for this host's ISA: the harness itself."""
-    cases = [c for c in table_cases(seed=2) if c.variant == 0]
+    """The stand-alone program the aarch64 check runs, built natively for this host's ISA: the harness itself (on
+    the dense kernels, one source file, to keep the compile short)."""
+    cases = [c for c in table_cases(seed=2) if c.variant == 0 and get_kernel(c.kernel).source == "lp_dense.c"]
     for case, got in zip(cases, run_cases(cases, host_isa(), ["cc"], [], tmp_path), strict=True):
         assert_close(got, case)
 
