@@ -123,6 +123,14 @@ def test_grid_packed_tiles_share_column_tiles_between_threads(isa, nthreads):
     assert_close(got, conv_reference(w, b, x, meta, 1, r))
 
 
+@pytest.mark.parametrize("meta", [ConvMeta(200, 70, 7, 7), ConvMeta(64, 40, 10, 13), ConvMeta(20, 9, 5, 10)], ids=str)
+def test_packed_1x1_splits_weight_panels_when_column_tiles_are_few(isa, meta):
+    """Two threads and fewer than two 48-column tiles each: the threads share the weight panels of each tile."""
+    w, b, x, r = random_layer(np.random.default_rng(7), meta, 0.0, True)
+    got = run_layer("dense_conv", w, b, x, meta, 2, r, variant=0, nthreads=2, isa=isa)
+    assert_close(got, conv_reference(w, b, x, meta, 2, r))
+
+
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_channel_major_tiles_blocked_over_taps(isa, nthreads):
     """More than 256 taps and several 32-channel panels: partial sums carried across tap blocks, per thread."""

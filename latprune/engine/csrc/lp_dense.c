@@ -730,20 +730,25 @@ static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, in
 /* A whole direct 1x1 layer through packed input panels: 48-column tiles, then a narrower zero-padded one for the
  * remainder (1-3 leftover columns go to lp_dense_cols instead, one column at a time, or when it is a single column
  * after a full tile, to that tile). Measured: 48 + 1 column tiles for every map whose pixel count is a multiple of 49
- * gain nothing at 14x14 and lose 10-20% at 28x28 and up (unaligned output rows). Returns 0, doing nothing, when
- * with several threads there are too few column tiles to share. */
+ * gain nothing at 14x14 and lose 10-20% at 28x28 and up (unaligned output rows). With several threads and fewer
+ * than two column tiles per thread (7x7: one tile), the threads also split the weight panels: each packs the input
+ * panel itself (cheap against the panels it then runs) and runs its share of the panels, instead of falling back to
+ * the in-place tiles. Returns 0, doing nothing, when even that leaves a thread without panels. */
 static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t *off, int K, int c_out,
                                 const float *bias, const float *residual, float *out, int act, int nthreads) {
     const int n = g->n, full = n / LP_PK_COLS, rem = n - full * LP_PK_COLS;
     const int col_tail = rem <= LP_COL_TAIL_MAX ? rem : 0, tiles = full + (rem > col_tail);
     const int fuse_tail = col_tail == 1 && full > 0; /* the last full tile computes the one leftover column */
     const int panels = (c_out + LP_DENSE_MR - 1) / LP_DENSE_MR;
-    if (nthreads > 1 && tiles < 2 * nthreads) return 0;
+    const int pchunks = nthreads > 1 && tiles < 2 * nthreads ? nthreads : 1; /* weight panel ranges per tile */
+    if (panels < 2 * pchunks && pchunks > 1) return 0;
     const size_t hw = (size_t)g->hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
 #pragma omp for schedule(static) nowait
-        for (int t = 0; t < tiles; t++) {
+        for (int it = 0; it < tiles * pchunks; it++) {
+            const int t = it / pchunks, pc = it % pchunks;
+            const int p_lo = (int)((long)panels * pc / pchunks), p_hi = (int)((long)panels * (pc + 1) / pchunks);
             float bp[LP_PK_KB * (LP_PK_COLS + 1)] __attribute__((aligned(64))); /* (KB, 48) panel, then (KB,) */
             const int j = t * LP_PK_COLS, cols = n - j < LP_PK_COLS ? n - j : LP_PK_COLS;
             const int tail1 = fuse_tail && t == full - 1;
@@ -765,7 +770,7 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
                         }
                 }
                 const float *bt = bp + LP_PK_KB * LP_PK_COLS;
-                for (int p = 0; p < panels; p++) {
+                for (int p = p_lo; p < p_hi; p++) {
                     const int co = p * LP_DENSE_MR, rows = c_out - co < LP_DENSE_MR ? c_out - co : LP_DENSE_MR;
                     const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
                     for (int c0 = 0; c0 < cols; c0 += sub) { /* the panel's register tiles, weights in L1 */
