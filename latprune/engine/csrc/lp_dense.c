@@ -23,6 +23,11 @@
 #error "lp_dense.c needs the ISA's tile #defines (LP_DENSE_MR, LP_DENSE_NV, LP_CM, LP_CM_NP) from Isa.c_defines"
 #endif
 #define LP_MAXNV 4 /* widest tile, in vectors */
+/* Work loops hand out chunks of about 1/8 of a thread's share as threads come for them (schedule(dynamic)), not a
+ * fixed half each: a thread that runs slower (a phone's little core, a vCPU the host shares with other work) no
+ * longer holds a fixed share of every layer. One thread takes everything in one chunk. */
+#define LP_DYN_CHUNK(n, threads) \
+    ((threads) == 1 ? (int)(n) : (n) / (8 * (threads)) > 1 ? (int)((n) / (8 * (threads))) : 1)
 
 /* Keep a vector live in a register. After the last FMA that reads an input vector, GCC likes to overwrite the input
  * instead of the accumulator (vfmadd132ps) and then copies the result back at the loop edge: 4-5 extra register
@@ -40,6 +45,7 @@ typedef struct {
     int n;            /* grid columns: h_out * wq */
     int wq;           /* grid row width */
     int w_out;        /* valid columns per grid row */
+    int h_out;        /* grid rows that hold output pixels */
     int hw_out;       /* output pixels per channel */
     int direct;       /* grid column == output pixel and src is the input itself */
 } lp_grid;
@@ -66,6 +72,7 @@ LP_INLINE lp_grid lp_grid_make(const float *in, const float *scratch, const lp_c
     g.wq = g.direct ? s->w : lp_grid_wq(s);
     g.n = s->h_out * g.wq;
     g.w_out = s->w_out;
+    g.h_out = s->h_out;
     g.hw_out = s->h_out * s->w_out;
     return g;
 }
@@ -163,7 +170,7 @@ typedef struct {
 LP_INLINE lp_vruns lp_vruns_at(const lp_grid *g, int oy, int ox) {
     lp_vruns q;
     memset(&q, 0, sizeof q);
-    const int h_out = g->hw_out / g->w_out;
+    const int h_out = g->h_out;
     if (oy < h_out && ox < g->w_out) {
         const int len = g->w_out - ox < LP_LANES ? g->w_out - ox : LP_LANES;
 #if LP_AVX512
@@ -378,14 +385,20 @@ LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, c
         lp_tile_finish(acc, rows, nv, j, g, bias, residual, out, act);
 }
 
+/* The tile functions are kept out of line (LP_NOINLINE): inlined into a caller's loop (an OpenMP dynamic schedule's,
+ * say), GCC spilled two of AVX2's 12 accumulators to the stack in the tap loop, and a 3x3 layer ran 1.9x slower. */
+#define LP_NOINLINE __attribute__((noinline))
+LP_NOINLINE
 static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
                               const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
     lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 1, pf, npf);
 }
+LP_NOINLINE
 static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
                               const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
     lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 2, pf, npf);
 }
+LP_NOINLINE
 static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
                               const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
     lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 3, pf, npf);
@@ -395,6 +408,7 @@ static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float 
 typedef float lp_vmr __attribute__((vector_size(LP_DENSE_MR * 4)));
 typedef float lp_vmr_u __attribute__((vector_size(LP_DENSE_MR * 4), aligned(4), may_alias));
 LP_INLINE lp_vmr lp_vmr_load(const float *p) { return *(const lp_vmr_u *)p; } /* not memcpy: see lp_vload */
+LP_NOINLINE
 static void lp_dense_cols(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K, int j,
                           int rows, const float *bias, const float *residual, float *out, int act) {
     for (int c = j; c < g->n; c++) {
@@ -528,6 +542,7 @@ LP_INLINE void lp_cm_tile(const float *src, const int32_t *gq_in, const int32_t 
     case n:                                                                                                          \
         lp_cm_tile(src, gq, off, w, K, co, c_out, hw, o0, bias, residual, out, act, n, part, first, last, pf, npf);  \
         break;
+LP_NOINLINE
 static void lp_cm_tile_any(const float *src, const int32_t *gq, const int32_t *off, const float *w, int K, int co,
                            int c_out, size_t hw, size_t o0, const float *bias, const float *residual, float *out,
                            int act, int np, float *part, int first, int last, const float *pf, int npf) {
@@ -572,7 +587,7 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
         }
         float part[LP_CM_MAX_PIXELS * LP_CM] __attribute__((aligned(64))); /* segments x np x LP_CM partial sums */
         if (blocked) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
             for (int p = 0; p < panels; p++)
                 for (int k0 = 0; k0 < K; k0 += LP_CM_KB) {
                     const int kb = K - k0 < LP_CM_KB ? K - k0 : LP_CM_KB;
@@ -596,7 +611,7 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
                     }
                 }
         } else {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, LP_DYN_CHUNK(items, nthreads))
             for (long it = 0; it < items; it++) {
                 const int p = (int)(seg_outer ? it % panels : it / segs);
                 const int t = (int)(seg_outer ? it / panels : it % segs);
@@ -711,6 +726,7 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
     else if (nv == 2) LP_PK_CALL(f, l, 2, 0);                                                                         \
     else LP_PK_CALL(f, l, 1, 0);
 /* tail1 (only with nv == LP_PK_TAIL_NV): the tile also computes the single column after it (7x7 = 48 + 1 columns). */
+LP_NOINLINE
 static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, int kb, int first, int last, int j,
                            int cols, int rows, const lp_grid *g, const float *bias, const float *residual, float *out,
                            float *part, size_t phw, int act, int nv, int tail1) {
@@ -745,7 +761,7 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
     const size_t hw = (size_t)g->hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(dynamic, 1) nowait
         for (int it = 0; it < tiles * pchunks; it++) {
             const int t = it / pchunks, pc = it % pchunks;
             const int p_lo = (int)((long)panels * pc / pchunks), p_hi = (int)((long)panels * (pc + 1) / pchunks);
@@ -837,7 +853,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
             lp_grid_zero_slack(scratch, s);
         }
         if (grid_packed) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
             for (int t = 0; t < ct; t++) {
                 float bp[LP_PK_KB * LP_PK_COLS] __attribute__((aligned(64)));
                 float part[(LP_GP_MAX_COUT + LP_DENSE_MR) * LP_PK_COLS] __attribute__((aligned(64)));
@@ -864,7 +880,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
                 }
             }
         } else
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, LP_DYN_CHUNK(items, nthreads))
         for (long it = 0; it < items; it++) {
             const int t = (int)(col_outer ? it / gp_count : it % tiles);
             const int gp = (int)(col_outer ? it % gp_count : it / tiles);
@@ -1009,7 +1025,7 @@ static void lp_dw3_s1(const float *in, float *out, const float *bias, const floa
      * (valignd) of the pair, instead of nine unaligned loads that mostly split cache lines (measured, 1 thread:
      * 512 x 14x14 35 -> 32 us, 128 x 56x56 132 -> 106 us with the O(1) masks above). */
     const int q_in0 = (wd + 1 + 15) / 16, q_in1 = n - wd - 31 >= 0 ? (n - wd - 31) / 16 + 1 : 0;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(s->c_out, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *src = in + (size_t)c * n;
         const float *res = residual ? residual + (size_t)c * n : NULL;
@@ -1079,7 +1095,7 @@ static void lp_dw3_s2(const float *in, float *out, const float *bias, const floa
         for (int t = 0; t < 3; t++) m[k][t] = lp_range_mask(p + 16 * t, wd);
         m[k][3] = (__mmask16)((1u << len) - 1u);
     }
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(s->c_out, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *src = in + (size_t)c * hw;
         const float *res = residual ? residual + (size_t)c * hwo : NULL;
@@ -1207,7 +1223,7 @@ static void lp_dw3_s1(const float *in, float *out, const float *bias, const floa
                       int act, int nthreads, const float *w) {
     const int h = s->h, wd = s->w;
     const size_t hw = (size_t)h * wd;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(s->c_out, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *res = residual ? residual + c * hw : NULL;
         lp_vf wt[9];
@@ -1293,7 +1309,7 @@ static void lp_dw3_s2(const float *in, float *out, const float *bias, const floa
                       int act, int nthreads, const float *w) {
     const int h = s->h, wd = s->w, ho = s->h_out, wo = s->w_out;
     const size_t hw = (size_t)h * wd, hwo = (size_t)ho * wo;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(s->c_out, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         const float *src = in + c * hw;
         const float *res = residual ? residual + c * hwo : NULL;
@@ -1326,7 +1342,7 @@ void lp_dense_depthwise(const float *in, float *out, const float *bias, const fl
     const int taps = s->kh * s->kw, nv = widths[variant & 3];
     const size_t chan = lp_grid_chan(s);
     if (!g0.direct) lp_grid_zero_slack(scratch, s);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(s->c_out, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int c = 0; c < s->c_out; c++) {
         lp_grid g = g0;
         if (!g.direct) {
@@ -1354,7 +1370,7 @@ void lp_dense_linear(const float *in, float *out, const float *bias, const float
     (void)scratch;
     (void)variant;
     const int n = s->c_in, m = s->c_out, blocks = (m + 3) / 4;
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel for schedule(dynamic, LP_DYN_CHUNK(blocks, nthreads)) num_threads(nthreads) if (nthreads > 1)
     for (int bl = 0; bl < blocks; bl++) {
         const int r0 = bl * 4, rows = m - r0 < 4 ? m - r0 : 4;
         lp_vf acc[4] = {lp_vsplat(0.f), lp_vsplat(0.f), lp_vsplat(0.f), lp_vsplat(0.f)};
