@@ -647,18 +647,12 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
 #if LP_PK_COLS % LP_PK_SUB != 0
 #error "LP_PK_COLS must be a whole number of register tiles (LP_DENSE_NV * LP_LANES columns)"
 #endif
-/* Vectors per register tile of a panel with the fused tail column: the full tile where the tail's accumulator, weight
- * vector and broadcast fit beside the tile's (AVX-512: 24 + 3 + 1 + 2 of 32 registers), else the widest that fits
- * (AVX2: 4 x 2, the panel in three 16-column tiles). AVX2's 4 x 3 tile with the tail spilled: 1024 x 1024 at 7x7
- * 1.48 ms against 0.95 ms for 48 pixels (6x8); 24 + 8 + (16 + tail) columns 1.16 ms; 3 x (16) + tail 1.08 ms; the
- * unfused tail column (lp_dense_cols) 1.17 ms, as it streams the 4 MB of weights a second time. */
-#if LP_DENSE_MR * LP_PK_NV + LP_PK_NV + 3 <= LP_REGISTERS
-#define LP_PK_TAIL_NV LP_PK_NV
-#elif LP_DENSE_MR * 2 + 2 + 3 <= LP_REGISTERS
-#define LP_PK_TAIL_NV 2
-#else
-#define LP_PK_TAIL_NV 1
-#endif
+/* Whether a panel's fused tail column rides inside its last register tile: where the tail's accumulator, weight vector
+ * and broadcast fit beside the tile's (AVX-512: 24 + 3 + 1 + 2 of 32 registers). Elsewhere (AVX2's 4 x 3 tile uses
+ * all 16) it runs after the tiles from the L1-resident weight block (lp_pk_tail_column). AVX2, 1024 x 1024 at 7x7:
+ * the tail inside the 4 x 3 tile spilled (1.48 ms); 24 + 8 + (16 + tail) columns 1.16; 3 x (16) + tail 1.08-1.10;
+ * tail after the tiles 1.10 (0.96-1.0 of 3 x 16); no tail at all (6x8 = 48 pixels) 0.95-1.0; AVX-512 0.95. */
+#define LP_PK_TAIL_IN (LP_DENSE_MR * LP_PK_NV + LP_PK_NV + 3 <= LP_REGISTERS)
 
 /* bp: the sub-tile's first column in the panel (rows LP_PK_COLS apart); bt: the panel's tail1 column (kb,). */
 LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT bt, const float *LP_RESTRICT wp,
@@ -721,11 +715,11 @@ LP_INLINE void lp_pk_tile(const float *LP_RESTRICT bp, const float *LP_RESTRICT 
 #define LP_PK_CALL(f, l, n, t)                                                                                        \
     lp_pk_tile(bp, bt, wp, kb, f, l, j, cols, rows, g, bias, residual, out, part, phw, act, n, t)
 #define LP_PK_NV_CASES(f, l)                                                                                          \
-    if (tail1) LP_PK_CALL(f, l, LP_PK_TAIL_NV, 1);                                                                    \
+    if (tail1) LP_PK_CALL(f, l, LP_PK_NV, 1);                                                                         \
     else if (nv == 3) LP_PK_CALL(f, l, 3, 0);                                                                         \
     else if (nv == 2) LP_PK_CALL(f, l, 2, 0);                                                                         \
     else LP_PK_CALL(f, l, 1, 0);
-/* tail1 (only with nv == LP_PK_TAIL_NV): the tile also computes the single column after it (7x7 = 48 + 1 columns). */
+/* tail1 (only with nv == LP_PK_NV): the tile also computes the single column after it (7x7 = 48 + 1 columns). */
 LP_NOINLINE
 static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, int kb, int first, int last, int j,
                            int cols, int rows, const lp_grid *g, const float *bias, const float *residual, float *out,
@@ -742,6 +736,29 @@ static void lp_pk_tile_any(const float *bp, const float *bt, const float *wp, in
 }
 #undef LP_PK_NV_CASES
 #undef LP_PK_CALL
+
+/* The fused tail column of a panel on its own (ISAs whose register tile leaves no room for it, !LP_PK_TAIL_IN): the
+ * weight block just used by the tiles (kb x MR, in L1) times the column's kb inputs, four FMA chains.
+ * Partial sums live in out like the tiles'. */
+LP_NOINLINE
+static void lp_pk_tail_column(const float *bt, const float *wp, int kb, int first, int last, int rows,
+                              const float *bias, const float *residual, float *out, size_t hw, int act) {
+    lp_vmr a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    if (!first)
+        for (int r = 0; r < rows; r++) a0[r] = out[r * hw];
+    int k = 0;
+    for (; k + 4 <= kb; k += 4) {
+        const float *wk = wp + (size_t)k * LP_DENSE_MR;
+        a0 += lp_vmr_load(wk) * (bt[k] - (lp_vmr){0});
+        a1 += lp_vmr_load(wk + LP_DENSE_MR) * (bt[k + 1] - (lp_vmr){0});
+        a2 += lp_vmr_load(wk + 2 * LP_DENSE_MR) * (bt[k + 2] - (lp_vmr){0});
+        a3 += lp_vmr_load(wk + 3 * LP_DENSE_MR) * (bt[k + 3] - (lp_vmr){0});
+    }
+    for (; k < kb; k++) a0 += lp_vmr_load(wp + (size_t)k * LP_DENSE_MR) * (bt[k] - (lp_vmr){0});
+    a0 += (a1 + a2) + a3;
+    for (int r = 0; r < rows; r++)
+        out[r * hw] = last ? lp_act(a0[r] + bias[r] + (residual ? residual[r * hw] : 0.f), act) : a0[r];
+}
 
 /* A whole direct 1x1 layer through packed input panels: 48-column tiles, then a narrower zero-padded one for the
  * remainder (1-3 leftover columns go to lp_dense_cols instead, one column at a time, or when it is a single column
@@ -769,7 +786,8 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
             const int j = t * LP_PK_COLS, cols = n - j < LP_PK_COLS ? n - j : LP_PK_COLS;
             const int tail1 = fuse_tail && t == full - 1;
             const int nv = (cols + LP_LANES - 1) / LP_LANES; /* vectors of the panel's columns */
-            const int sub = tail1 ? LP_PK_TAIL_NV * LP_LANES : LP_PK_SUB; /* columns per register tile */
+            /* the tail column inside the last register tile where it fits (LP_PK_TAIL_IN), else after the tiles */
+            const int tail_in = tail1 && LP_PK_TAIL_IN, tail_after = tail1 && !tail_in;
             for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
                 const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
                 for (int k = 0; k < kb; k++) { /* (kb, 48) panel: input rows k0.. of columns j .. j + cols - 1 */
@@ -789,12 +807,16 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
                 for (int p = p_lo; p < p_hi; p++) {
                     const int co = p * LP_DENSE_MR, rows = c_out - co < LP_DENSE_MR ? c_out - co : LP_DENSE_MR;
                     const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
-                    for (int c0 = 0; c0 < cols; c0 += sub) { /* the panel's register tiles, weights in L1 */
-                        const int sc = cols - c0 < sub ? cols - c0 : sub;
+                    for (int c0 = 0; c0 < cols; c0 += LP_PK_SUB) { /* the panel's register tiles, weights in L1 */
+                        const int sc = cols - c0 < LP_PK_SUB ? cols - c0 : LP_PK_SUB;
                         lp_pk_tile_any(bp + c0, bt, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, g, bias + co,
                                        residual ? residual + co * hw : NULL, out + co * hw, out + co * hw + j + c0, hw,
-                                       act, (sc + LP_LANES - 1) / LP_LANES, tail1 && c0 + sc == cols);
+                                       act, (sc + LP_LANES - 1) / LP_LANES, tail_in && c0 + sc == cols);
                     }
+                    if (tail_after)
+                        lp_pk_tail_column(bt, wp, kb, k0 == 0, k0 + kb == K, rows, bias + co,
+                                          residual ? residual + co * hw + j + cols : NULL, out + co * hw + j + cols, hw,
+                                          act);
                 }
             }
         }
