@@ -33,11 +33,12 @@ from tqdm import tqdm
 
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune._version import __version__
+from latprune.bench import calibrate_batchnorm, sparsify_model
+from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime, time_runtimes
 from latprune.engine import compile
-from latprune.engine.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine.build import compiler_version
 from latprune.engine.isa import cpu_model, host_isa, using_isa
-from latprune.models import create_model, model_info
+from latprune.models import ModelSpec, model_info
 
 RESULTS = Path(__file__).parent / "results"
 #: Targets of issue 12 (1 thread, each ISA): dense within 1.1x of ORT, MobileNetV1 90% >= 3x ORT on AVX2 (3.5x on
@@ -63,12 +64,11 @@ class EngineBenchConfig:
     runs: int = 50
     warmup: int = 10
     seed: int = 0
+    baselines: tuple[str, ...] = DEFAULT_BASELINES  # runtimes timed on the dense model beside every engine row
 
 
 def base_model(name: str, size: int, cfg: EngineBenchConfig) -> torch.nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.seed)
-        return create_model(name, num_classes=model_info(name).default_num_classes, input_size=size).eval()
+    return ModelSpec(name, model_info(name).default_num_classes, 3, size).build(seed=cfg.seed).eval()
 
 
 def measure_model(name: str, size: int, sparsities: list[float], cfg: EngineBenchConfig, bar: tqdm) -> list[dict]:
@@ -77,7 +77,7 @@ def measure_model(name: str, size: int, sparsities: list[float], cfg: EngineBenc
     dense = calibrate_batchnorm(base_model(name, size, cfg), torch.randn(4, 3, size, size, generator=gen))
     x = torch.randn(1, 3, size, size, generator=gen)
     xa = x.numpy()
-    sessions = {threads: onnxruntime_session(dense, x, threads) for threads in cfg.threads}
+    baselines = {t: {name: get_runtime(name).prepare(dense, x, t) for name in cfg.baselines} for t in cfg.threads}
     rows = []
     for sparsity in sparsities:
         model = copy.deepcopy(dense)
@@ -90,18 +90,10 @@ def measure_model(name: str, size: int, sparsities: list[float], cfg: EngineBenc
             err = float(np.abs(cm(xa) - ref).max() / np.abs(ref).max())
             # The dense baselines are timed again beside every engine row, interleaved with it (see
             # measure_interleaved: this VM's speed flips every few seconds, and sequential medians caught it).
-            torch.set_num_threads(threads)
-            with torch.inference_mode():
-                timed = measure_interleaved(
-                    {
-                        "engine": lambda c=cm: c(xa),
-                        "ort": lambda s=sessions[threads]: s.run(None, {"x": xa}),
-                        "torch": lambda: dense(x),
-                    },
-                    cfg.warmup,
-                    cfg.runs,
-                )
-            eng, ort, eager = timed["engine"], timed["ort"], timed["torch"]
+            runtimes = ("engine", *cfg.baselines)
+            prepared = {"engine": lambda c=cm: c(xa), **baselines[threads]}
+            timed = time_runtimes(dense, x, threads, runtimes, warmup=cfg.warmup, runs=cfg.runs, prepared=prepared)
+            eng = timed["engine"]
             prof = cm.profile(repeats=cfg.runs // 2)
             ops_ms = 1e3 * sum(t for _, t in prof)
             by_kernel: dict[str, float] = {}  # where the time goes: kernel (or op kind) -> ms
@@ -109,22 +101,23 @@ def measure_model(name: str, size: int, sparsities: list[float], cfg: EngineBenc
                 kind = desc.rsplit(": ", 1)[-1].split(" v")[0]
                 by_kernel[kind] = by_kernel.get(kind, 0.0) + 1e3 * t
             one = threads == 1  # CPU time of the calling thread is a latency only when it does all the work
-            rows.append({
+            row = {
                 "model": name, "input_size": size, "sparsity": sparsity, "threads": threads, "sparse_convs": n_sparse,
                 "isa": cm.spec.isa, "cpu": cpu_model(),
-                "engine_ms": eng.median_ms, "engine_min_ms": eng.min_ms, "engine_ops_ms": ops_ms,
-                "engine_ops_by_kernel_ms": by_kernel,
-                "engine_cpu_ms": eng.cpu_ms if one else None,
-                "onnxruntime_ms": ort.median_ms, "onnxruntime_min_ms": ort.min_ms,
-                "onnxruntime_cpu_ms": ort.cpu_ms if one else None,
-                "torch_ms": eager.median_ms, "torch_min_ms": eager.min_ms,
-                "torch_cpu_ms": eager.cpu_ms if one else None,
-                "speedup_vs_onnxruntime": ort.median_ms / eng.median_ms,
-                "speedup_vs_onnxruntime_min": ort.min_ms / eng.min_ms,
-                "speedup_vs_onnxruntime_cpu": ort.cpu_ms / eng.cpu_ms if one else None,
-                "speedup_vs_torch": eager.median_ms / eng.median_ms, "max_rel_error": err,
-            })  # fmt: skip
-            bar.set_postfix_str(f"{name} {sparsity:.0%} t{threads}: {eng.median_ms:.2f} ms vs ORT {ort.median_ms:.2f}")
+                "engine_ops_ms": ops_ms, "engine_ops_by_kernel_ms": by_kernel, "max_rel_error": err,
+            }  # fmt: skip
+            for rt in runtimes:  # <runtime>_ms, _min_ms, _cpu_ms, and the engine's speed-ups over each baseline
+                t = timed[rt]
+                row |= {f"{rt}_ms": t.median_ms, f"{rt}_min_ms": t.min_ms, f"{rt}_cpu_ms": t.cpu_ms if one else None}
+                if rt != "engine":
+                    row |= {
+                        f"speedup_vs_{rt}": t.median_ms / eng.median_ms,
+                        f"speedup_vs_{rt}_min": t.min_ms / eng.min_ms,
+                        f"speedup_vs_{rt}_cpu": t.cpu_ms / eng.cpu_ms if one else None,
+                    }
+            rows.append(row)
+            ort = row.get("onnxruntime_ms")
+            bar.set_postfix_str(f"{name} {sparsity:.0%} t{threads}: {eng.median_ms:.2f} ms vs ORT {ort or 0:.2f}")
             bar.update()
     return rows
 

@@ -23,7 +23,7 @@ import numpy as np
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune.errors import ProfileError
 from latprune.latency.jobs import TimingConfig
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import AdditiveTerm, load_profile, save_profile
 from latprune.latency.profiling import ProfileConfig, model_space, profile_model
 from latprune.latency.validate import ValidationConfig, validate_latency, write_validation
@@ -47,7 +47,7 @@ CASES = (
 )
 
 
-def prediction_speed(predictor: LatencyPredictor, space: object, n: int = 10_000) -> float:
+def prediction_speed(predictor: TrilinearPredictor, space: object, n: int = 10_000) -> float:
     """Architectures per second predicted in one vectorised call (best of 5)."""
     x = space.sample_x(np.random.default_rng(0), n)  # type: ignore[attr-defined]
     predictor.predict(x[:10])
@@ -82,7 +82,7 @@ def run_case(case: Case, samples: int, reuse: bool, statistic: str, out: Path) -
         )
         save_profile(profile, profile_path)
     space = model_space(case.spec, profile.scheme)
-    speed = prediction_speed(LatencyPredictor(profile, space), space)
+    speed = prediction_speed(TrilinearPredictor(profile, space), space)
     config = ValidationConfig(samples=samples, seed=1, statistic=profile.statistic)
     result = validate_latency(profile, space, config)
     json_path, png_path = write_validation(result, profile, config, out, tag=f"_{case.tag}")

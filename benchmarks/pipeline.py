@@ -33,11 +33,11 @@ TARGETS = ((2.0, 0.5), (3.0, 1.5))  # (speed-up over dense ONNX Runtime, largest
 
 def best_at(report: RunReport, speedup: float) -> dict[str, Any] | None:
     """The most accurate pruned model at or above ``speedup`` (measured, over the dense model on ONNX Runtime)."""
-    fast = [r for r in report.rows[1:] if r.speedup_vs_dense_onnxruntime >= speedup]
+    fast = [r for r in report.rows[1:] if r.speedup_vs_dense["onnxruntime"] >= speedup]
     if not fast:
         return None
     r = max(fast, key=lambda r: r.test_acc)
-    return {"name": r.name, "speedup": r.speedup_vs_dense_onnxruntime, "test_acc": r.test_acc, "drop": r.acc_drop}
+    return {"name": r.name, "speedup": r.speedup_vs_dense["onnxruntime"], "test_acc": r.test_acc, "drop": r.acc_drop}
 
 
 def check_targets(reports: dict[str, RunReport]) -> list[dict[str, Any]]:
@@ -65,9 +65,16 @@ def plot(reports: dict[str, RunReport]) -> bytes:
         pruned = sorted(report.rows[1:], key=lambda r: r.engine_ms)
         ax.plot([r.engine_ms for r in pruned], [100 * r.test_acc for r in pruned], "-o", color=color, label=mode)
     ax.scatter([dense.engine_ms], [100 * dense.test_acc], marker="s", s=70, color="tab:green", label="dense, engine")
-    ax.scatter([dense.onnxruntime_ms], [100 * dense.test_acc], marker="D", s=70, color="tab:orange", label="dense, ORT")
+    ax.scatter(
+        [dense.latency_ms["onnxruntime"]],
+        [100 * dense.test_acc],
+        marker="D",
+        s=70,
+        color="tab:orange",
+        label="dense, ORT",
+    )
     for speedup, max_drop in TARGETS:
-        ax.plot([dense.onnxruntime_ms / speedup], [100 * dense.test_acc - max_drop], "k+", ms=12)
+        ax.plot([dense.latency_ms["onnxruntime"] / speedup], [100 * dense.test_acc - max_drop], "k+", ms=12)
     ax.set_xscale("log")
     ax.set_xlabel("measured batch-1 latency (ms, log), 1 thread")
     ax.set_ylabel("test accuracy (%)")

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from latprune._io import atomic_write_json
+from latprune.cli._search import add_supernet_arguments, supernet_from_args
 from latprune.errors import LatpruneError
 from latprune.report import plot_latency_histograms, plot_search
 from latprune.search import MODES, SearchConfig, run_search
@@ -180,36 +180,29 @@ def synthetic(args: argparse.Namespace) -> dict:
 
 
 def real(args: argparse.Namespace) -> dict:
-    from latprune.cli import _search
+    from latprune.pipeline import SearchJob, search_inputs
 
-    parser = argparse.ArgumentParser()
-    _search.register(parser.add_subparsers())
     out = Path(args.work) / "real"
-    cli = ["search", "--checkpoint", args.checkpoint, "--profile", args.profile, "--out", str(out / "probe"),
-           "--preset", args.preset]  # fmt: skip
-    if args.data:
-        cli += ["--data", args.data]
-    cli += shlex.split(args.search_flags)
-    ns = parser.parse_args(cli)
-    base = _search.search_config_from_args(ns)
-    if args.population:
-        base = dataclasses.replace(base, population=args.population)
-    if args.generations:
-        base = dataclasses.replace(base, generations=args.generations)
-    inputs = _search.build_search_inputs(ns, base)
+    job = SearchJob(
+        Path(args.checkpoint), Path(args.profile), out / "probe", args.preset, data=args.data,
+        force_profile=args.force_profile,
+    )  # fmt: skip
+    supernet = supernet_from_args(job.supernet_config(), args)
+    base = job.search_config().override(population=args.population, generations=args.generations)
+    job = dataclasses.replace(job, search=base, supernet=supernet)
+    inputs = search_inputs(job)
     space, predictor, meta = inputs.space, inputs.predictor, inputs.meta
     dense_ms = float(predictor.predict(_dense_x(space)[None])[0])
 
     def make_inputs(seed: int) -> tuple:
-        ns_seed = argparse.Namespace(**{**vars(ns), "seed": seed})
-        seeded = _search.build_search_inputs(ns_seed, dataclasses.replace(base, seed=seed))
+        seeded = search_inputs(dataclasses.replace(job, search=dataclasses.replace(base, seed=seed)))
         return seeded.space, seeded.predictor, seeded.estimator
 
     report = {"source": "REAL: super-net estimated error, profile-predicted latency", "meta": meta}
     if args.only in ("all", "table3"):
         report["table3"] = table3(make_inputs, base, dense_ms, None, out, "real")
         if args.finetune_epochs > 0:
-            report["table3"]["finetuned"] = finetune_and_measure(ns, report["table3"], args, out)
+            report["table3"]["finetuned"] = finetune_and_measure(job, report["table3"], args, out)
     if args.only in ("all", "fig7") and args.fig7_generations:
         report["fig7"] = fig7(
             make_inputs, base, args.fig7_generations, (base.seed,), out, Path(args.results), "real", False
@@ -217,7 +210,7 @@ def real(args: argparse.Namespace) -> dict:
     return report
 
 
-def finetune_and_measure(ns: argparse.Namespace, t3: dict, args: argparse.Namespace, out: Path) -> dict:
+def finetune_and_measure(job: Any, t3: dict, args: argparse.Namespace, out: Path) -> dict:
     """JCW Table 3's second half: fine-tune each mode's best candidate per budget (masked, so zeros stay zeros),
     then report its test accuracy and its latency measured with the engine, beside the dense parent's."""
     import copy
@@ -232,8 +225,8 @@ def finetune_and_measure(ns: argparse.Namespace, t3: dict, args: argparse.Namesp
     from latprune.space import SearchSpace
     from latprune.train import TrainConfig, evaluate, load_model_from_checkpoint, train_model
 
-    parent, ckpt = load_model_from_checkpoint(ns.checkpoint)
-    profile = load_profile(ns.profile, force=ns.force_profile)
+    parent, ckpt = load_model_from_checkpoint(job.checkpoint)
+    profile = load_profile(job.profile, force=job.force_profile)
     kw = ckpt["model_kwargs"]
     space = SearchSpace.from_model(parent, kw["input_size"], kw["in_channels"], scheme=profile.scheme)
     splits = load_splits(DataConfig(**ckpt["data"]))
@@ -311,11 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency-repeats", type=int, default=30, help="Engine runs per model (median kept).")
     p.add_argument("--only", default="all", choices=["all", "table3", "fig7"], help="Real mode: run one part.")
     p.add_argument("--results", default=str(RESULTS), help="Folder for the JSON and PNG results.")
-    p.add_argument(
-        "--search-flags",
-        default="",
-        help='Real mode: extra `latprune search` flags, e.g. "--supernet-classes 2 --bn-images 16" for a smoke run.',
-    )
+    p.add_argument("--force-profile", action="store_true", help="Real mode: use a profile from another device.")
+    add_supernet_arguments(p.add_argument_group("real mode: super-net settings replacing the preset's"))
     p.add_argument("--work", default=str(ROOT / "runs" / "search_ablation"), help="Where the search runs go.")
     args = p.parse_args(argv)
     if not args.synthetic and not (args.checkpoint and args.profile):

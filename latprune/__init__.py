@@ -33,7 +33,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "PruningPlan": ("latprune.prune", "PruningPlan"),
     "apply_plan": ("latprune.prune", "apply_plan"),
     "bake_masks": ("latprune.prune", "bake_masks"),
-    "list_schemes": ("latprune.prune", "list_schemes"),
+    "list_schemes": ("latprune.schemes", "list_schemes"),
+    "register_scheme": ("latprune.schemes", "register_scheme"),
     "load_pruned": ("latprune.prune", "load_pruned"),
     "plan_from_arch": ("latprune.prune", "plan_from_arch"),
     "uniform_plan": ("latprune.prune", "uniform_plan"),
@@ -49,9 +50,16 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # search and accuracy estimation
     "SearchConfig": ("latprune.search", "SearchConfig"),
     "SearchResult": ("latprune.search", "SearchResult"),
+    "list_algorithms": ("latprune.search", "list_algorithms"),
+    "register_algorithm": ("latprune.search", "register_algorithm"),
     "run_search": ("latprune.search", "run_search"),
+    "SearchJob": ("latprune.pipeline", "SearchJob"),
+    "search_checkpoint": ("latprune.pipeline", "search_checkpoint"),
     "SupernetConfig": ("latprune.supernet", "SupernetConfig"),
     "SupernetEstimator": ("latprune.supernet", "SupernetEstimator"),
+    # comparisons with other runtimes
+    "list_runtimes": ("latprune.bench", "list_runtimes"),
+    "register_runtime": ("latprune.bench", "register_runtime"),
     # the quick start's main job
     "RunConfig": ("latprune.pipeline", "RunConfig"),
     "RunReport": ("latprune.pipeline", "RunReport"),

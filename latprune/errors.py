@@ -33,3 +33,7 @@ class ProfileError(LatpruneError):
 
 class SearchError(LatpruneError):
     """A search cannot start or resume as asked (impossible budget, mismatched run directory, ...)."""
+
+
+class ArgumentError(LatpruneError):
+    """A command-line value (a latency budget, a grid, an input size) cannot be read as what its flag expects."""

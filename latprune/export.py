@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,12 +18,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from latprune._io import atomic_write_bytes, atomic_write_json, locks_output
+from latprune._limits import check_threads
 from latprune._version import __version__
 from latprune.engine import CompiledModel, compile
 from latprune.engine.export import TARGETS, export_c
-from latprune.errors import EngineError, LatpruneError, ModelError, PlanError
+from latprune.errors import EngineError, ModelError, PlanError
 from latprune.prune import PruningPlan, bake_masks, count_params, save_pruned
+from latprune.train.checkpoint import atomic_torch_save
 
 MANIFEST_NAME = "export.json"
 PLAN_NAME = "plan.json"
@@ -53,8 +54,7 @@ class ExportConfig:
     seed: int = 0  # of the random check input export_checkpoint makes
 
     def __post_init__(self) -> None:
-        if self.threads < 1:
-            raise EngineError(f"threads must be at least 1, got {self.threads}.")
+        check_threads(self.threads)
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown:
             raise EngineError(f"Unknown export target {unknown[0]!r}; choose one of: {', '.join(TARGETS)}.")
@@ -109,21 +109,6 @@ def _check_plan_applied(model: nn.Module, plan: PruningPlan) -> None:
                 f"Layer '{ly.name}' has {weight.shape[0]} output channels but the plan keeps {len(keep)}; export "
                 "the model apply_plan returned, or pass plan=None for a dense model."
             )
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """One sentence when ``out_dir`` cannot hold the bundle (a file, or not writable), before any work."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise LatpruneError(f"The export folder '{out_dir}' is a file; pass a folder path to --out.")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as exc:
-        raise LatpruneError(
-            f"The export folder '{out_dir}' cannot be written ({exc.strerror or type(exc).__name__}); "
-            "pick another --out or fix its permissions."
-        ) from None
 
 
 def _max_error(out: np.ndarray, ref: torch.Tensor) -> tuple[float, float]:
@@ -233,6 +218,7 @@ def _describe_files(out_dir: Path, paths: list[Path]) -> tuple[ExportedFile, ...
     return tuple(out)
 
 
+@locks_output("out_dir")
 def export_model(
     model: nn.Module,
     plan: PruningPlan | None,
@@ -258,7 +244,6 @@ def export_model(
         )
     if plan is not None:
         _check_plan_applied(model, plan)
-    _check_out_dir(out)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     baked = _baked_copy(model).cpu()
     x = example_input.detach().float().cpu()

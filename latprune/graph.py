@@ -1,15 +1,16 @@
-"""Coupled channel groups of any CNN, via torch-pruning's DependencyGraph (pinned 1.6.1) behind a small adapter."""
+"""Coupled channel groups of any CNN: from its torch.fx channel flow, or torch-pruning's DependencyGraph (1.6.1)."""
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
+import torch.fx
 import torch.nn as nn
-import torch_pruning as tp
 
+from latprune._flow import Flow, trace_flow
 from latprune.errors import ModelError
 
 LayerKind = Literal["conv", "depthwise", "linear"]
@@ -37,8 +38,9 @@ class ChannelGroup:
     name: str
     channels: int
     members: tuple[Member, ...]
-    fixed: bool  # True when the group cannot be pruned (it touches a grouped, non-depthwise conv)
+    fixed: bool  # True when the group cannot be pruned (``reason`` says why, e.g. it feeds a grouped conv)
     residual: bool  # True when two or more layers write into it (a residual add ties them)
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,132 +116,127 @@ def _check_supported(model: nn.Module) -> None:
             )
 
 
-def _layer_hooks(model: nn.Module) -> tuple[list[tuple[str, nn.Module, tuple[int, int]]], list]:
-    """Pre-hooks recording (name, module, input H, W) of every conv/linear in execution order on the next forward."""
-    order: list[tuple[str, nn.Module, tuple[int, int]]] = []
-    seen: set[str] = set()
-
-    def hook(name: str):
-        def fn(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            if name in seen:
-                raise ModelError(
-                    f"Layer '{name}' is called more than once in the forward pass; latprune needs each conv/linear "
-                    "module used once, so give every use its own module."
-                )
-            seen.add(name)
-            x = inputs[0]
-            hw = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else (1, 1)
-            order.append((name, module, hw))
-
-        return fn
-
-    handles = [
-        module.register_forward_pre_hook(hook(name))
-        for name, module in model.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
-    return order, handles
-
-
 def build_graph(model: nn.Module, input_size: int | tuple[int, int], in_channels: int) -> ChannelGraph:
     """Find the coupled channel groups of ``model`` for ``in_channels`` x H x W inputs.
 
-    Groups come from torch-pruning's DependencyGraph, which traces autograd and knows residual adds,
-    concatenation, depthwise convs, BatchNorm and flatten. Channels that reach the model's output (the
-    classifier's outputs) and the image channels belong to no group, so they are never pruned.
+    Groups come from the channel flow of the model's torch.fx graph (``latprune._flow``), which follows
+    residual adds, concatenation, split/chunk/slices, depthwise and grouped convs, squeeze-excite gates,
+    BatchNorm, LayerNorm and flatten exactly, and keeps a group whole (``fixed``, with the ``reason``) wherever
+    removing a channel would not equal zeroing it. A model fx cannot trace falls back to torch-pruning's
+    dependency graph (``latprune._tp_groups``). Channels that reach the model's output (the classifier's
+    outputs) and the image channels belong to no group, so they are never pruned.
     """
     _check_supported(model)
     hw = _pair(input_size)
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)
-    example = torch.zeros(1, in_channels, *hw, device=param.device if param is not None else "cpu")
-    traced, handles = _layer_hooks(model)  # filled during torch-pruning's one traced forward pass
+    device = param.device if param is not None else "cpu"
     try:
-        with warnings.catch_warnings(), torch.enable_grad():  # tracing follows autograd's graph
-            warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=lambda m, x: m(x))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(
-            f"The model cannot run on a {in_channels}x{hw[0]}x{hw[1]} input ({type(exc).__name__}: {exc}); "
-            "check --input-size and --in-channels."
-        ) from None
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception:  # data-dependent control flow, untraceable modules: torch-pruning traces autograd
+            from latprune._tp_groups import tp_groups
+
+            groups, traced = tp_groups(model, torch.zeros(1, in_channels, *hw, device=device))
+        else:
+            flow = _trace(gm, model, torch.zeros(2, in_channels, *hw, device=device))  # 2: the batch dim is unambiguous
+            groups, traced = _flow_groups(flow), flow.layers
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    groups = _collect_groups(model, dg, traced)
     return ChannelGraph(groups, _layer_infos(traced, groups), hw, in_channels)
 
 
-def _collect_groups(
-    model: nn.Module, dg: tp.DependencyGraph, traced: list[tuple[str, nn.Module, tuple[int, int]]]
-) -> tuple[ChannelGroup, ...]:
-    """One group per set of coupled output channels, rooted at the first layer (in execution order) writing it."""
-    names = {module: name for name, module in model.named_modules()}
-    modules_by_name = dict(model.named_modules())
-    layer_modules = {name: module for name, module, _ in traced}
+def _trace(gm: torch.fx.GraphModule, model: nn.Module, example: torch.Tensor) -> Flow:
+    try:
+        return trace_flow(gm, model, example)
+    except ModelError:
+        raise
+    except Exception as exc:
+        shape = "x".join(str(d) for d in example.shape[1:])
+        raise ModelError(
+            f"The model cannot run on a {shape} input ({type(exc).__name__}: {exc}); "
+            "check --input-size and --in-channels."
+        ) from None
+
+
+def _flow_groups(flow: Flow) -> tuple[ChannelGroup, ...]:
+    """One group per set of layers whose outputs share channel classes, rooted at the first in execution order.
+
+    A set is prunable when every member layer's outputs are the same classes (a permutation of the root's);
+    otherwise (e.g. ``chunk(2)`` of one conv's own output ties its halves) each layer gets its own fixed group.
+    Sets that reach the model's output get no group.
+    """
+    order = {name: i for i, (name, _, _) in enumerate(flow.layers)}
+    classes = {w: [flow.find(v) for v in ids.tolist()] for w, ids in flow.writers.items()}
+    comp = {w: w for w in classes}
+
+    def root(w: str) -> str:
+        while comp[w] != w:
+            w = comp[w]
+        return w
+
+    first_writer: dict[int, str] = {}
+    for w in sorted(classes, key=order.__getitem__):
+        for c in classes[w]:
+            if c in first_writer:
+                comp[root(w)] = root(first_writer[c])
+            else:
+                first_writer[c] = w
+    components: dict[str, list[str]] = {}
+    for w in sorted(classes, key=order.__getitem__):
+        components.setdefault(root(w), []).append(w)
+    sink = {flow.find(v) for v in flow.sink}
     groups: list[ChannelGroup] = []
-    covered: set[str] = set()  # layers whose output channels already belong to a group
-    for name, module, _ in traced:
-        if name in covered or is_depthwise(module):  # a depthwise conv joins its producer's group
+    depthwise = {name for name, module, _ in flow.layers if is_depthwise(module)}
+    placed: dict[str, int] = {}  # depthwise conv -> the group holding all of its channels
+    for writers in sorted(components.values(), key=lambda ws: order[ws[0]]):
+        head = classes[writers[0]]
+        if set().union(*(classes[w] for w in writers)) & sink:
             continue
-        pruner = dg.get_pruner_of_module(module)
-        channels = pruner.get_out_channels(module)
-        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
-        members, sink, out_layers, opaque = [], False, 0, False
-        for item in group:
-            node = item.dep.target
-            out = dg.is_out_channel_pruning_fn(item.dep.handler)
-            if out and not node.outputs:
-                sink = True  # these channels are (part of) the model's output
-            member_module = node.module
-            if isinstance(member_module, torch.Tensor):
-                opaque = True  # a bare nn.Parameter: apply_plan cannot slice it, so keep the group whole
-                continue
-            if member_module not in names:
-                continue  # functional ops (add, cat, flatten) carry no weights
-            mname = names[member_module]
-            members.append(Member(mname, "out" if out else "in", tuple(item.idxs), tuple(item.root_idxs)))
-            if out and mname in layer_modules:
-                covered.add(mname)
-                out_layers += not is_depthwise(member_module)
-        if sink:
+        if len(set(head)) != len(head) or any(set(classes[w]) != set(head) for w in writers):
+            for w in writers:
+                members = (Member(w, "out", tuple(range(len(classes[w]))), tuple(range(len(classes[w])))),)
+                why = "its layers' output channels overlap only in part (e.g. a chunk of one conv's own output)"
+                groups.append(ChannelGroup(f"{w}.out", len(classes[w]), members, True, False, why))
             continue
-        members.sort(key=lambda m: (m.module, m.dim))
-        valid = [m for m in members if _member_is_valid(m, modules_by_name[m.module], channels)]
-        grouped = any(
-            isinstance(layer_modules.get(m.module), nn.Conv2d)
-            and layer_modules[m.module].groups > 1
-            and not is_depthwise(layer_modules[m.module])
-            for m in members
-        )
-        fixed = opaque or grouped or len(valid) < len(members)
-        groups.append(ChannelGroup(f"{name}.out", channels, tuple(valid), fixed, out_layers > 1))
+        group = _flow_group(flow, writers, classes, depthwise, placed, len(groups))
+        groups.append(group)
+    for name in sorted(depthwise - set(placed), key=order.__getitem__):  # spans several groups, or none
+        ids = dict(flow.per_channel)[name]
+        hit = {flow.find(v) for v in ids.tolist()}
+        for gi, g in enumerate(groups):
+            if any(m.module == name for m in g.members):
+                groups[gi] = replace(g, fixed=True, reason=g.reason or f"depthwise conv '{name}' spans several groups")
+        if not hit & sink:
+            n = len(ids)
+            members = (Member(name, "out", tuple(range(n)), tuple(range(n))),)
+            groups.append(ChannelGroup(f"{name}.out", n, members, True, False, "a depthwise conv over several groups"))
     return tuple(groups)
 
 
-def _member_is_valid(member: Member, module: nn.Module, channels: int) -> bool:
-    """Whether torch-pruning's index mapping is self-consistent for this member.
-
-    torch-pruning 1.6.1 mis-maps some split/chunk-then-concatenate graphs (indices past the module's size);
-    such a group is kept whole (fixed) rather than pruned wrongly.
-    """
-    weight = getattr(module, "weight", None)
-    if weight is None:
-        return True
-    size = weight.shape[0] if member.dim == "out" or is_depthwise(module) else weight.shape[1]
-    if isinstance(module, nn.Conv2d) and member.dim == "in":
-        size *= module.groups  # a grouped conv's weight holds c_in / groups input channels
-    return (
-        len(member.local) == len(member.root)
-        and len(set(member.local)) == len(member.local)
-        and all(0 <= i < size for i in member.local)
-        and all(0 <= r < channels for r in member.root)
-        and len(member.local) % channels == 0
-    )
+def _flow_group(
+    flow: Flow, writers: list[str], classes: dict[str, list[int]], depthwise: set[str], placed: dict[str, int], gi: int
+) -> ChannelGroup:
+    head = classes[writers[0]]
+    index = {c: i for i, c in enumerate(head)}
+    members = [Member(w, "out", tuple(range(len(head))), tuple(index[c] for c in classes[w])) for w in writers]
+    why = flow.why_fixed(set(head))
+    for name, ids, dim in [(n, i, "out") for n, i in flow.per_channel] + [
+        (n, i, "in") for n, i in flow.readers.items()
+    ]:
+        cls = [flow.find(v) for v in ids.tolist()]
+        pos = [i for i, c in enumerate(cls) if c in index]
+        if not pos:
+            continue
+        counts = np.bincount([index[cls[i]] for i in pos], minlength=len(head))
+        if counts.min() != counts.max():  # reads part of the group: its width is not the group's kept count
+            why = why or f"'{name}' reads only some of the group's channels"
+        if name in depthwise and len(pos) == len(cls) and counts.min() == counts.max() == 1:
+            placed[name] = gi  # else the caller gives it a fixed group of its own and fixes this one
+        members.append(Member(name, dim, tuple(pos), tuple(index[cls[i]] for i in pos)))
+    members.sort(key=lambda m: (m.module, m.dim))
+    return ChannelGroup(f"{writers[0]}.out", len(head), tuple(members), bool(why), len(writers) > 1, why)
 
 
 def _layer_infos(

@@ -1,4 +1,4 @@
-"""The search vocabulary: a width per coupled channel group and a sparsity per layer, encoded as integer vectors."""
+"""The search vocabulary: a width per coupled group, a sparsity and a scheme per layer, encoded as integer vectors."""
 
 from __future__ import annotations
 
@@ -10,108 +10,65 @@ from typing import Any, Literal
 import numpy as np
 import torch.nn as nn
 
+from latprune._space_layers import (
+    _SPARSITIES,
+    _WIDTHS,
+    SPARSITY_CHOICES,
+    WIDTH_CHOICES,
+    GroupSpec,
+    LayerSpec,
+    SpaceBounds,
+    _group_specs,
+    _layer_from_dict,
+    _layer_specs,
+    _variable_bounds,
+    kept_channels,
+    kept_channels_array,
+)
 from latprune.errors import PlanError
-from latprune.graph import ChannelGraph, LayerKind, build_graph
+from latprune.graph import ChannelGraph, build_graph
+from latprune.schemes import get_scheme
 
-#: JCW's candidate list for channel width ratios and weight sparsities.
-WIDTH_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-SPARSITY_CHOICES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
-_WIDTHS = np.asarray(WIDTH_CHOICES)
-_SPARSITIES = np.asarray(SPARSITY_CHOICES)
-
-#: Schemes whose packed formats group 4 output channels (or 4 rows), so kept counts are rounded to 4.
-_BLOCKED_SCHEMES = ("group4", "block_punched", "block_fc", "nm24")
-SPACE_SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
 Mode = Literal["joint", "weight-only", "channel-only"]
 
 
 @dataclass(frozen=True)
-class SpaceBounds:
-    """Lower bounds on width and upper bounds on sparsity, as the official JCW search uses.
-
-    Very thin or very sparse layers lose accuracy that fine-tuning cannot win back, and residual-coupled
-    groups or strided layers feed many later layers, so they get tighter bounds than the rest.
-    """
-
-    min_width: float = 0.5
-    min_width_residual: float = 0.7
-    min_width_strided: float = 0.6
-    max_sparsity: float = 0.7
-    max_sparsity_strided: float = 0.6
-    max_sparsity_first_last: float = 0.5
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """A conv or linear layer of the space (full sizes; ``in_group``/``out_group`` index ``SearchSpace.groups``).
-
-    ``in_group`` is None when the input is not exactly one group (the image, or a concatenation: then
-    ``in_parts`` lists ``(group, repeat)`` and ``in_fixed`` the channels of no group; ``layer_dims`` uses those).
-    """
-
-    name: str
-    kind: LayerKind
-    c_in: int
-    c_out: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    groups: int
-    in_hw: tuple[int, int]
-    in_group: int | None
-    out_group: int | None
-    scheme: str = "group4"
-    sparse: bool = True
-    in_parts: tuple[tuple[int, int], ...] = ()
-    in_fixed: int = 0
-    max_sparsity: float = 1.0  # the role bound (first/last, strided, SpaceBounds.max_sparsity), not on the grid
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """One width variable: channels that must keep the same indices in every member layer."""
-
-    name: str
-    channels: int
-    members: tuple[str, ...]
-    min_width: float
-    fixed: bool
-    multiple: int = 1  # kept channel counts are rounded to this (4 where a member layer packs groups of 4)
-
-
-@dataclass(frozen=True)
 class Arch:
-    """One architecture: a width ratio per group and a sparsity per layer (0.0 where not sparse)."""
+    """One architecture: a width ratio per coupled group; per layer a sparsity (0.0 where not sparse) and a scheme.
+
+    ``schemes`` names each layer's scheme, "dense" where the layer has no weight sparsity. It is empty in an
+    architecture written before schemes were chosen per layer: each layer then takes its default in the space.
+    """
 
     widths: tuple[float, ...]
     sparsities: tuple[float, ...]
+    schemes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.schemes and len(self.schemes) != len(self.sparsities):
+            raise PlanError(
+                f"The architecture has {len(self.sparsities)} sparsities but {len(self.schemes)} schemes; give one "
+                "scheme per layer."
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": list(self.widths), "sparsities": list(self.sparsities)}
+        d: dict[str, Any] = {"widths": list(self.widths), "sparsities": list(self.sparsities)}
+        if self.schemes:
+            d["schemes"] = list(self.schemes)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Arch:
         try:
-            return cls(tuple(float(w) for w in d["widths"]), tuple(float(s) for s in d["sparsities"]))
-        except (KeyError, TypeError, ValueError):
-            raise PlanError("The architecture dict needs 'widths' and 'sparsities' lists of numbers.") from None
-
-
-def kept_channels(width: float, channels: int, multiple: int = 1) -> int:
-    """Channels kept at ``width``: rounded to a multiple of ``multiple``, at least ``multiple``, never 0.
-
-    Width 1.0 keeps every channel (the dense model) even when ``channels`` is not a multiple.
-    """
-    return int(kept_channels_array(np.asarray([width]), channels, multiple)[0])
-
-
-def kept_channels_array(widths: np.ndarray, channels: int, multiple: int = 1) -> np.ndarray:
-    """Vectorised ``kept_channels`` over an array of widths (same rounding, so search and pruning agree)."""
-    widths = np.asarray(widths, dtype=np.float64)
-    k = np.round(widths * channels / multiple + 1e-9) * multiple  # +eps: round half up, 0.5 * 12 / 4 -> 2
-    k = np.minimum(np.maximum(k, multiple), channels)
-    k = np.where(widths >= 1.0 - 1e-9, channels, k)
-    return np.maximum(k, 1).astype(np.int64)
+            return cls(
+                tuple(float(w) for w in d["widths"]),
+                tuple(float(s) for s in d["sparsities"]),
+                tuple(str(s) for s in d.get("schemes", ())),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PlanError(
+                "The architecture dict needs 'widths' and 'sparsities' lists of numbers (and optionally 'schemes')."
+            ) from None
 
 
 def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
@@ -121,26 +78,13 @@ def _choice_index(value: float, choices: Sequence[float], what: str) -> int:
     return i
 
 
-def _scheme_for(kind: LayerKind, kernel: tuple[int, int], scheme: str) -> str:
-    """The scheme a layer uses when the space asks for ``scheme`` (NPAS mixes them the same way).
-
-    Depthwise convs stay dense; pattern needs 3x3, so other convs fall back to block-punched and linear
-    layers to block-based FC; block_fc is for linear layers, so convs use block-punched.
-    """
-    if kind == "depthwise":
-        return "dense"
-    if kind == "linear":
-        return "block_fc" if scheme in ("pattern", "block_punched") else scheme
-    if scheme == "pattern" and kernel != (3, 3):
-        return "block_punched"
-    return "block_punched" if scheme == "block_fc" else scheme
-
-
 class SearchSpace:
-    """Integer-encoded space: variables are one width index per group, then one sparsity index per layer.
+    """Integer-encoded space: one width index per group, one sparsity index per layer, then one scheme index per
+    layer that has a choice of schemes (none in a one-scheme space, so JCW's encodings are unchanged).
 
-    ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``
-    and ``SPARSITY_CHOICES``. The search only ever sees these integer vectors.
+    ``xl``/``xu`` bound each variable (fixed variables have ``xl == xu``); values index ``WIDTH_CHOICES``,
+    ``SPARSITY_CHOICES`` and each layer's ``options``. The search only ever sees these integer vectors. A layer
+    whose chosen scheme zeroes no weights (dense), or whose sparsity is below its scheme's minimum, has sparsity 0.
     """
 
     def __init__(
@@ -175,12 +119,14 @@ class SearchSpace:
         input_size: int | tuple[int, int],
         in_channels: int = 3,
         scheme: str = "group4",
-        bounds: SpaceBounds = SpaceBounds(),
+        bounds: SpaceBounds = SpaceBounds(),  # noqa: B008 - frozen dataclass, safe as a default
         graph: ChannelGraph | None = None,
     ) -> SearchSpace:
-        """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds."""
-        if scheme not in SPACE_SCHEMES:
-            raise PlanError(f"Unknown sparsity scheme '{scheme}'; choose one of: {', '.join(SPACE_SCHEMES)}.")
+        """Build the space of ``model``: its coupled groups (graph.py) with JCW's per-layer bounds.
+
+        ``scheme`` is one scheme for every layer, or several joined by commas ("group4,pattern,unstructured"):
+        each layer then chooses among those that apply to it (a fallback replaces one that does not).
+        """
         graph = graph if graph is not None else build_graph(model, input_size, in_channels)
         layers = _layer_specs(graph, scheme, bounds)
         groups = _group_specs(graph, layers, bounds)
@@ -207,12 +153,33 @@ class SearchSpace:
         self._channels = np.asarray([gr.channels for gr in self.groups], dtype=np.int64)
         self._multiples = np.asarray([gr.multiple for gr in self.groups], dtype=np.int64)
         self._sparse = np.asarray([ly.sparse for ly in self.layers], dtype=bool)
+        # Layers with a choice of schemes, and per (choice, option): does it prune, and from which sparsity.
+        self._choice_layers = np.asarray([li for li, ly in enumerate(self.layers) if ly.scheme_choices], np.int64)
+        width = max((len(self.layers[li].scheme_choices) for li in self._choice_layers), default=1)
+        self._opt_prunes = np.zeros((len(self._choice_layers), width), dtype=bool)
+        self._opt_least = np.zeros((len(self._choice_layers), width))
+        for c, li in enumerate(self._choice_layers):
+            for k, name in enumerate(self.layers[li].scheme_choices):
+                self._opt_prunes[c, k] = get_scheme(name).prunes
+                self._opt_least[c, k] = get_scheme(name).min_sparsity
 
     # -- basic facts -----------------------------------------------------------------------------------
 
     @property
     def n_var(self) -> int:
-        return len(self.groups) + len(self.layers)
+        return len(self.groups) + len(self.layers) + self.n_choices
+
+    @property
+    def categorical(self) -> np.ndarray:
+        """Which variables are unordered labels (the scheme variables), shape (n_var,) bool."""
+        flags = np.zeros(self.n_var, dtype=bool)
+        flags[self.n_groups + len(self.layers) :] = True
+        return flags
+
+    @property
+    def n_choices(self) -> int:
+        """Scheme variables: one per layer with a choice of schemes."""
+        return sum(1 for ly in self.layers if ly.scheme_choices)
 
     @property
     def n_groups(self) -> int:
@@ -243,11 +210,22 @@ class SearchSpace:
                 f"The architecture has {len(arch.widths)} widths and {len(arch.sparsities)} sparsities but the "
                 f"space needs {self.n_groups} and {len(self.layers)}; it was made for another model."
             )
-        x = np.empty(self.n_var, dtype=np.int64)
+        x = np.zeros(self.n_var, dtype=np.int64)
         for i, w in enumerate(arch.widths):
             x[i] = _choice_index(w, WIDTH_CHOICES, f"width of group '{self.groups[i].name}'")
         for i, s in enumerate(arch.sparsities):
             x[self.n_groups + i] = _choice_index(s, SPARSITY_CHOICES, f"sparsity of layer '{self.layers[i].name}'")
+        choice = {int(li): c for c, li in enumerate(self._choice_layers)}
+        for li, name in enumerate(arch.schemes):  # none: every layer at its default scheme
+            ly = self.layers[li]
+            if name in ly.options:
+                if li in choice:
+                    x[self.n_groups + len(self.layers) + choice[li]] = ly.options.index(name)
+            elif name != "dense" or arch.sparsities[li] > 0:  # "dense" means sparsity 0 on any layer
+                raise PlanError(
+                    f"Layer '{ly.name}' takes {' or '.join(ly.options)} in this space, not '{name}' at sparsity "
+                    f"{arch.sparsities[li]}; choose one of those."
+                )
         return x
 
     def check(self, arch: Arch) -> np.ndarray:
@@ -268,13 +246,18 @@ class SearchSpace:
             raise PlanError(f"An encoded architecture needs shape ({self.n_var},), got {x.shape}.")
         g = self.n_groups
         widths = tuple(WIDTH_CHOICES[int(i)] for i in x[:g])
-        sparsities = tuple(SPARSITY_CHOICES[int(i)] if self.layers[j].sparse else 0.0 for j, i in enumerate(x[g:]))
-        return Arch(widths, sparsities)
+        sparsities = tuple(float(s) for s in self.layer_dims(x[None])[2][0])
+        options = self.layer_options(x[None])[0]
+        schemes = tuple(ly.options[k] if ly.sparse else "dense" for ly, k in zip(self.layers, options, strict=True))
+        return Arch(widths, sparsities, schemes)
 
-    def _describe(self, j: int, idx: int) -> tuple[str, float]:
+    def _describe(self, j: int, idx: int) -> tuple[str, float | str]:
         if j < self.n_groups:
             return f"width of group '{self.groups[j].name}'", WIDTH_CHOICES[int(idx)]
-        return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        if j < self.n_groups + len(self.layers):
+            return f"sparsity of layer '{self.layers[j - self.n_groups].name}'", SPARSITY_CHOICES[int(idx)]
+        layer = self.layers[self._choice_layers[j - self.n_groups - len(self.layers)]]
+        return f"scheme of layer '{layer.name}'", layer.options[int(idx)]
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Arch]:
         """``n`` architectures drawn uniformly within the bounds (integers, so every one is on the grid)."""
@@ -285,7 +268,7 @@ class SearchSpace:
         return rng.integers(self.xl, self.xu + 1, size=(n, self.n_var))
 
     def dense_arch(self) -> Arch:
-        """The unpruned model: every width 1.0, every sparsity 0.0."""
+        """The unpruned model: every width 1.0, every sparsity 0.0 (each layer at its default scheme)."""
         return Arch((1.0,) * self.n_groups, (0.0,) * len(self.layers))
 
     # -- restriction ---------------------------------------------------------------------------------------
@@ -352,8 +335,22 @@ class SearchSpace:
         kept = self.kept(X)  # (n, G)
         c_out = kept @ self._out_onehot + self._out_fixed  # (n, L)
         c_in = kept @ self._in_mat + self._in_fixed  # (n, L)
-        sparsity = np.where(self._sparse, _SPARSITIES[X[:, self.n_groups :]], 0.0)  # (n, L)
+        g, n_layers = self.n_groups, len(self.layers)
+        sparsity = np.where(self._sparse, _SPARSITIES[X[:, g : g + n_layers]], 0.0)  # (n, L)
+        if len(self._choice_layers):
+            k = X[:, g + n_layers :]  # (n, C) the chosen option of each layer with a choice
+            rows = np.arange(len(self._choice_layers))
+            s = sparsity[:, self._choice_layers]  # (n, C)
+            keep = self._opt_prunes[rows, k] & (s >= self._opt_least[rows, k] - 1e-9)
+            sparsity[:, self._choice_layers] = np.where(keep, s, 0.0)
         return c_in, c_out, sparsity
+
+    def layer_options(self, X: np.ndarray) -> np.ndarray:
+        """Index into ``layers[j].options`` of every layer's scheme, shape (n, L), for encodings ``X`` (n, n_var)."""
+        X = np.atleast_2d(np.asarray(X))
+        out = np.zeros((X.shape[0], len(self.layers)), dtype=np.int64)
+        out[:, self._choice_layers] = X[:, self.n_groups + len(self.layers) :]
+        return out
 
     # -- serialisation -------------------------------------------------------------------------------------
 
@@ -386,88 +383,6 @@ class SearchSpace:
             f"SearchSpace({self.n_groups} groups, {len(self.layers)} layers, scheme={self.scheme!r}, "
             f"input={self.in_channels}x{self.input_size[0]}x{self.input_size[1]})"
         )
-
-
-def _layer_specs(graph: ChannelGraph, scheme: str, bounds: SpaceBounds) -> list[LayerSpec]:
-    """One LayerSpec per conv/linear, with its per-layer scheme and its role's sparsity cap."""
-    layers = []
-    for info in graph.layers:
-        single = len(info.in_parts) == 1 and info.in_parts[0][1] == 1 and info.in_fixed == 0
-        layer_scheme = _scheme_for(info.kind, info.kernel, scheme)
-        sparse = layer_scheme != "dense" and info.kind != "depthwise"
-        layers.append(
-            LayerSpec(
-                info.name, info.kind, info.c_in, info.c_out, info.kernel, info.stride, info.padding,
-                info.groups, info.in_hw, info.in_parts[0][0] if single else None, info.out_group,
-                layer_scheme, sparse, info.in_parts, info.in_fixed,
-            )
-        )  # fmt: skip
-    n = len(layers)
-    return [dataclasses.replace(ly, max_sparsity=_sparsity_cap(i, ly, n, bounds)) for i, ly in enumerate(layers)]
-
-
-def _group_specs(graph: ChannelGraph, layers: list[LayerSpec], bounds: SpaceBounds) -> list[GroupSpec]:
-    """One GroupSpec per coupled group: residual and strided-output groups get the higher width bounds."""
-    strided = {ly.out_group for ly in layers if max(ly.stride) > 1 and ly.out_group is not None}
-    groups = []
-    for gi, g in enumerate(graph.groups):
-        members = [ly for ly in layers if ly.out_group == gi or gi in (p for p, _ in ly.in_parts)]
-        min_width = bounds.min_width
-        if g.residual:
-            min_width = max(min_width, bounds.min_width_residual)
-        if gi in strided:
-            min_width = max(min_width, bounds.min_width_strided)
-        multiple = 4 if any(ly.sparse and ly.scheme in _BLOCKED_SCHEMES for ly in members) else 1
-        names = tuple(ly.name for ly in members)
-        groups.append(GroupSpec(g.name, g.channels, names, 1.0 if g.fixed else min_width, g.fixed, multiple))
-    return groups
-
-
-def _variable_bounds(groups: list[GroupSpec], layers: list[LayerSpec]) -> tuple[np.ndarray, np.ndarray]:
-    """Integer bounds: widths from each group's minimum to 1.0, sparsities from 0 to each layer's cap."""
-    g = len(groups)
-    xl = np.zeros(g + len(layers), dtype=np.int64)
-    xu = np.zeros(g + len(layers), dtype=np.int64)
-    for gi, group in enumerate(groups):
-        xl[gi], xu[gi] = _ceil_index(group.min_width, WIDTH_CHOICES), len(WIDTH_CHOICES) - 1
-    half = SPARSITY_CHOICES.index(0.5)
-    for li, ly in enumerate(layers):
-        if not ly.sparse:
-            continue
-        xu[g + li] = _floor_index(ly.max_sparsity, SPARSITY_CHOICES)
-        if ly.scheme == "nm24":  # 2:4 zeroes at least half the weights: 0.5 and up, or dense where capped below
-            xl[g + li] = half if xu[g + li] >= half else 0
-            xu[g + li] = xu[g + li] if xu[g + li] >= half else 0
-    return xl, xu
-
-
-def _sparsity_cap(index: int, layer: LayerSpec, n_layers: int, bounds: SpaceBounds) -> float:
-    """Highest sparsity layer ``index`` may take: first/last and strided layers are capped tighter."""
-    if not layer.sparse:
-        return 0.0
-    cap = bounds.max_sparsity
-    if index in (0, n_layers - 1):
-        cap = min(cap, bounds.max_sparsity_first_last)
-    if max(layer.stride) > 1:
-        cap = min(cap, bounds.max_sparsity_strided)
-    return cap
-
-
-def _layer_from_dict(d: dict[str, Any]) -> LayerSpec:
-    tuples = ("kernel", "stride", "padding", "in_hw")
-    fields = {k: (tuple(v) if k in tuples else v) for k, v in d.items()}
-    fields["in_parts"] = tuple(tuple(p) for p in d.get("in_parts", ()))
-    return LayerSpec(**fields)
-
-
-def _ceil_index(value: float, choices: Sequence[float]) -> int:
-    """Index of the smallest choice >= value."""
-    return int(np.searchsorted(np.asarray(choices), value - 1e-9))
-
-
-def _floor_index(value: float, choices: Sequence[float]) -> int:
-    """Index of the largest choice <= value."""
-    return int(np.searchsorted(np.asarray(choices), value + 1e-9) - 1)
 
 
 __all__ = [

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
+import os
 import pickle
+import re
+import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -209,6 +214,84 @@ def test_truncated_cifar_batch_names_the_file(tmp_path):
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(DataError, match=r"data_batch_3.*truncated or corrupt"):
         read_cifar_batch(path)
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2's cPickle wrote str (SHORT_BINSTRING / BINSTRING), as in the published batches."""
+
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
+
+    def save_bytes(self, obj: bytes) -> None:
+        n = len(obj)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def _published_style_batch(entry: dict) -> bytes:
+    """``entry`` pickled as the CIFAR archives are: protocol 2, Python 2 strings, numpy.core module names."""
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(entry)
+    return buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+@pytest.mark.parametrize("protocol", ["published", 2, 4, 5])
+def test_genuine_cifar_batches_read_with_the_restricted_unpickler(tmp_path, protocol):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (7, 3072), dtype=np.uint8)
+    entry = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [int(v) for v in rng.integers(0, 10, 7)],
+        b"data": data,
+        b"filenames": [f"img_{i}.png".encode() for i in range(7)],
+    }
+    raw = _published_style_batch(entry) if protocol == "published" else pickle.dumps(entry, protocol=protocol)
+    if protocol == "published":
+        assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
+    (tmp_path / "data_batch_1").write_bytes(raw)
+    images, labels = read_cifar_batch(tmp_path / "data_batch_1")
+    assert torch.equal(images, torch.from_numpy(data.reshape(7, 3, 32, 32)))
+    assert labels.tolist() == entry[b"labels"]
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _AlteredDtype:
+    """A uint8 dtype whose pickled state sets NPY_ITEM_REFCOUNT: numpy would then treat the pixels as pointers."""
+
+    def __reduce__(self):
+        return (np.dtype, ("u1", False, True), (3, "|", None, None, None, -1, -1, 1))
+
+
+def test_hostile_cifar_pickles_are_refused_before_anything_runs(tmp_path):
+    marker = tmp_path / "marker"
+    data = np.zeros((2, 3072), np.uint8)
+    hostile = {
+        "(posix|os).system": {b"data": data, b"labels": [0, 1], b"x": _Payload(marker)},
+        "float64": {b"data": data.astype(np.float64), b"labels": [0, 1]},
+        "object": {b"data": data, b"labels": np.array([0, _Payload(marker)], dtype=object)},
+        "numpy.ma.core._mareconstruct": {b"data": np.ma.array(data), b"labels": [0, 1]},
+        "zlib_codec": {b"data": data, b"labels": [0, 1]},
+        "altered uint8 dtype": {b"data": data, b"labels": [0, 1], b"dtype": _AlteredDtype()},
+    }
+    for what, entry in hostile.items():
+        raw = pickle.dumps(entry, protocol=2)
+        if what == "zlib_codec":  # _codecs.encode asked to decompress: a codec other than latin1
+            raw = raw.replace(b"X\x06\x00\x00\x00latin1", b"X\n\x00\x00\x00zlib_codec", 1)
+            assert b"zlib_codec" in raw
+        path = tmp_path / f"data_batch_{len(what)}"
+        path.write_bytes(raw)
+        with pytest.raises(DataError, match=rf"'{re.escape(str(path))}' holds .*{what}.*refused unread") as info:
+            read_cifar_batch(path)
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- image folders

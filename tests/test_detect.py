@@ -18,11 +18,13 @@ from latprune.engine.detect import (
     scheme_mask,
 )
 from latprune.engine.isa import ISAS, host_isa
-from latprune.engine.kernels import SCHEMES, ConvMeta, get_kernel
-from latprune.engine.kernels.npas import PATTERNS_3x3
+from latprune.engine.kernels import ConvMeta, get_kernel
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
 from latprune.errors import EngineError
+from latprune.schemes import SchemeParams, list_schemes
+
+from helpers import structured_mask
 
 CONV1 = ConvMeta(32, 32, 8, 8)
 CONV3 = ConvMeta(32, 32, 8, 8, 3, 3, 1, 1, 1, 1)
@@ -30,45 +32,31 @@ FC = ConvMeta(64, 40, 1, 1, is_linear=True)
 DEPTHWISE = ConvMeta(16, 16, 8, 8, 3, 3, 1, 1, 1, 1, groups=16)
 
 
-# ------------------------------------------------------------------ masks from the shared structure definitions
+# ------------------------------------------------------------------ masks from the scheme registry (pruning's own)
 
 
 def group4_mask(rng, shape, sparsity):
-    """Output channels in groups of 4 (last may be smaller) keep or remove each (ci, kh, kw) together."""
-    co = shape[0]
-    return (rng.random((-(-co // 4), *shape[1:])) >= sparsity).repeat(4, 0)[:co]
+    return structured_mask(rng, "group4", shape, sparsity)
 
 
 def block_punched_mask(rng, shape, sparsity, bo=4, bi=4):
-    """Blocks of bo filters x bi channels remove a kernel position for the whole block."""
-    co, ci, kh, kw = shape
-    return (rng.random((-(-co // bo), -(-ci // bi), kh, kw)) >= sparsity).repeat(bo, 0).repeat(bi, 1)[:co, :ci]
+    return structured_mask(rng, "block_punched", shape, sparsity, SchemeParams(block_out=bo, block_in=bi))
 
 
 def pattern_mask(rng, shape, sparsity):
-    """Each 3x3 kernel is removed or keeps one of the 8 four-entry patterns."""
-    co, ci, _, _ = shape
-    taps = np.array(PATTERNS_3x3)
-    mask = np.zeros((co, ci, 9), dtype=bool)
-    mask[np.arange(co)[:, None, None], np.arange(ci)[None, :, None], taps[rng.integers(0, 8, (co, ci))]] = True
-    mask &= (rng.random((co, ci)) < min(1.0, (1 - sparsity) * 9 / 4))[..., None]
-    return mask.reshape(co, ci, 3, 3)
+    return structured_mask(rng, "pattern", shape, sparsity)
 
 
 def block_fc_mask(rng, shape, sparsity):
-    """Rows in blocks of 4 keep or remove each column together."""
-    co, ci = shape[:2]
-    return (rng.random((-(-co // 4), ci)) >= sparsity).repeat(4, 0)[:co, :, None, None]
+    return structured_mask(rng, "block_fc", shape, sparsity)
 
 
 def nm24_mask(rng, shape):
-    co, ci, kh, kw = shape
-    order = rng.random((co, ci // 4, 4, kh, kw)).argsort(axis=2)
-    return (order < 2).reshape(co, ci, kh, kw)
+    return structured_mask(rng, "nm24", shape, 0.5)
 
 
 def unstructured_mask(rng, shape, sparsity):
-    return rng.random(shape) >= sparsity
+    return rng.random(shape) >= sparsity  # random zeros: no structure, not even by magnitude
 
 
 def weight(rng, meta, mask=None):
@@ -134,7 +122,7 @@ def test_schemes_apply_only_where_defined():
     assert scheme_applies("pattern", CONV3) and not scheme_applies("pattern", CONV1)
     assert scheme_applies("block_fc", FC) and not scheme_applies("block_fc", CONV3)
     assert not scheme_applies("block_punched", FC)
-    assert all(not scheme_applies(s, DEPTHWISE) for s in SCHEMES if s not in ("dense", "unstructured"))
+    assert all(not scheme_applies(s, DEPTHWISE) for s in list_schemes() if s not in ("dense", "unstructured"))
 
 
 # ------------------------------------------------------------------ the kernel choice

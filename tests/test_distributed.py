@@ -151,7 +151,7 @@ def test_two_processes_match_one_and_only_rank0_writes(tmp_path):
     state = ranks[0]["state"]
     weight = state["0.parametrizations.weight.original"] * state["0.parametrizations.weight.0.mask"]
     assert torch.all(weight.flatten()[::3] == 0) and weight.abs().sum() > 0  # the mask held under DDP
-    saved = torch.load(tmp_path / "ddp" / loop.CHECKPOINT_NAME, weights_only=False)
+    saved = torch.load(tmp_path / "ddp" / loop.CHECKPOINT_NAME, weights_only=True)
     assert all(torch.equal(saved["state_dict"][k], v) for k, v in ranks[0]["state"].items())
     for r in ranks:  # every rank reports the global metrics, as the single process did
         assert len(r["history"]) == CONFIG.epochs

@@ -73,7 +73,7 @@ def test_weights_load_on_a_fresh_zoo_model(exported):
         rebuilt, loaded_plan = load_pruned(bundle.weights)
         assert loaded_plan == plan == PruningPlan.load(bundle.plan)
         torch.testing.assert_close(rebuilt.eval()(x), ref, rtol=0, atol=0)
-        state_dict = torch.load(bundle.weights, weights_only=False)["state_dict"]
+        state_dict = torch.load(bundle.weights, weights_only=True)["state_dict"]
         assert not any("parametrizations" in k for k in state_dict)  # masks are baked
         torch.testing.assert_close(build_pruned(PruningPlan.load(bundle.plan), state_dict).eval()(x), ref)
     assert weight_masks(rebuilt).keys() == weight_masks(model).keys()  # masks come back from the zeros
@@ -173,7 +173,7 @@ def test_dense_checkpoint_exports_without_a_plan(tmp_path):
     bundle = export_checkpoint(tmp_path / "dense.pt", tmp_path / "out", ExportConfig(onnx=False))
     assert bundle.plan is None and bundle.onnx is None and not (tmp_path / "out" / "plan.json").exists()
     fresh = SPEC.build()
-    fresh.load_state_dict(torch.load(bundle.weights, weights_only=False)["state_dict"])
+    fresh.load_state_dict(torch.load(bundle.weights, weights_only=True)["state_dict"])
     x = inputs(2, 6)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), model(x))

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from latprune._io import atomic_torch_save
 from latprune.cli import build_parser, main
 from latprune.data import BatchLoader
 from latprune.errors import LatpruneError, PlanError
@@ -39,6 +38,7 @@ from latprune.train import (
     load_model_from_checkpoint,
 )
 from latprune.train.admm import project
+from latprune.train.checkpoint import atomic_torch_save
 from latprune.train.gmp import attach_dense_masks, gmp_fraction, gmp_sparsity
 
 SPEC = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.25)
@@ -272,10 +272,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(parent, tmp_path, monk
     admm_stamp = admm_ckpt.stat().st_mtime_ns if admm_ckpt.exists() else None
     resumed = finetune(parent, plan, config, out, resume=True, show_progress=False)
     if method == "admm":
-        assert torch.load(admm_ckpt, weights_only=False)["epoch"] == config.admm_epochs
+        assert torch.load(admm_ckpt, weights_only=True)["epoch"] == config.admm_epochs
         assert admm_ckpt.stat().st_mtime_ns == admm_stamp  # the finished ADMM phase was not redone
-    a = torch.load(whole.checkpoint_path, weights_only=False)
-    b = torch.load(resumed.checkpoint_path, weights_only=False)
+    a = torch.load(whole.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
     assert same_state(a["state_dict"], b["state_dict"])
     assert [r["train_loss"] for r in whole.history] == [r["train_loss"] for r in resumed.history]
     model, _ = load_model_from_checkpoint(resumed.checkpoint_path)

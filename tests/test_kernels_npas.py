@@ -11,11 +11,8 @@ from latprune.engine.isa import host_isa
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
 from latprune.engine.kernels.npas import (
     CONV_VARIANTS,
-    FULL_PATTERN,
     UNPACKERS,
-    PATTERNS_3x3,
     column_chunk,
-    kernel_patterns,
     pack_block_fc,
     pack_block_punched,
     pack_pattern,
@@ -24,6 +21,9 @@ from latprune.engine.kernels.npas import (
 from latprune.engine.layer import bind_layer, run_layer
 from latprune.engine.reference import conv_reference
 from latprune.errors import EngineError
+from latprune.schemes import FULL_PATTERN, PATTERNS_3x3, kernel_patterns
+
+from helpers import structured_mask
 
 NPAS_KERNELS = (
     "npas_block_punched",
@@ -43,39 +43,7 @@ def assert_close(got: np.ndarray, ref: np.ndarray) -> None:
     assert float(np.abs(got - ref).max(initial=0.0)) <= tol
 
 
-# ------------------------------------------------------------------ masks following the shared structure definitions
-
-
-def block_punched_mask(rng, shape, sparsity, bo=4, bi=4):
-    """Blocks of bo filters x bi channels remove a kernel position for all of the block together."""
-    co, ci, kh, kw = shape
-    keep = rng.random((-(-co // bo), -(-ci // bi), kh, kw)) >= sparsity
-    return keep.repeat(bo, 0).repeat(bi, 1)[:co, :ci]
-
-
-def pattern_mask(rng, shape, sparsity):
-    """Connectivity pruning removes whole kernels; the rest keep one 4-entry pattern (full only below 5/9)."""
-    co, ci, _, _ = shape
-    taps = np.array(PATTERNS_3x3)
-    mask = np.zeros((co, ci, 9), dtype=bool)
-    mask[np.arange(co)[:, None, None], np.arange(ci)[None, :, None], taps[rng.integers(0, 8, (co, ci))]] = True
-    if sparsity < 5 / 9:
-        mask |= (rng.random((co, ci)) < 0.3)[..., None]  # some kernels stay full
-    mask &= (rng.random((co, ci)) < min(1.0, (1 - sparsity) * 9 / 4))[..., None]
-    return mask.reshape(co, ci, 3, 3)
-
-
-def nm24_mask(rng, shape):
-    """At most 2 of every 4 consecutive input channels at a fixed (co, kh, kw)."""
-    co, ci, kh, kw = shape
-    ci4 = -(-ci // 4) * 4
-    order = rng.random((co, ci4 // 4, 4, kh, kw)).argsort(axis=2)
-    return (order < 2).reshape(co, ci4, kh, kw)[:, :ci]
-
-
-def block_fc_mask(rng, shape, sparsity, rows=4):
-    co, ci = shape[:2]
-    return (rng.random((-(-co // rows), ci)) >= sparsity).repeat(rows, 0)[:co, :, None, None]
+# ------------------------------------------------------------------ masks from the scheme registry
 
 
 def masked_weight(rng, kernel: str, meta: ConvMeta, sparsity: float, structured: bool) -> np.ndarray:
@@ -83,15 +51,7 @@ def masked_weight(rng, kernel: str, meta: ConvMeta, sparsity: float, structured:
     w = rng.standard_normal(shape).astype(np.float32)
     if not structured:
         return w * (rng.random(shape) >= sparsity)
-    if kernel == "npas_block_punched":
-        return w * block_punched_mask(rng, shape, sparsity)
-    if kernel.startswith("npas_pattern3x3"):
-        return w * pattern_mask(rng, shape, sparsity)
-    if kernel == "npas_nm24":
-        return w * nm24_mask(rng, shape)
-    if kernel == "npas_block_fc":
-        return w * block_fc_mask(rng, shape, sparsity)
-    return w * (rng.random(shape) >= sparsity)
+    return w * structured_mask(rng, get_kernel(kernel).scheme, shape, sparsity)
 
 
 # ------------------------------------------------------------------ table
@@ -164,7 +124,7 @@ def test_unpack_inverts_pack(meta, sparsity, structured, seed):
 def test_block_punched_pack_stores_one_entry_per_kept_block_position():
     rng = np.random.default_rng(1)
     meta = ConvMeta(8, 12, 6, 6, 3, 3, 1, 1, 1, 1)
-    mask = block_punched_mask(rng, (12, 8, 3, 3), 0.6)
+    mask = structured_mask(rng, "block_punched", (12, 8, 3, 3), 0.6)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
     packed = pack_block_punched(w, meta, host_isa())
     kept_blocks = int(mask[::4, ::4].sum())  # one (block, position) per 4x4 block corner
@@ -216,7 +176,7 @@ def test_pattern_column_pack_groups_filters_by_input_column():
 def test_block_fc_pack_shares_columns_per_four_rows():
     rng = np.random.default_rng(2)
     meta = ConvMeta(10, 6, 1, 1, is_linear=True)
-    mask = block_fc_mask(rng, (6, 10, 1, 1), 0.5)
+    mask = structured_mask(rng, "block_fc", (6, 10, 1, 1), 0.5)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
     packed = pack_block_fc(w, meta, host_isa())
     np.testing.assert_array_equal(np.diff(packed["ptr"]), [mask[0].sum(), mask[4].sum()])

@@ -13,7 +13,7 @@ import pytest
 from latprune.engine.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig, channel_grid, plan_grids, sparsity_grid, trim
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import (
     AdditiveTerm,
     CalibrationPoint,
@@ -112,7 +112,7 @@ def test_signatures_are_deduplicated():
 def test_exact_on_grid_points():
     rng = np.random.default_rng(1)
     profile = make_profile(SPACE, lambda ci, co, sp: rng.uniform(0.1, 2.0, size=np.shape(ci)))
-    pred = LatencyPredictor(profile, SPACE)
+    pred = TrilinearPredictor(profile, SPACE)
     for li, layer in enumerate(SPACE.layers):
         table = profile.table_for(LayerSignature.of_layer(layer))
         for i, ci in enumerate(table.grid.cin):
@@ -128,7 +128,7 @@ def test_exact_on_grid_points():
 
 def test_linear_between_grid_points():
     profile = make_profile(SPACE, multilinear)
-    pred = LatencyPredictor(profile, SPACE)
+    pred = TrilinearPredictor(profile, SPACE)
     x = SPACE.sample_x(np.random.default_rng(2), 200)
     cin, cout, sp = SPACE.layer_dims(x)
     expected = multilinear(cin, cout, sp)
@@ -147,7 +147,7 @@ def test_matches_tau_formula_on_uniform_grid():
     profile = make_profile(space, lambda ci, co, sp: rng.uniform(0.1, 1.0, size=np.shape(ci)), grid_n=8)
     table = profile.tables[0]
     assert table.grid.cin == (5, 10, 15, 20, 25, 30, 35, 40)
-    pred = LatencyPredictor(profile, space)
+    pred = TrilinearPredictor(profile, space)
     tau = lambda v: np.maximum(0.0, 1.0 - np.abs(v))  # noqa: E731
     for ci, co, s in rng.uniform([5, 5, 0.0], [40, 40, 0.9], size=(20, 3)):
         i = np.arange(8)[:, None, None]
@@ -161,12 +161,12 @@ def test_matches_tau_formula_on_uniform_grid():
 def test_extrapolates_below_first_grid_point_and_never_negative():
     space = FakeSpace([FakeLayer("c", "conv", 40, 40, scheme="dense")])
     profile = make_profile(space, lambda ci, co, sp: 0.1 + 0.01 * co + 0 * ci, grid_n=4)
-    pred = LatencyPredictor(profile, space)
+    pred = TrilinearPredictor(profile, space)
     # The first output-channel point is 10; 4 channels continue the first segment's line.
     got = pred.interpolate(np.array([[40.0]]), np.array([[4.0]]), np.array([[0.0]]))[0, 0]
     assert got == pytest.approx(0.1 + 0.04)
     steep = make_profile(space, lambda ci, co, sp: -0.5 + 0.06 * co + 0 * ci, grid_n=4)
-    got = LatencyPredictor(steep, space).interpolate(np.array([[40.0]]), np.array([[2.0]]), np.array([[0.0]]))
+    got = TrilinearPredictor(steep, space).interpolate(np.array([[40.0]]), np.array([[2.0]]), np.array([[0.0]]))
     assert got[0, 0] == 0.0
 
 
@@ -174,8 +174,8 @@ def test_additive_term_applies_offset_and_scale():
     base = make_profile(SPACE, multilinear)
     shifted = dataclasses.replace(base, additive=AdditiveTerm(0.7, 1.25))
     x = SPACE.sample_x(np.random.default_rng(4), 50)
-    raw = LatencyPredictor(base, SPACE).predict(x)
-    np.testing.assert_allclose(LatencyPredictor(shifted, SPACE).predict(x), 0.7 + 1.25 * raw)
+    raw = TrilinearPredictor(base, SPACE).predict(x)
+    np.testing.assert_allclose(TrilinearPredictor(shifted, SPACE).predict(x), 0.7 + 1.25 * raw)
 
 
 def test_additive_fit_recovers_offset_and_scale():
@@ -224,7 +224,7 @@ def test_robust_fit_recovers_a_small_model_among_outliers_and_never_goes_negativ
 
 def test_weight_mb_matches_a_loop_over_layers_and_enters_the_prediction():
     profile = make_profile(SPACE, multilinear)
-    pred = LatencyPredictor(profile, SPACE)
+    pred = TrilinearPredictor(profile, SPACE)
     x = SPACE.sample_x(np.random.default_rng(12), 30)
     c_in, c_out, sp = SPACE.layer_dims(x)
     want = np.zeros(len(x))
@@ -233,7 +233,7 @@ def test_weight_mb_matches_a_loop_over_layers_and_enters_the_prediction():
         want += c_out[:, li] * fan_in * layer.kernel**2 * (1 - sp[:, li]) * 4 / 1e6
     np.testing.assert_allclose(pred.weight_mb(x), want)
     term = AdditiveTerm(0.05, 1.1, (), ms_per_mb=0.2)
-    full = LatencyPredictor(dataclasses.replace(profile, additive=term), SPACE).predict(x)
+    full = TrilinearPredictor(dataclasses.replace(profile, additive=term), SPACE).predict(x)
     np.testing.assert_allclose(full, 0.05 + 1.1 * pred.predict_layers(x).sum(1) + 0.2 * want)
 
 
@@ -257,7 +257,7 @@ def test_three_term_fit_recovers_the_weight_cost_among_outliers():
 
 
 def test_predict_accepts_one_vector_and_rejects_wrong_width():
-    pred = LatencyPredictor(make_profile(SPACE, multilinear), SPACE)
+    pred = TrilinearPredictor(make_profile(SPACE, multilinear), SPACE)
     x = SPACE.sample_x(np.random.default_rng(5), 3)
     assert pred.predict(x[0]).shape == (1,)
     assert pred.predict(x[0])[0] == pytest.approx(pred.predict(x)[0])
@@ -269,13 +269,13 @@ def test_missing_table_names_the_layer():
     profile = make_profile(SPACE, multilinear)
     other = FakeSpace([*SPACE.layers, FakeLayer("extra", "conv", 64, 64)])
     with pytest.raises(ProfileError, match="'extra'"):
-        LatencyPredictor(profile, other)
+        TrilinearPredictor(profile, other)
 
 
 def test_predicts_over_ten_thousand_archs_per_second():
     layers = [FakeLayer(f"c{i}", "conv", 32 * (1 + i % 4), 32 * (1 + (i + 1) % 4)) for i in range(50)]
     space = FakeSpace(layers)
-    pred = LatencyPredictor(make_profile(space, multilinear, grid_n=8), space)
+    pred = TrilinearPredictor(make_profile(space, multilinear, grid_n=8), space)
     x = space.sample_x(np.random.default_rng(6), 10_000)
     pred.predict(x[:10])
     t0 = time.thread_time()  # CPU time: other processes on a busy machine do not count against the predictor
@@ -290,7 +290,9 @@ def test_profile_round_trip(tmp_path):
     path = save_profile(profile, tmp_path / "p.json")
     loaded = load_profile(path)
     x = SPACE.sample_x(np.random.default_rng(7), 20)
-    np.testing.assert_allclose(LatencyPredictor(loaded, SPACE).predict(x), LatencyPredictor(profile, SPACE).predict(x))
+    np.testing.assert_allclose(
+        TrilinearPredictor(loaded, SPACE).predict(x), TrilinearPredictor(profile, SPACE).predict(x)
+    )
     assert loaded.fingerprint == profile.fingerprint and loaded.threads == 1
 
 
@@ -384,7 +386,7 @@ def test_grid_trimmed_to_the_space_still_brackets_every_reachable_value():
     conv1 = dict(grids)[LayerSignature.of_layer(SPACE.layers[0])]
     assert conv1.cin == (8, 10, 12, 14, 16) and conv1.cout == (16, 20, 24, 28, 32)
     assert conv1.sparsity == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    pred = LatencyPredictor(make_profile(SPACE, multilinear), SPACE)
+    pred = TrilinearPredictor(make_profile(SPACE, multilinear), SPACE)
     assert pred.threads == 1
 
 

@@ -12,7 +12,7 @@ from latprune.engine.fingerprint import current_fingerprint
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, emit_jobs, load_jobs, load_measurements
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import LayerSignature, load_profile, save_profile
 from latprune.latency.profiling import ProfileConfig, model_space, profile_model
 from latprune.latency.validate import latency_stats
@@ -64,7 +64,7 @@ def test_job_split_on_localhost(tmp_path, capsys):
     # One calibration model (the dense one): the additive term makes the dense prediction equal its measurement.
     space = model_space(SPEC, "group4")
     dense_x = space.encode(space.dense_arch())
-    pred = LatencyPredictor(profile, space).predict(dense_x)[0]
+    pred = TrilinearPredictor(profile, space).predict(dense_x)[0]
     assert pred == pytest.approx(measured.models[0], rel=1e-4)
     assert profile.additive.offset_ms >= 0 and profile.additive.points[0].name == "dense"
 
@@ -117,7 +117,7 @@ def test_tiny_end_to_end_profile(tiny_profile):
     for table in profile.tables:
         assert table.ms.shape == table.grid.shape and np.all(table.ms >= 0) and np.any(table.ms > 0)
         assert table.grid.cout[-1] == table.signature.c_out  # the unpruned layer is always a grid point
-    pred = LatencyPredictor(load_profile(path), space).predict(space.sample_x(np.random.default_rng(0), 50))
+    pred = TrilinearPredictor(load_profile(path), space).predict(space.sample_x(np.random.default_rng(0), 50))
     assert pred.shape == (50,) and np.all(np.isfinite(pred))
     smallest = min(p.layer_sum_ms for p in profile.additive.points)
     assert profile.additive.offset_ms >= 0 and profile.additive.scale > 0  # the fit is physical

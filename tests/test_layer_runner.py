@@ -66,7 +66,7 @@ def test_linear_takes_feature_vectors():
         (lambda w, b, x: run_layer("dense_conv", w[:, :3], b, x, META), "weight has shape"),
         (lambda w, b, x: run_layer("dense_conv", w, b[:3], x, META), "bias has shape"),
         (lambda w, b, x: run_layer("dense_conv", w, b, x[:, :4], META), "input has shape"),
-        (lambda w, b, x: run_layer("dense_conv", w, b, x, META, act=9), "activation"),
+        (lambda w, b, x: run_layer("dense_conv", w, b, x, META, act=99), "activation"),
         (lambda w, b, x: run_layer("dense_conv", w, b, x, META, variant=7), "variants"),
         (lambda w, b, x: run_layer("dense_conv", w, b, x, META, nthreads=0), "nthreads"),
         (lambda w, b, x: run_layer("dense_linear", w, b, x, META), "does not support"),

@@ -16,6 +16,9 @@ PUBLISHED = {
     "resnet56": (0.85, 10),
     "mobilenet_v1": (4.23, 1000),
     "mobilenet_v2": (3.50, 1000),
+    "mobilenet_v3_large": (5.48, 1000),
+    "mobilenet_v3_small": (2.54, 1000),
+    "efficientnet_b0": (5.29, 1000),
 }
 
 
@@ -49,7 +52,7 @@ def test_default_input_size(name):
         assert model(torch.randn(1, 3, size, size)).shape == (1, 7)
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0"])
 def test_width_multiplier_shrinks(name):
     full = sum(p.numel() for p in create_model(name).parameters())
     half = sum(p.numel() for p in create_model(name, width_mult=0.5).parameters())

@@ -86,11 +86,11 @@ def test_run_end_to_end_writes_report_plot_and_exports(tmp_path, tiny, parent, p
     run = tmp_path / "run"
     assert [r.name for r in report.rows] == ["dense", "m0", "m1"]
     dense, *pruned = report.rows
-    assert dense.speedup_vs_dense_engine == 1.0 and dense.predicted_ms is None
+    assert dense.speedup_vs_dense["engine"] == 1.0 and dense.predicted_ms is None
     for r in pruned:
         assert r.engine_ms > 0 and r.predicted_ms > 0 and 0.0 <= r.test_acc <= 1.0
         assert r.nonzero_params < dense.nonzero_params
-        assert r.speedup_vs_dense_onnxruntime == pytest.approx(dense.onnxruntime_ms / r.engine_ms)
+        assert r.speedup_vs_dense["onnxruntime"] == pytest.approx(dense.latency_ms["onnxruntime"] / r.engine_ms)
         assert r.export_bytes and r.export_bytes > 0
         assert (run / "models" / r.name / "export" / "model.onnx").is_file()
     assert (
@@ -98,6 +98,8 @@ def test_run_end_to_end_writes_report_plot_and_exports(tmp_path, tiny, parent, p
     )
     saved = json.loads((run / "report.json").read_text())
     assert saved["rows"][1]["name"] == "m0" and saved["threads"] == 1
+    load = json.loads((run / "measure.json").read_text())["load"]  # busy-machine check of the timings
+    assert 0 < load["cpu_ratio"] <= 1 and load["spread"] >= 0 and (saved["load_warning"] is not None) == load["busy"]
     assert (run / "pareto.png").stat().st_size > 10_000
     html = (run / "report.html").read_text()
     assert "data:image/png;base64," in html and "m1" in html
@@ -146,6 +148,15 @@ def test_impossible_budget_is_one_sentence(tmp_path, tiny, parent, profile, caps
     assert err.startswith("latprune run: error:") and "budget" in err and err.count("\n") == 0
 
 
+def test_a_profile_taken_with_other_threads_is_refused(tmp_path, tiny, parent, profile, capsys):
+    argv = ["run", "--checkpoint", str(parent), "--profile", str(profile), "--out", str(tmp_path / "run"),
+            "--threads", "2", "--no-export"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "measured with 1 thread(s), but this run uses 2" in err and err.count("\n") == 0
+    assert not (tmp_path / "run" / "search").exists()
+
+
 def test_bad_flags_fail_before_any_work(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt' does not exist" in capsys.readouterr().err
@@ -162,6 +173,6 @@ def test_demo_uses_the_shipped_parent_and_the_quick_preset(monkeypatch, tmp_path
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     assert main(["demo", "--out", str(tmp_path / "demo"), "--threads", "2"]) == 0
     cfg = seen["cfg"]
-    assert cfg.preset == "quick" and cfg.threads == 2 and cfg.model == "resnet20"
+    assert cfg.preset == "quick" and cfg.threads == 2 and cfg.model is None  # None: the checkpoint's, resnet20
     assert cfg.checkpoint == Path("benchmarks/results/resnet20-fashion-mnist.pt")
-    assert torch.load(cfg.checkpoint, map_location="cpu", weights_only=False)["model"] == "resnet20"
+    assert torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)["model"] == "resnet20"

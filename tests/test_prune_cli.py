@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latprune._io import atomic_torch_save
 from latprune.cli import main
 from latprune.prune import ModelSpec, PruningPlan, bake_masks, list_schemes, load_pruned, weight_masks
+from latprune.train.checkpoint import atomic_torch_save
 
 SPEC = ModelSpec("resnet20", num_classes=10, in_channels=1, input_size=28, width_mult=0.5)
 
@@ -105,7 +105,7 @@ def test_run_folders_are_accepted_and_data_carries_over(checkpoint, tmp_path):
     assert main([*args, "--checkpoint", str(checkpoint.parent), "--out", str(plan_path)]) == 0
     out = tmp_path / "run"
     assert main(["prune", "--apply", str(plan_path), "--checkpoint", str(checkpoint.parent), "--out", str(out)]) == 0
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["data"] == {"dataset": "fashion-mnist"} and ckpt["model_kwargs"] == SPEC.kwargs()
     model, _ = load_pruned(out)
     assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)

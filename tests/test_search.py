@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +18,20 @@ from pymoo.core.problem import Problem
 from latprune.errors import SearchError
 from latprune.report import front_table, plot_search
 from latprune.search import (
+    DecisionSpace,
     PlainSpace,
     SearchConfig,
     SearchResult,
     UniformNondominatedSurvival,
     get_preset,
+    list_algorithms,
     pareto_front,
+    register_algorithm,
     run_search,
     uniform_nondominated_select,
 )
-from latprune.search.nsga import Genome
+from latprune.search.algorithms import _ALGORITHMS
+from latprune.search.genome import Genome
 from latprune.search.results import smallest_latency
 from latprune.search.selection import latency_targets
 from latprune.search.synthetic import SyntheticProblem
@@ -336,3 +345,95 @@ def test_uniform_selection_keeps_slow_models_that_standard_selection_loses(tmp_p
             lat += [c.latency_ms for c in _run(tmp_path / f"{selection}{seed}", cfg, noisy).population]
         spread[selection] = (float(np.median(lat)), float(np.max(lat)))
     assert spread["uniform"][1] > 1.2 * spread["standard"][1]  # measured: 1.26 ms vs 0.71 ms
+
+
+def test_importing_and_running_the_search_leaves_torch_unloaded(tmp_path: Path) -> None:
+    """The import boundary, checked where it matters: a fresh process that imports and runs the search."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import latprune.search
+        from latprune.search import SearchConfig, run_search
+        from latprune.search.synthetic import SyntheticProblem
+
+        p = SyntheticProblem(n_groups=2, n_layers=3)
+        run_search(p.space(), p.predictor(), p.estimator(), SearchConfig(population=4, generations=1),
+                   {str(tmp_path / "run")!r}, progress=False)
+        sys.exit(3 if "torch" in sys.modules else 0)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode() or "torch was imported"
+
+
+class _RandomSearch:
+    """A second algorithm for the protocol: random batches, keeping the non-dominated candidates seen so far."""
+
+    def __init__(self, space: DecisionSpace, seed: int, state: dict | None = None) -> None:
+        self.space, self.rng = space, np.random.default_rng(seed)
+        self.Z = np.empty((0, space.n_dec), dtype=np.int64)
+        self.F = np.empty((0, 2))
+        self.batch: np.ndarray | None = None
+        if state is not None:
+            self.rng.bit_generator.state = state["rng"]
+            self.Z, self.F = np.asarray(state["Z"], dtype=np.int64).reshape(-1, space.n_dec), np.asarray(state["F"])
+
+    @classmethod
+    def create(cls, space: DecisionSpace, config: SearchConfig, seed: int) -> _RandomSearch:
+        return cls(space, seed)
+
+    @classmethod
+    def restore(cls, space: DecisionSpace, config: SearchConfig, seed: int, state: dict) -> _RandomSearch:
+        return cls(space, seed, state)
+
+    def ask(self) -> np.ndarray:
+        self.batch = self.rng.integers(self.space.lower, self.space.upper + 1, size=(4, self.space.n_dec))
+        return self.batch
+
+    def tell(self, F: np.ndarray) -> None:
+        Z, F = np.vstack([self.Z, self.batch]), np.vstack([self.F, F]).reshape(-1, 2)
+        keep = pareto_front(F[:, 0], F[:, 1])
+        self.Z, self.F = Z[keep], F[keep]
+
+    def population(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.Z, self.F
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "Z": self.Z.tolist(), "F": self.F.tolist()}
+
+
+def test_a_registered_algorithm_runs_in_the_driver_and_resumes(tmp_path: Path) -> None:
+    """Beside NSGA-II, any registered algorithm gets run folders, generation files, resume and the front."""
+    register_algorithm("random-test", description="random batches (a test)")(_RandomSearch)
+    try:
+        assert "nsga2" in list_algorithms() and "random-test" in list_algorithms()
+        config = SearchConfig(population=4, generations=4, seed=2, algorithm="random-test")
+        full = _run(tmp_path / "full", config)
+        assert len(sorted((tmp_path / "full").glob("gen_*.json"))) == 5
+        assert [c.x for c in full.front] == [c.x for c in full.population]  # it keeps only non-dominated ones
+        with pytest.raises(KeyboardInterrupt):
+            run_search(PROBLEM.space(), PROBLEM.predictor(), _Interrupting(3), config, tmp_path / "cut", progress=False)
+        resumed = run_search(
+            PROBLEM.space(), PROBLEM.predictor(), PROBLEM.estimator(), config, tmp_path / "cut", resume=True,
+            progress=False,
+        )  # fmt: skip
+        assert resumed.front == full.front
+        with pytest.raises(SearchError, match="started with algorithm='random-test'"):
+            nsga = dataclasses.replace(config, algorithm="nsga2")
+            run_search(PROBLEM.space(), PROBLEM.predictor(), PROBLEM.estimator(), nsga, tmp_path / "cut", resume=True)
+    finally:
+        _ALGORITHMS.pop("random-test", None)
+    with pytest.raises(SearchError, match="Unknown search algorithm 'random-test'"):
+        SearchConfig(algorithm="random-test")
+
+
+def test_a_run_recorded_before_the_protocol_still_resumes_and_finishes(tmp_path: Path) -> None:
+    """state.json without "population", and a config without "algorithm", as written before the protocol."""
+    full = _run(tmp_path / "full")
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "full", old)
+    state = json.loads((old / "state.json").read_text())
+    del state["population"], state["identity"]["config"]["algorithm"]
+    (old / "state.json").write_text(json.dumps(state))
+    resumed = run_search(PROBLEM.space(), PROBLEM.predictor(), PROBLEM.estimator(), SMALL, old, resume=True)
+    assert resumed.front == full.front and resumed.population == full.population

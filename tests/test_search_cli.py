@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from latprune.cli import _search, build_parser, main
-from latprune.errors import SearchError
+from latprune.cli import _parsers, _search, build_parser, main
+from latprune.errors import ArgumentError
+from latprune.pipeline import _search_inputs
 from latprune.search import PRESETS
 from latprune.search.synthetic import SyntheticProblem
 
@@ -28,13 +29,13 @@ def test_every_search_flag_has_help() -> None:
 
 @pytest.mark.parametrize(("text", "ms"), [("2.5ms", 2.5), ("2.5", 2.5), ("2500us", 2.5), ("0.0025s", 2.5)])
 def test_parse_latency(text: str, ms: float) -> None:
-    assert _search.parse_latency(text) == pytest.approx(ms)
+    assert _parsers.parse_latency(text) == pytest.approx(ms)
 
 
 @pytest.mark.parametrize("text", ["fast", "-1ms", "0", "2.5 min"])
 def test_parse_latency_rejects_nonsense(text: str) -> None:
-    with pytest.raises(SearchError, match="latency budget"):
-        _search.parse_latency(text)
+    with pytest.raises(ArgumentError, match="latency budget"):
+        _parsers.parse_latency(text)
 
 
 def test_flags_override_the_preset() -> None:
@@ -60,7 +61,7 @@ def synthetic_inputs(monkeypatch: pytest.MonkeyPatch) -> SyntheticProblem:
     """Replace the model/profile/super-net glue with a synthetic problem (the rest of the command is real)."""
     problem = SyntheticProblem(n_groups=3, n_layers=4, seed=2)
 
-    def fake(args: argparse.Namespace, config: object) -> SimpleNamespace:
+    def fake(job: object) -> SimpleNamespace:
         return SimpleNamespace(
             space=problem.space(),
             predictor=problem.predictor(),
@@ -68,7 +69,7 @@ def synthetic_inputs(monkeypatch: pytest.MonkeyPatch) -> SyntheticProblem:
             meta={"model": "synthetic"},
         )
 
-    monkeypatch.setattr(_search, "build_search_inputs", fake)
+    monkeypatch.setattr(_search_inputs, "search_inputs", fake)
     return problem
 
 
@@ -108,7 +109,6 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     and the super-net estimator on a tiny Fashion-MNIST subset."""
     import numpy as np
 
-    from latprune._io import atomic_torch_save
     from latprune.data import DataConfig, find_dataset_root
     from latprune.engine.fingerprint import current_fingerprint
     from latprune.errors import DataError
@@ -117,6 +117,7 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     from latprune.models import ModelSpec
     from latprune.space import SearchSpace
     from latprune.train import checkpoint_meta
+    from latprune.train.checkpoint import atomic_torch_save
 
     try:
         find_dataset_root("fashion-mnist")
@@ -148,7 +149,7 @@ def test_search_command_with_the_real_model_profile_and_supernet(
     assert main(argv) == 0, capsys.readouterr().err
     run = tmp_path / "run"
     gen1 = json.loads((run / "gen_0001.json").read_text())
-    assert set(gen1["population"][0]["arch"]) == {"widths", "sparsities"}
+    assert set(gen1["population"][0]["arch"]) == {"widths", "sparsities", "schemes"}
     assert {"supernet_train_s", "bn_recalib_s", "eval_s"} <= set(gen1["timing_s"]["estimator_phases"])
     meta = json.loads((run / "search.json").read_text())["meta"]
     assert meta["model"] == "resnet20" and meta["supernet"]["bn_images"] == 16

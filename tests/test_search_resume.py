@@ -9,14 +9,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-from latprune.search import SearchConfig, run_search
+import pytest
+
+from latprune.search import SearchConfig, list_algorithms, run_search
 from latprune.search.synthetic import SyntheticProblem
 
 PROBLEM = SyntheticProblem(n_groups=3, n_layers=5, seed=1, noise=0.03)
-CONFIG = SearchConfig(population=8, generations=5, seed=11)
 
 # Runs the same search in a child process whose estimator SIGKILLs its own process on the KILL_AT-th call,
-# i.e. after pymoo's ask() and before tell(): the worst moment, with a generation half done.
+# i.e. after the algorithm's ask() and before tell(): the worst moment, with a generation half done.
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys
@@ -35,25 +36,28 @@ _CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
             return inner.evaluate(X)
 
-    config = SearchConfig(population=8, generations=5, seed=11)
+    config = SearchConfig(population=8, generations=5, seed=11, algorithm=sys.argv[3])
     run_search(problem.space(), problem.predictor(), KillingEstimator(), config, sys.argv[1], progress=False)
     """
 )
 
 
-def test_resume_after_kill_9_mid_generation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", list_algorithms())
+def test_resume_after_kill_9_mid_generation(tmp_path: Path, algorithm: str) -> None:
+    """Every registered search algorithm: its saved state continues a killed run exactly."""
+    config = SearchConfig(population=8, generations=5, seed=11, algorithm=algorithm)
     out = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(out), "4"], capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(out), "4", algorithm], capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     state = json.loads((out / "state.json").read_text())
     assert state["gen"] == 2  # generations 0..2 completed; generation 3 died inside the estimator
     assert not (out / "gen_0003.json").exists() and not (out / "front.json").exists()
 
     estimator = PROBLEM.estimator()
-    resumed = run_search(PROBLEM.space(), PROBLEM.predictor(), estimator, CONFIG, out, resume=True, progress=False)
-    assert estimator.calls == CONFIG.generations - 2  # only generations 3..5 were run again
+    resumed = run_search(PROBLEM.space(), PROBLEM.predictor(), estimator, config, out, resume=True, progress=False)
+    assert estimator.calls == config.generations - 2  # only generations 3..5 were run again
     full = run_search(
-        PROBLEM.space(), PROBLEM.predictor(), PROBLEM.estimator(), CONFIG, tmp_path / "full", progress=False
+        PROBLEM.space(), PROBLEM.predictor(), PROBLEM.estimator(), config, tmp_path / "full", progress=False
     )
     assert resumed.front == full.front and resumed.population == full.population
     for name in ("front.json", "gen_0005.json"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,17 +15,20 @@ from latprune.data.transforms import Augment
 from latprune.errors import PlanError, SearchError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.models import create_model
-from latprune.prune import apply_plan, plan_from_arch
+from latprune.prune import PruningPlan, apply_plan, dense_plan, plan_from_arch
 from latprune.space import SearchSpace, SpaceBounds
 from latprune.supernet import (
-    Candidate,
     MaskedSupernet,
     SpaceAdapter,
+    Subnet,
     SupernetConfig,
     SupernetData,
     SupernetEstimator,
     recalibrate_bn,
 )
+
+from helpers import randomize_bn
+from patterns import PATTERN_MODELS
 
 SIZE = 8
 
@@ -42,13 +46,13 @@ def _tiny(name: str = "resnet20", seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _random_candidate(graph: ChannelGraph, gen: torch.Generator, sparsity: float = 0.0) -> Candidate:
+def _random_candidate(graph: ChannelGraph, gen: torch.Generator, sparsity: float = 0.0) -> Subnet:
     keep = {}
     for g in graph.groups:
         k = int(torch.randint(1, g.channels + 1, (1,), generator=gen))
         keep[g.name] = torch.sort(torch.randperm(g.channels, generator=gen)[:k]).values
     sparse = {layer.name: sparsity for layer in graph.layers if layer.kind != "depthwise" and sparsity > 0}
-    return Candidate(keep, sparse, {name: "group4" for name in sparse})
+    return Subnet(keep, sparse, {name: "group4" for name in sparse})
 
 
 def _kept(graph: ChannelGraph, module: str, dim: str, size: int, keep: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -64,7 +68,7 @@ def _kept(graph: ChannelGraph, module: str, dim: str, size: int, keep: dict[str,
     return torch.nonzero(alive).flatten()
 
 
-def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Candidate, masks: dict) -> nn.Module:
+def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Subnet, masks: dict) -> nn.Module:
     """Slice every conv, linear and BN down to the candidate's kept channels (and apply its weight masks)."""
     small = copy.deepcopy(model)
     params = dict(model.named_parameters())
@@ -94,6 +98,27 @@ def _physically_pruned(model: nn.Module, graph: ChannelGraph, cand: Candidate, m
             m.running_var = m.running_var[rows].clone()
             m.num_features = len(rows)
     return small
+
+
+@pytest.mark.parametrize("name", list(PATTERN_MODELS))
+def test_masked_candidate_equals_apply_plan_on_every_pattern(name):
+    """Channel masks sit where the channels are: on dim 1 of conv and BN outputs, on the last dim of a Linear's
+    (channels-last MLPs); SE gates, BN subclasses, concatenations and chunks included."""
+    gen = torch.Generator().manual_seed(2)
+    model = randomize_bn(PATTERN_MODELS[name](), gen)
+    graph = build_graph(model, 16, 3)
+    base = dense_plan(model, 16, 3)
+    pairs = list(zip(base.groups, graph.groups, strict=True))
+    groups = tuple(replace(p, keep=p.keep if g.fixed else p.keep[1::2]) for p, g in pairs)
+    plan = PruningPlan(None, (16, 16), 3, groups, base.layers)
+    keep = {p.name: torch.tensor(p.keep) for p, g in zip(groups, graph.groups, strict=True) if not g.fixed}
+    net = MaskedSupernet(model, graph)
+    cand = Subnet(keep, {}, {})
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    with torch.no_grad(), net.active(net.channel_masks(cand)):
+        got = net.forward(x, {})
+    with torch.no_grad():
+        torch.testing.assert_close(got, apply_plan(copy.deepcopy(model), plan).eval()(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
@@ -322,7 +347,7 @@ def test_bad_inputs_name_the_problem(parent_and_data):
     with pytest.raises(SearchError, match="shape"):
         est.evaluate(np.zeros((0, space.n_var), dtype=int))
     net = est.supernet
-    cand = Candidate({}, {"layers.0.0.conv1": 1.5}, {"layers.0.0.conv1": "group4"})
+    cand = Subnet({}, {"layers.0.0.conv1": 1.5}, {"layers.0.0.conv1": "group4"})
     with pytest.raises(PlanError, match=r"layers\.0\.0\.conv1.*1\.5"):
         net.weight_masks(cand)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from latprune._io import atomic_torch_save, atomic_write_json
+from latprune._io import atomic_write_json
 from latprune.cli import main
 from latprune.data import DataConfig, load_splits
 from latprune.errors import SearchError
@@ -22,6 +22,7 @@ from latprune.supernet import (
     spread_over_latency,
     validate_accuracy,
 )
+from latprune.train.checkpoint import atomic_torch_save
 
 KWARGS = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width_mult": 0.25}
 

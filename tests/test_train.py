@@ -86,7 +86,7 @@ def test_training_learns_and_writes_files(tmp_path):
     assert history[-1]["val_acc"] > 0.6  # chance is 1/3
     metrics = json.loads((tmp_path / "a" / METRICS_NAME).read_text())
     assert metrics["finished"] is True and metrics["model"] == "resnet20" and len(metrics["history"]) == 3
-    ckpt = torch.load(tmp_path / "a" / CHECKPOINT_NAME, weights_only=False)
+    ckpt = torch.load(tmp_path / "a" / CHECKPOINT_NAME, weights_only=True)
     for key in ("model", "model_kwargs", "state_dict", "epoch", "metrics", "optimizer", "scheduler", "config", "rng"):
         assert key in ckpt
     assert ckpt["epoch"] == 3 and ckpt["model_kwargs"] == SPEC.kwargs()
@@ -102,7 +102,7 @@ def test_resume_continues_exactly(tmp_path):
         train_model(
             SPEC.build(seed=0), interrupted, CONFIG, tmp_path / "b", meta=checkpoint_meta(SPEC), show_progress=False
         )
-    assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "b" / CHECKPOINT_NAME, weights_only=True)["epoch"] == 2
     # A differently initialised model proves the weights come from the checkpoint, not from the seed.
     resumed, result = run(tmp_path / "b", resume=True, model=SPEC.build(seed=123))
     assert same_weights(straight, resumed)
@@ -161,7 +161,7 @@ def test_masked_weights_stay_zero(tmp_path):
     parametrize.register_parametrization(conv, "weight", WeightMask(mask))
     _, result = run(tmp_path / "m", replace(CONFIG, epochs=1), model=model)
     assert torch.all(conv.weight[mask == 0] == 0) and conv.weight.abs().sum() > 0
-    state = torch.load(result.checkpoint_path, weights_only=False)["state_dict"]
+    state = torch.load(result.checkpoint_path, weights_only=True)["state_dict"]
     assert any(k.endswith("parametrizations.weight.original") for k in state)
 
 

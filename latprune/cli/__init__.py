@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from latprune._version import __version__
 from latprune.errors import LatpruneError
@@ -30,9 +31,16 @@ _COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """A flag argparse cannot read is one line too, like every other user error (the usage is one --help away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser (also used by tests to check every flag has help text)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="latprune",
         description="Prune CNNs for real, measured CPU latency: search, retrain, compile to sparse kernels.",
     )

@@ -14,7 +14,7 @@ SHIPPED_PARENT = Path("benchmarks/results/resnet20-fashion-mnist.pt")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    default_job = args.model == "resnet20" and args.data == "fashion-mnist"
+    default_job = args.model in (None, "resnet20") and args.data in (None, "fashion-mnist")
     if args.checkpoint is None and default_job and SHIPPED_PARENT.is_file():
         print(f"Using the shipped trained parent {SHIPPED_PARENT} (pass --checkpoint to use your own).")
         args.checkpoint = str(SHIPPED_PARENT)

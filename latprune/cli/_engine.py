@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from latprune._io import output_lock
+from latprune._limits import check_seed, check_threads
+from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
+from latprune.cli._parsers import parse_names
 from latprune.engine.export import TARGETS
 from latprune.errors import EngineError
+from latprune.schemes import get_scheme
 
 
 def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
     """The model to compile: from --checkpoint, or a zoo model with random weights; plus (channels, size)."""
+    _check_model_flags(args)
     if args.checkpoint:
         from latprune.train.checkpoint import load_model_from_checkpoint
 
@@ -23,32 +30,43 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, int]:
         return model, int(kw.get("in_channels", 3)), int(args.input_size or kw["input_size"])
     if not args.model:
         raise EngineError("Name a model with --model NAME (see `latprune models`) or pass --checkpoint PATH.")
-    from latprune.models import create_model, model_info
+    from latprune.models import ModelSpec, model_info
 
     info = model_info(args.model)
-    size = args.input_size or info.default_input_size
-    with torch.random.fork_rng():  # random weights, but the same ones for the same --seed
-        torch.manual_seed(args.seed)
-        model = create_model(
-            args.model, num_classes=info.default_num_classes, input_size=size, width_mult=args.width_mult
-        )
-    return model.eval(), 3, size
+    spec = ModelSpec(
+        args.model, info.default_num_classes, 3, args.input_size or info.default_input_size, args.width_mult
+    )
+    return spec.build(seed=args.seed).eval(), spec.in_channels, spec.input_size  # random weights, the same per --seed
+
+
+def _check_model_flags(args: argparse.Namespace) -> None:
+    """The model flags' values, before anything is built (each is checked even where --checkpoint or --out make it
+    unused, so a bad value is never silently ignored): --input-size 0 is not "the default", an unset flag is."""
+    if args.input_size is not None and args.input_size < 8:
+        raise EngineError(f"--input-size {args.input_size} is too small; pass at least 8 pixels, e.g. 32 or 224.")
+    if not 0 < args.width_mult < math.inf:
+        raise EngineError(f"--width-mult {args.width_mult} must be a positive, finite factor, e.g. 0.5 or 1.")
+    if not 0.0 <= args.sparsity < 1.0:
+        raise EngineError(f"--sparsity {args.sparsity} is out of range; use a fraction in [0, 1), e.g. 0.9.")
+    check_seed(args.seed)
+    get_scheme(args.scheme)  # an unknown name is one sentence listing the known ones, even where it goes unused
 
 
 def _maybe_sparsify(model: nn.Module, args: argparse.Namespace) -> None:
     if args.sparsity:
-        from latprune.engine.bench import sparsify_model
+        from latprune.bench import sparsify_model
 
         n = sparsify_model(model, args.scheme, args.sparsity, args.layers)
         print(f"sparsified {n} convs to {args.sparsity:.0%} with the {args.scheme} scheme")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from latprune.engine.bench import BenchConfig, benchmark_model, format_result
+    from latprune.bench import BenchConfig, benchmark_model, format_result
     from latprune.models import model_info
 
     if not args.model:
         raise EngineError("Name the model to benchmark with --model NAME (see `latprune models`).")
+    _check_model_flags(args)
     size = args.input_size or model_info(args.model).default_input_size
     cfg = BenchConfig(
         model=args.model,
@@ -63,8 +81,7 @@ def _bench(args: argparse.Namespace) -> int:
         runs=args.runs,
         seed=args.seed,
         autotune=args.autotune,
-        onnxruntime=not args.no_onnxruntime,
-        torch_eager=not args.no_torch,
+        baselines=_baselines(args),
         isa=args.isa,
     )
     result = benchmark_model(cfg)
@@ -72,13 +89,22 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baselines(args: argparse.Namespace) -> tuple[str, ...]:
+    """--runtimes, less those the --no-onnxruntime / --no-torch flags drop."""
+    dropped = {"onnxruntime"} if args.no_onnxruntime else set()
+    dropped |= {"torch"} if args.no_torch else set()
+    return tuple(name for name in parse_names(args.runtimes, "--runtimes") if name not in dropped)
+
+
 def _compile(args: argparse.Namespace) -> int:
     from latprune.engine import compile
 
-    model, channels, size = _load_model(args)
-    _maybe_sparsify(model, args)
-    cm = compile(model, torch.zeros(1, channels, size, size), threads=args.threads, autotune=args.autotune)
-    out = cm.save(args.out)
+    check_threads(args.threads)
+    with output_lock(args.out, mode=0o755):  # CompiledModel.load trusts only folders others cannot write
+        model, channels, size = _load_model(args)
+        _maybe_sparsify(model, args)
+        cm = compile(model, torch.zeros(1, channels, size, size), threads=args.threads, autotune=args.autotune)
+        out = cm.save(args.out)
     print(cm.summary())
     print(f"engine latency {cm.latency() * 1e3:.3f} ms (batch 1, {args.threads} thread(s)); saved to {out}")
     return 0
@@ -86,6 +112,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """--out: the whole bundle of a checkpoint (latprune.export); --c: one stand-alone C project (engine.export)."""
+    _check_model_flags(args)
     if (args.out is None) == (args.c is None):
         raise EngineError("Pass --out DIR (the whole export bundle) or --c DIR (one C project), not both or neither.")
     targets = tuple(args.target or ())
@@ -151,6 +178,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=int, default=50, help="Timed runs; the median is reported (default 50).")
     p.add_argument("--warmup", type=int, default=10, help="Untimed runs before timing (default 10).")
     p.add_argument("--autotune", action="store_true", help="Time each layer's kernel variants and keep the fastest.")
+    p.add_argument(
+        "--runtimes",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"Runtimes to time beside the engine, comma-separated (default {','.join(DEFAULT_BASELINES)}; registered: "
+        f"{', '.join(list_runtimes(available_only=False))}; openvino needs `pip install openvino`).",
+    )
     p.add_argument("--no-onnxruntime", action="store_true", help="Skip the ONNX Runtime baseline.")
     p.add_argument("--no-torch", action="store_true", help="Skip the PyTorch eager baseline.")
     p.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from latprune.data import DataConfig, list_datasets
+from latprune.errors import ArgumentError
 from latprune.prune.plan import PruningPlan
 from latprune.train.baseline import format_history_table
 from latprune.train.config import DEVICES
@@ -37,7 +38,13 @@ def _finetune(args: argparse.Namespace) -> int:
         gmp_end=args.gmp_end,
         gmp_frequency=args.gmp_frequency,
     )
-    data = None if args.data is None else DataConfig(args.data, args.val_per_class, args.split_seed, args.image_size)
+    split = (args.val_per_class, args.split_seed, args.image_size)
+    if args.data is None and split != (DataConfig.val_per_class, DataConfig.split_seed, None):
+        raise ArgumentError(
+            "--val-per-class, --split-seed and --image-size go with --data (without it the parent's own split is "
+            "used); pass --data too, or drop them."
+        )
+    data = None if args.data is None else DataConfig(args.data, *split)
     result = finetune(args.checkpoint, PruningPlan.load(args.plan), config, args.out, data=data, resume=args.resume)
     if not is_main():  # under torchrun rank 0 reports
         return 0

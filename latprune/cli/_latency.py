@@ -6,6 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from latprune._io import output_lock
+from latprune._limits import check_threads
+from latprune.cli._parsers import parse_grid, parse_input_size
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import TimingConfig, load_jobs, load_measurements, save_jobs, save_measurements
@@ -16,31 +19,11 @@ from latprune.latency.validate import ValidationConfig, validate_latency, write_
 from latprune.models import ModelSpec
 
 
-def parse_input_size(text: str) -> tuple[int, int]:
-    """'3x224x224' -> (3, 224); square images only, since the zoo models take one input size."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or parts[1] != parts[2] or min(parts) < 1:
-        raise ProfileError(f"The input size '{text}' must be CxHxW with H == W, e.g. 3x224x224 or 1x28x28.")
-    return parts[0], parts[1]
-
-
-def parse_grid(text: str) -> tuple[int, int]:
-    """'8,10' -> (8, 10): channel divisions N and sparsity divisions M."""
-    try:
-        n, m = (int(p) for p in text.split(","))
-    except ValueError:
-        raise ProfileError(f"The grid '{text}' must be two integers N,M such as 8,10.") from None
-    return n, m
-
-
 def _model_spec(args: argparse.Namespace) -> ModelSpec:
     from latprune.models import model_info
 
     info = model_info(args.model)
-    in_channels, size = parse_input_size(args.input_size) if args.input_size else (3, info.default_input_size)
+    in_channels, size = (3, info.default_input_size) if args.input_size is None else parse_input_size(args.input_size)
     classes = args.num_classes if args.num_classes is not None else info.default_num_classes
     return ModelSpec(args.model, classes, in_channels, size)
 
@@ -49,8 +32,9 @@ def _profile(args: argparse.Namespace) -> int:
     if args.assemble:
         if not args.out:
             raise ProfileError("Assembling a profile needs --out FILE to write it to.")
-        profile = assemble(load_measurements(args.assemble))
-        save_profile(profile, args.out)
+        with output_lock(args.out, file=True):
+            profile = assemble(load_measurements(args.assemble))
+            save_profile(profile, args.out)
         print(
             f"profile: {len(profile.tables)} tables, {profile.n_points} points, measured on "
             f"{profile.fingerprint.cpu_model}; wrote {args.out}"
@@ -69,8 +53,9 @@ def _profile(args: argparse.Namespace) -> int:
     )
     spec = _model_spec(args)
     if args.emit_jobs:
-        jobs = make_jobs(spec, config)
-        save_jobs(jobs, args.emit_jobs)
+        with output_lock(args.emit_jobs, file=True, flag="--emit-jobs"):
+            jobs = make_jobs(spec, config)
+            save_jobs(jobs, args.emit_jobs)
         print(
             f"jobs: {len(jobs.tables)} layer tables, {jobs.n_points} grid points, {len(jobs.models)} whole models; "
             f"wrote {args.emit_jobs}. On the device run: latprune measure {Path(args.emit_jobs).name} "
@@ -79,9 +64,11 @@ def _profile(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ProfileError("Profiling needs --out FILE for the profile (or --emit-jobs FILE for a remote device).")
+    check_threads(args.threads)
     t0 = time.perf_counter()
-    profile = profile_model(spec, config)
-    save_profile(profile, args.out)
+    with output_lock(args.out, file=True):  # held while timing: a second profile would time this one's load
+        profile = profile_model(spec, config)
+        save_profile(profile, args.out)
     add = profile.additive
     print(
         f"profile: {len(profile.tables)} tables, {profile.n_points} points in {time.perf_counter() - t0:.0f} s; "
@@ -92,9 +79,10 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace) -> int:
-    jobs = load_jobs(args.jobs)
-    m = measure_jobs(jobs)
-    save_measurements(m, args.out)
+    with output_lock(args.out, file=True):
+        jobs = load_jobs(args.jobs)
+        m = measure_jobs(jobs)
+        save_measurements(m, args.out)
     print(
         f"measured {jobs.n_points} grid points and {len(jobs.models)} models in {m.seconds:.0f} s on "
         f"{m.fingerprint.cpu_model}; wrote {args.out}. On the host run: latprune profile --assemble "
@@ -105,25 +93,26 @@ def _measure(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, force=args.force)
-    if args.model and args.model != profile.model.name:
+    if args.model is not None and args.model != profile.model.name:
         raise ProfileError(
             f"The profile '{args.profile}' is for model {profile.model.name}, not {args.model}; "
             "profile that model first or drop --model."
         )
-    space = model_space(profile.model, args.scheme or profile.scheme)
+    out = Path(args.out if args.out is not None else Path(args.profile).with_suffix("").as_posix() + "_validation")
     statistic = args.statistic or profile.statistic
     config = ValidationConfig(
         samples=args.samples, seed=args.seed, repeats=args.repeats, statistic=statistic, sampling=args.sampling
     )
-    result = validate_latency(profile, space, config)
+    with output_lock(out):
+        space = model_space(profile.model, profile.scheme if args.scheme is None else args.scheme)
+        result = validate_latency(profile, space, config)
+        json_path, png_path = write_validation(result, profile, config, out)
     s = result.stats
     print(
         f"{profile.model.name} ({profile.model.input_size}px, {profile.threads} thread(s)), {args.samples} models: "
         f"Pearson r = {s['pearson_r']:.4f}, MAPE = {s['mape_pct']:.2f}%, within ±5%: {s['within_5_pct']:.0f}%, "
         f"within ±10%: {s['within_10_pct']:.0f}%"
     )
-    out = Path(args.out or Path(args.profile).with_suffix("").as_posix() + "_validation")
-    json_path, png_path = write_validation(result, profile, config, out)
     print(f"wrote {json_path} and {png_path}")
     return 0
 
@@ -141,7 +130,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", help="Input as CxHxW, e.g. 3x224x224 or 1x28x28 (default: the model's own).")
     p.add_argument("--num-classes", type=int, help="Classifier outputs (default: the model's own, e.g. 1000).")
     p.add_argument("--threads", type=int, default=1, help="Engine threads to profile with (default 1).")
-    p.add_argument("--scheme", default="group4", help="Weight-sparsity scheme of the search space (default group4).")
+    p.add_argument(
+        "--scheme",
+        default="group4",
+        help="Weight-sparsity scheme of the search space (default group4), or several joined by commas "
+        "(group4,pattern): each layer then chooses among them and gets one table per scheme.",
+    )
     p.add_argument("--grid", default="8,10", help="N,M: channel grid i/N and sparsity grid k/M (default 8,10).")
     p.add_argument(
         "--full-grid",

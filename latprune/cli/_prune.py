@@ -8,14 +8,16 @@ from latprune.errors import PlanError
 from latprune.models import list_models
 from latprune.prune.channels import CRITERIA
 from latprune.prune.run import UniformPlanConfig, make_uniform_plan, prune_checkpoint
-from latprune.prune.schemes import list_schemes
+from latprune.schemes import list_schemes
 
 
 def _prune(args: argparse.Namespace) -> int:
+    if args.force and not args.apply:
+        raise PlanError("--force only goes with --apply (it lets a pruned checkpoint replace one in --out).")
     if args.apply:
         if not args.checkpoint:
             raise PlanError("`latprune prune --apply PLAN` needs --checkpoint CKPT, the trained model to prune.")
-        result = prune_checkpoint(args.apply, args.checkpoint, args.out)
+        result = prune_checkpoint(args.apply, args.checkpoint, args.out, force=args.force)
         print(result.table)
         print(
             f"parameters: {result.params_before:,} -> {result.params_after:,} after channel pruning, "
@@ -85,4 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--apply", metavar="PLAN", help="Apply this plan.json to --checkpoint instead of writing a plan.")
     p.add_argument("--out", required=True, help="Where to write: plan.json path, or a folder with --apply.")
+    p.add_argument(
+        "--force", action="store_true", help="With --apply: replace a checkpoint.pt already in --out (else refused)."
+    )
     p.set_defaults(func=_prune)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from latprune.errors import LatpruneError
+from latprune.bench.runtimes import DEFAULT_BASELINES, list_runtimes
+from latprune.cli._parsers import parse_grid, parse_latency, parse_names
 from latprune.pipeline import PIPELINE_PRESETS, STAGES, RunConfig, run_pipeline
+from latprune.pipeline._config import DEFAULT_DATA, DEFAULT_MODEL
 from latprune.search import MODES, SELECTIONS
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    from latprune.cli._search import parse_latency
-
     return RunConfig(
         out_dir=Path(args.out),
         model=args.model,
@@ -21,12 +21,12 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         profile=Path(args.profile) if args.profile else None,
         force_profile=args.force_profile,
-        profile_grid=_grid(args.profile_grid),
+        profile_grid=parse_grid(args.profile_grid, "--profile-grid"),
         population=args.population,
         generations=args.generations,
         mode=args.mode,
         selection=args.selection,
-        latency_budget_ms=parse_latency(args.latency_budget) if args.latency_budget else None,
+        latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
         top_k=args.top_k,
         finetune_method=args.method,
         finetune_epochs=args.finetune_epochs,
@@ -34,6 +34,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         distill=args.distill,
         baseline_epochs=args.baseline_epochs,
         threads=args.threads,
+        runtimes=parse_names(args.runtimes, "--runtimes"),
         timing_runs=args.timing_runs,
         seed=args.seed,
         device=args.device,
@@ -42,27 +43,23 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def _grid(text: str) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in text.split(","))
-    except ValueError:
-        raise LatpruneError(f"--profile-grid '{text}' is not two integers N,M; write it like 8,10.") from None
-    return n, m
-
-
 def _run(args: argparse.Namespace) -> int:
     run_pipeline(run_config_from_args(args))
     return 0
 
 
-def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", out: str | None = None) -> None:
+def add_run_arguments(p: argparse.ArgumentParser, *, out: str | None = None) -> None:
     """The flags of `latprune run` (`latprune demo` shares them with other defaults)."""
     from latprune.models import list_models
 
     presets = " ".join(f"'{p.name}': {p.description}" for p in PIPELINE_PRESETS.values())
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--model", default=model, choices=list_models(), help=f"Zoo model (default {model}).")
-    io.add_argument("--data", default="fashion-mnist", help="Dataset name or folder (default fashion-mnist).")
+    io.add_argument(
+        "--model", choices=list_models(), help=f"Zoo model (default: the --checkpoint's, else {DEFAULT_MODEL})."
+    )
+    io.add_argument(
+        "--data", help=f"Dataset name or folder (default: the one --checkpoint was trained on, else {DEFAULT_DATA})."
+    )
     if out is None:
         io.add_argument("--out", required=True, help="Run folder; rerunning with the same --out resumes it.")
     else:
@@ -118,6 +115,12 @@ def add_run_arguments(p: argparse.ArgumentParser, *, model: str = "resnet20", ou
     t = p.add_argument_group("measurement")
     t.add_argument("--threads", type=int, default=1, help="Threads for profiling and latency measurement (default 1).")
     t.add_argument("--timing-runs", type=int, default=200, help="Timed runs per model; the median is reported.")
+    t.add_argument(
+        "--runtimes",
+        default=",".join(DEFAULT_BASELINES),
+        help=f"Runtimes every model is also timed on, comma-separated (default {','.join(DEFAULT_BASELINES)}; "
+        f"registered: {', '.join(list_runtimes(available_only=False))}; openvino needs `pip install openvino`).",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

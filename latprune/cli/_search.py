@@ -4,93 +4,112 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latprune.errors import SearchError
-from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, SearchResult, get_preset, run_search
+from latprune.cli._parsers import parse_latency
+from latprune.search import MODES, PRESETS, SELECTIONS, SearchConfig, get_preset, list_algorithms
 
 if TYPE_CHECKING:
-    from latprune.pipeline import SearchInputs
-
-_UNITS_TO_MS = {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3}
-
-
-def parse_latency(text: str) -> float:
-    """'2.5ms', '2.5', '2500us' or '0.0025s' -> milliseconds (a bare number is milliseconds)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise SearchError(f"The latency budget '{text}' is not a positive duration; write it like 2.5ms or 2500us.")
-    return float(m.group(1)) * _UNITS_TO_MS[m.group(2) or "ms"]
+    from latprune.pipeline import SearchJob
+    from latprune.supernet import SupernetConfig
 
 
 def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     """The preset's config with every flag the user set applied on top."""
-    preset = get_preset(args.preset)
-    flags = {
-        "population": args.population,
-        "generations": args.generations,
-        "selection": args.selection,
-        "latency_targets": args.latency_targets,
-        "mode": args.mode,
-        "seed": args.seed,
-        "crossover_prob": args.crossover_prob,
-        "crossover_eta": args.crossover_eta,
-        "mutation_eta": args.mutation_eta,
-        "sequential_channel_share": args.sequential_share,
-        "sequential_widths": args.sequential_widths,
-        "latency_budget_ms": parse_latency(args.latency_budget) if args.latency_budget else None,
-    }
-    return dataclasses.replace(preset.search_config(), **{k: v for k, v in flags.items() if v is not None})
-
-
-def build_search_inputs(args: argparse.Namespace, config: SearchConfig) -> SearchInputs:
-    """The flags' checkpoint, profile and data, as the search's space, predictor and estimator."""
-    from latprune.pipeline import build_search_inputs as build
-    from latprune.supernet import SupernetConfig
-
-    supernet = SupernetConfig.preset(get_preset(args.preset).supernet_preset).override(
-        channel_epochs=args.supernet_channel_epochs,
-        weight_epochs=args.supernet_weight_epochs,
-        classes=args.supernet_classes,
-        train_per_class=args.supernet_train_per_class,
-        val_per_class=args.supernet_val_per_class,
-        batch_size=args.supernet_batch_size,
-        lr=args.supernet_lr,
-        bn_images=args.bn_images,
+    return (
+        get_preset(args.preset)
+        .search_config()
+        .override(
+            population=args.population,
+            generations=args.generations,
+            algorithm=args.algorithm,
+            selection=args.selection,
+            latency_targets=args.latency_targets,
+            mode=args.mode,
+            seed=args.seed,
+            crossover_prob=args.crossover_prob,
+            crossover_eta=args.crossover_eta,
+            mutation_eta=args.mutation_eta,
+            sequential_channel_share=args.sequential_share,
+            sequential_widths=args.sequential_widths,
+            latency_budget_ms=None if args.latency_budget is None else parse_latency(args.latency_budget),
+        )
     )
-    inputs = build(
-        args.checkpoint,
-        args.profile,
-        supernet,
-        seed=config.seed,
-        model=args.model,
-        data=args.data,
-        force_profile=args.force_profile,
-        device=args.device,
-        resume_dir=args.out if args.resume else None,
+
+
+#: The super-net flags (argparse dest) and the SupernetConfig field each one replaces.
+SUPERNET_FLAGS = {
+    "supernet_channel_epochs": "channel_epochs",
+    "supernet_weight_epochs": "weight_epochs",
+    "supernet_classes": "classes",
+    "supernet_train_per_class": "train_per_class",
+    "supernet_val_per_class": "val_per_class",
+    "supernet_batch_size": "batch_size",
+    "supernet_lr": "lr",
+    "bn_images": "bn_images",
+}
+
+
+def add_supernet_arguments(n: argparse._ActionsContainer) -> None:
+    """The flags of SUPERNET_FLAGS (benchmarks/search_ablation.py takes the same ones)."""
+    n.add_argument(
+        "--supernet-channel-epochs",
+        type=int,
+        default=None,
+        help="Super-net epochs per generation with channel masks only (JCW: 10).",
     )
-    inputs.meta["preset"] = args.preset
-    return inputs
+    n.add_argument(
+        "--supernet-weight-epochs",
+        type=int,
+        default=None,
+        help="Super-net epochs per generation with weight-sparsity masks too (JCW: 20).",
+    )
+    n.add_argument("--supernet-classes", type=int, default=None, help="Classes in the super-net's training subset.")
+    n.add_argument(
+        "--supernet-train-per-class", type=int, default=None, help="Training images per class for the super-net."
+    )
+    n.add_argument(
+        "--supernet-val-per-class",
+        type=int,
+        default=None,
+        help="Validation images per class used to estimate each candidate's error.",
+    )
+    n.add_argument("--supernet-batch-size", type=int, default=None, help="Super-net training batch size.")
+    n.add_argument("--supernet-lr", type=float, default=None, help="Super-net peak learning rate.")
+    n.add_argument(
+        "--bn-images",
+        type=int,
+        default=None,
+        help="Images used to recompute each candidate's BatchNorm statistics before it is evaluated (JCW: 1280).",
+    )
+
+
+def supernet_from_args(base: SupernetConfig, args: argparse.Namespace) -> SupernetConfig:
+    """``base`` with every super-net flag the user set applied on top."""
+    return base.override(**{field: getattr(args, dest) for dest, field in SUPERNET_FLAGS.items()})
+
+
+def search_job_from_args(args: argparse.Namespace) -> SearchJob:
+    """The flags as one search job: the preset's search and super-net settings with the flags applied on top."""
+    from latprune.pipeline import SearchJob
+
+    job = SearchJob(
+        Path(args.checkpoint), Path(args.profile), Path(args.out), args.preset, search_config_from_args(args),
+        model=args.model, data=args.data, force_profile=args.force_profile, device=args.device, resume=args.resume,
+    )  # fmt: skip
+    return dataclasses.replace(job, supernet=supernet_from_args(job.supernet_config(), args))
 
 
 def _search(args: argparse.Namespace) -> int:
-    from latprune.report import front_table, plot_search
+    from latprune.pipeline import search_checkpoint
 
-    config = search_config_from_args(args)
-    out_dir = Path(args.out)
-    inputs = build_search_inputs(args, config)
-    meta = inputs.meta
-    result: SearchResult = run_search(
-        inputs.space, inputs.predictor, inputs.estimator, config, out_dir, resume=args.resume, meta=meta
-    )
-    from latprune.train.distributed import is_main
-
-    if not is_main():  # under torchrun every rank searched; rank 0 reports
+    job = search_job_from_args(args)
+    outcome = search_checkpoint(job)
+    if outcome.plot is None:  # under torchrun every rank searched; rank 0 reports
         return 0
-    png = plot_search(out_dir, result=result, title=f"{meta.get('model', 'search')}: {config.mode}, {config.selection}")
-    print(front_table(result))
+    result, config = outcome.result, job.search_config()
+    print(outcome.table)
     print(f"\nPareto front of {len(result.front)} candidates after {result.generations + 1} generations.")
     if result.best_under_budget is not None:
         b = result.best_under_budget
@@ -100,7 +119,7 @@ def _search(args: argparse.Namespace) -> int:
         )
     elif result.budget_note:
         print(result.budget_note)
-    print(f"Wrote {out_dir}/front.json, {png.name}, and one gen_XXXX.json per generation.")
+    print(f"Wrote {job.out_dir}/front.json, {outcome.plot.name}, and one gen_XXXX.json per generation.")
     return 0
 
 
@@ -146,6 +165,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=list(PRESETS),
         help="Budget: 'quick' (~10 min for "
         "ResNet20 / Fashion-MNIST here) or 'paper' (JCW: population 64, 128 generations, 10+20 epochs).",
+    )
+    s.add_argument(
+        "--algorithm",
+        default=None,
+        choices=list_algorithms(),
+        help="Search algorithm from the registry (default nsga2: NSGA-II with the selection below, as in JCW).",
     )
     s.add_argument(
         "--mode",
@@ -226,35 +251,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the channel stage's front the weight stage chooses among (default 4).",
     )
 
-    n = p.add_argument_group("super-net estimator (defaults come from the preset)")
-    n.add_argument(
-        "--supernet-channel-epochs",
-        type=int,
-        default=None,
-        help="Super-net epochs per generation with channel masks only (JCW: 10).",
-    )
-    n.add_argument(
-        "--supernet-weight-epochs",
-        type=int,
-        default=None,
-        help="Super-net epochs per generation with weight-sparsity masks too (JCW: 20).",
-    )
-    n.add_argument("--supernet-classes", type=int, default=None, help="Classes in the super-net's training subset.")
-    n.add_argument(
-        "--supernet-train-per-class", type=int, default=None, help="Training images per class for the super-net."
-    )
-    n.add_argument(
-        "--supernet-val-per-class",
-        type=int,
-        default=None,
-        help="Validation images per class used to estimate each candidate's error.",
-    )
-    n.add_argument("--supernet-batch-size", type=int, default=None, help="Super-net training batch size.")
-    n.add_argument("--supernet-lr", type=float, default=None, help="Super-net peak learning rate.")
-    n.add_argument(
-        "--bn-images",
-        type=int,
-        default=None,
-        help="Images used to recompute each candidate's BatchNorm statistics before it is evaluated (JCW: 1280).",
-    )
+    add_supernet_arguments(p.add_argument_group("super-net estimator (defaults come from the preset)"))
     p.set_defaults(func=_search)

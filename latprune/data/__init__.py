@@ -1,15 +1,19 @@
-"""Datasets held in memory as uint8 tensors: readers, splits and subsets, tensor augmentations, a batch loader."""
+"""Datasets as uint8 tensors in memory (or image folders streamed from disk): readers, splits and subsets,
+tensor augmentations, a batch loader."""
 
 from latprune.data.datasets import (
     DataConfig,
     DatasetInfo,
     DataSplits,
     ImageData,
+    Images,
     find_dataset_root,
+    in_memory,
     list_datasets,
     load_dataset,
     load_splits,
 )
+from latprune.data.folder import FolderData
 from latprune.data.loader import BatchLoader, epoch_generator, make_loader
 from latprune.data.readers import read_cifar, read_cifar_batch, read_idx, read_idx_pair, read_image_folder, resize_uint8
 from latprune.data.sampling import class_subset, stratified_split
@@ -21,11 +25,14 @@ __all__ = [
     "DataConfig",
     "DataSplits",
     "DatasetInfo",
+    "FolderData",
     "ImageData",
+    "Images",
     "apply_augment",
     "class_subset",
     "epoch_generator",
     "find_dataset_root",
+    "in_memory",
     "list_datasets",
     "load_dataset",
     "load_splits",

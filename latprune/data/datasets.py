@@ -1,4 +1,5 @@
-"""Known datasets, where to find them on disk, and loading them whole into memory as uint8 tensors."""
+"""Known datasets, where to find them on disk, and loading them into memory as uint8 tensors (or, for image
+folders too large for memory, as a file list streamed from disk)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ from pathlib import Path
 
 import torch
 
-from latprune.data.readers import read_cifar, read_idx_pair, read_image_folder
+from latprune._limits import check_seed
+from latprune.data.folder import FolderData, folder_data
+from latprune.data.readers import list_image_folder, read_cifar, read_idx_pair, read_image_folder
 from latprune.data.sampling import stratified_split
 from latprune.data.transforms import Augment
 from latprune.errors import DataError
 
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+#: An image folder whose decoded pixels would exceed this many bytes is streamed from disk by worker processes
+#: (:class:`~latprune.data.folder.FolderData`) instead of decoded into memory; ``$LATPRUNE_DATA_IN_MEMORY`` sets it.
+IN_MEMORY_ENV = "LATPRUNE_DATA_IN_MEMORY"
+DEFAULT_IN_MEMORY_BYTES = 2 * 1024**3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_FOLDER_IMAGE_SIZE = 224
@@ -57,6 +64,30 @@ class ImageData:
 
     def to(self, device: str | torch.device) -> ImageData:
         return ImageData(self.images.to(device), self.labels.to(device))
+
+
+#: A split of a dataset: in memory, or an image folder streamed from disk. Both have labels, len, subset and to.
+Images = ImageData | FolderData
+
+
+def in_memory(data: Images) -> ImageData:
+    """``data`` with its pixels in memory: streamed folders are decoded (by worker processes) into one tensor.
+
+    For subsets that are read again and again, such as the super-net's few images per class.
+    """
+    if isinstance(data, ImageData):
+        return data
+    return ImageData(data.decode(), data.labels.to(data.device))
+
+
+def in_memory_limit() -> int:
+    """Bytes of decoded pixels above which an image folder is streamed (see :data:`IN_MEMORY_ENV`)."""
+    raw = os.environ.get(IN_MEMORY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_IN_MEMORY_BYTES
+    if not raw.isdigit():
+        raise DataError(f"{IN_MEMORY_ENV}={raw!r} is not a number of bytes; set it like 2000000000, or unset it.")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -174,13 +205,16 @@ def _folder_split(root: Path, train: bool) -> Path:
     )
 
 
-def load_dataset(name: str, *, train: bool, image_size: int | None = None) -> tuple[ImageData, DatasetInfo]:
-    """Load the train or test split of a known dataset (or an image folder) into memory.
+def load_dataset(name: str, *, train: bool, image_size: int | None = None) -> tuple[Images, DatasetInfo]:
+    """Load the train or test split of a known dataset (or an image folder).
 
     ``image_size`` only applies to image folders (default 224); the known datasets keep their native size.
+    An image folder is decoded into memory when its pixels fit in :func:`in_memory_limit` bytes, else it is
+    returned as a :class:`FolderData` that loaders stream from disk.
     """
     key = canonical_name(name)
     root = find_dataset_root(name)
+    streamed: FolderData | None = None
     if key in ("fashion-mnist", "mnist"):
         prefix = "train" if train else "t10k"
         images, labels = read_idx_pair(
@@ -193,7 +227,12 @@ def load_dataset(name: str, *, train: bool, image_size: int | None = None) -> tu
     else:
         size = image_size or DEFAULT_FOLDER_IMAGE_SIZE
         folder = _folder_split(root, train)
-        images, labels, classes = read_image_folder(folder, size)
+        classes, samples = list_image_folder(folder)
+        if len(samples) * 3 * size * size > in_memory_limit():
+            streamed = folder_data([f for f, _ in samples], [c for _, c in samples], size)
+            labels = streamed.labels
+        else:
+            images, labels, classes = read_image_folder(folder, size)
         train_classes = classes if train else read_folder_classes(_folder_split(root, True))
         if tuple(classes) != tuple(train_classes):
             raise DataError(
@@ -205,7 +244,7 @@ def load_dataset(name: str, *, train: bool, image_size: int | None = None) -> tu
         )
     if int(labels.max()) >= info.num_classes:
         raise DataError(f"The labels under '{root}' exceed the {info.num_classes} classes of '{key}'.")
-    return ImageData(images, labels), info
+    return (ImageData(images, labels) if streamed is None else streamed), info
 
 
 def read_folder_classes(folder: Path) -> list[str]:
@@ -222,14 +261,22 @@ class DataConfig:
     split_seed: int = 0
     image_size: int | None = None
 
+    def __post_init__(self) -> None:
+        """Refuse now what loading would find out only after reading the whole dataset (or silently ignore)."""
+        if self.val_per_class < 0:
+            raise DataError(f"The validation split needs --val-per-class 0 or more, got {self.val_per_class}.")
+        check_seed(self.split_seed, "--split-seed")
+        if self.image_size is not None and self.image_size < 8:
+            raise DataError(f"--image-size {self.image_size} is too small; pass at least 8 pixels, or leave it unset.")
+
 
 @dataclass(frozen=True, eq=False)
 class DataSplits:
     """Train (minus validation), validation (carved from train) and test data, with the dataset's info."""
 
-    train: ImageData
-    val: ImageData
-    test: ImageData
+    train: Images
+    val: Images
+    test: Images
     info: DatasetInfo
 
 

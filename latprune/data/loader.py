@@ -1,4 +1,5 @@
-"""A batch iterator over an in-memory dataset: on 2 CPU cores it beats DataLoader workers by a wide margin."""
+"""A batch iterator over an in-memory dataset (on 2 CPU cores it beats DataLoader workers by a wide margin), or
+over an image folder streamed from disk by DataLoader workers when it does not fit in memory."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from latprune.data.datasets import DatasetInfo, ImageData
+from latprune.data.folder import FolderData
 from latprune.data.transforms import Augment, apply_augment, normalize
 from latprune.errors import DataError
 
@@ -32,7 +34,7 @@ class BatchLoader:
 
     def __init__(
         self,
-        data: ImageData,
+        data: ImageData | FolderData,
         mean: Sequence[float],
         std: Sequence[float],
         batch_size: int,
@@ -102,9 +104,12 @@ class BatchLoader:
         n = len(self.data)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         order = order[: self.num_samples * self.world_size]
+        step = self.batch_size * self.world_size
+        if isinstance(self.data, FolderData):
+            yield from self._stream([order[start : start + step] for start in range(0, len(order), step)], gen)
+            return
         # Every rank gathers and augments the whole global batch (cheap uint8 work), then keeps its strided
         # share, so the generator advances identically on all ranks and matches a single-process run.
-        step = self.batch_size * self.world_size
         for start in range(0, len(order), step):
             idx = order[start : start + step].to(self.data.images.device)
             images = self.data.images[idx].to(self.device, non_blocking=True)
@@ -115,9 +120,27 @@ class BatchLoader:
                 images, labels = images[self.rank :: self.world_size], labels[self.rank :: self.world_size]
             yield normalize(images, self.mean, self.std), labels
 
+    def _stream(self, batches: list[torch.Tensor], gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of a streamed folder: worker processes decode only this rank's share of each global batch.
+
+        Augmentation still draws for the whole global batch (the other ranks' rows are zeros, which a crop or flip
+        of one image never reads), so the batches equal those of the same images held in memory.
+        """
+        data = self.data
+        assert isinstance(data, FolderData)
+        mine = [b[self.rank :: self.world_size] for b in batches] if self.world_size > 1 else batches
+        for batch, idx, images in zip(batches, mine, data.stream(mine), strict=True):
+            images = images.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                full = images.new_zeros((len(batch), *images.shape[1:]))  # (global batch, C, H, W)
+                full[self.rank :: self.world_size] = images
+                images = apply_augment(full, self.augment, gen)[self.rank :: self.world_size]
+            labels = data.labels[idx].to(self.device, non_blocking=True)
+            yield normalize(images, self.mean, self.std), labels
+
 
 def make_loader(
-    data: ImageData,
+    data: ImageData | FolderData,
     info: DatasetInfo,
     batch_size: int,
     *,

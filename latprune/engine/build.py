@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import re
 import shlex
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from latprune._version import __version__
 from latprune.engine.isa import Isa, host_isa
+from latprune.engine.trust import cache_key, lookup, private_dir, store, verify_library
 from latprune.errors import EngineError
 
 CSRC_DIR = Path(__file__).parent / "csrc"
@@ -22,13 +22,14 @@ BASE_CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=fast", "-
 
 
 def cache_dir() -> Path:
-    """Per-user cache of built libraries: ``$LATPRUNE_CACHE/engine`` or ``~/.cache/latprune/engine``."""
+    """Per-user cache of built libraries: ``$LATPRUNE_CACHE/engine`` or ``~/.cache/latprune/engine``.
+
+    Created owner-only; refused when another user owns it or could write to it (see :mod:`latprune.engine.trust`).
+    """
     root = os.environ.get("LATPRUNE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "latprune"
     )
-    path = Path(root) / "engine"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(root) / "engine", "engine cache folder")
 
 
 @functools.cache
@@ -73,15 +74,6 @@ def _compile(cc: list[str], args: list[str], source: str, key: str, what: str) -
         raise EngineError(f"The C compiler '{cc[0]}' failed to build {what} (kept at {keep}): {first_error}")
 
 
-def _install(built: Path, target: Path) -> Path:
-    """Copy a build product into the cache under a temporary name, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=cache_dir(), suffix=target.suffix + ".tmp")
-    os.close(fd)
-    shutil.copyfile(built, tmp)
-    os.replace(tmp, target)
-    return target
-
-
 def isa_prelude(source: str) -> str:
     """The ``#define LP_... <number>`` lines before ``#include "lp_common.h"`` in ``source``: the ISA's lane count
     and tile shapes (``Isa.c_defines``), which the kernels compiled apart from the source must see too."""
@@ -98,18 +90,17 @@ def kernel_object(names: tuple[str, ...], prelude: str, cc: list[str], flags: li
     """
     texts = [(CSRC_DIR / n).read_text() for n in names]
     headers = [f.read_text() for f in sorted(CSRC_DIR.glob("*.h"))]  # every header a kernel may include
-    key = hashlib.sha256(
-        "\0".join([*names, *texts, *headers, prelude, *cc, compiler_version(), *flags, __version__]).encode()
-    ).hexdigest()[:24]
-    obj = cache_dir() / f"lpk_{key}.o"
-    if obj.exists():
+    cache = cache_dir()
+    key = cache_key(cache, [*names, *texts, *headers, prelude, *cc, compiler_version(), *flags, __version__])
+    obj = lookup(cache, f"lpk_{key}", ".o")
+    if obj is not None:
         return obj
     source = "\n".join([prelude.rstrip("\n"), '#include "lp_common.h"', *(f'#include "{n}"' for n in names)])
     with tempfile.TemporaryDirectory(prefix="latprune-build-") as tmp:
         src, out = Path(tmp) / "kernels.c", Path(tmp) / "kernels.o"
         src.write_text(source + "\n")
         _compile(cc, [*flags, "-c", str(src), "-o", str(out)], source, key, "the engine's kernels")
-        return _install(out, obj)
+        return store(cache, f"lpk_{key}", ".o", out)
 
 
 def split_kernels(source: str) -> tuple[str, tuple[str, ...]]:
@@ -133,16 +124,17 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
     The kernel sources it includes are compiled once into a shared object file (:func:`kernel_object`) and
     linked, so a model's build compiles only its own code. The cache key covers the source, the kernel sources,
     compiler, flags and latprune version, so a hit is always safe; the library is built in a temporary file and
-    renamed, so concurrent builds never see half a file.
+    stored under a name of its own content with its sha256 beside it (:func:`latprune.engine.trust.store`), so
+    concurrent builds never see half a file and :func:`load_library` can verify it.
     """
     flags = [*cflags(isa), f"-I{CSRC_DIR}"]
     cc = find_compiler()
     # Kernel sources and headers are #included from CSRC_DIR, so their contents are part of the key.
     csrc = [f.read_text() for f in sorted(CSRC_DIR.glob("*.[ch]"))]
-    key = hashlib.sha256("\0".join([source, *csrc, *cc, compiler_version(), *flags, __version__]).encode())
-    key = key.hexdigest()[:24]
-    lib = cache_dir() / f"lp_{key}.so"
-    if lib.exists():
+    cache = cache_dir()
+    key = cache_key(cache, [source, *csrc, *cc, compiler_version(), *flags, __version__])
+    lib = lookup(cache, f"lp_{key}", ".so")
+    if lib is not None:
         return lib
     glue, names = split_kernels(source)
     prelude = isa_prelude(source)
@@ -155,9 +147,11 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
         src, out = Path(tmp) / "model.c", Path(tmp) / "model.so"
         src.write_text(glue)
         _compile(cc, [*flags, str(src), *objects, "-o", str(out), "-lm"], source, key, "the generated code")
-        return _install(out, lib)
+        return store(cache, f"lp_{key}", ".so", out)
 
 
-def load_library(path: Path) -> ctypes.CDLL:
-    """Load a built library with ctypes."""
+def load_library(path: Path, sha256: str | None = None) -> ctypes.CDLL:
+    """Load a built library with ctypes, once it is verified: in a folder only its owner can write, and with
+    the sha256 recorded when it was built (its cache sidecar, or ``sha256`` from a saved model's manifest)."""
+    verify_library(Path(path), sha256)
     return ctypes.CDLL(str(path))

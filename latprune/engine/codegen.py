@@ -13,16 +13,19 @@ import numpy as np
 
 from latprune._version import __version__
 from latprune.engine.ir import (
-    ACT_NAMES,
     ActOp,
     AdaptiveAvgPoolOp,
     AddOp,
     ArenaPlan,
+    ChannelScaleOp,
     ConvOp,
     CopyOp,
     Graph,
+    LayerNormOp,
     PoolOp,
     TensorRef,
+    TorchOp,
+    act_name,
     plan_arena,
 )
 from latprune.engine.isa import Isa
@@ -65,19 +68,25 @@ def pack_blob(graph: Graph, isa: Isa) -> tuple[np.ndarray, dict[int, list[tuple[
     """Pack every conv's bias and packed weight arrays, laid out for ``isa``'s tiles, into one aligned blob.
 
     Returns the blob and, per conv op (by id), its arrays as (table index, C element type) in call order:
-    the bias first, then the kernel's arrays in the order its ``pack`` returns them.
+    the bias first, then the kernel's arrays in the order its ``pack`` returns them; LayerNorm ops get their
+    weight and bias.
     """
     arrays: list[np.ndarray] = []
     refs: dict[int, list[tuple[int, str]]] = {}
-    for op in graph.conv_ops():
-        spec = get_kernel(op.kernel)
-        packed = spec.pack(op.weight, op.meta, isa)
+    for op in graph.ops:
+        if isinstance(op, ConvOp):
+            spec_name = get_kernel(op.kernel).name
+            items = [("bias", op.bias), *get_kernel(op.kernel).pack(op.weight, op.meta, isa).items()]
+        elif isinstance(op, LayerNormOp):
+            spec_name, items = "layernorm", [("weight", op.weight), ("bias", op.bias)]
+        else:
+            continue
         entries = []
-        for name, arr in [("bias", op.bias), *packed.items()]:
+        for name, arr in items:
             arr = np.ascontiguousarray(arr)
             if arr.dtype not in _C_TYPES:
                 raise EngineError(
-                    f"Kernel '{spec.name}' packed array '{name}' of layer '{op.name}' has dtype {arr.dtype}, which the "
+                    f"Kernel '{spec_name}' packed array '{name}' of layer '{op.name}' has dtype {arr.dtype}, which the "
                     f"code generator cannot pass; use one of {', '.join(str(d) for d in _C_TYPES)}."
                 )
             entries.append((len(arrays), _C_TYPES[arr.dtype]))
@@ -95,8 +104,20 @@ def pack_blob(graph: Graph, isa: Isa) -> tuple[np.ndarray, dict[int, list[tuple[
     return blob, refs
 
 
-def _comment(text: str) -> str:
-    return text.replace("*/", "* /")
+#: Characters that may appear verbatim inside a generated C comment: printable ASCII except '*' (which could close
+#: the comment), '\\' and '?' (a backslash-newline, or the trigraph ??/, splices lines, so '*' + splice + '/' closes
+#: it too) and '%' (the escape character itself). Newlines and non-ASCII (e.g. bidi overrides that make code read
+#: differently than it compiles) are escaped as well.
+_COMMENT_SAFE = frozenset(chr(c) for c in range(0x20, 0x7F)) - set("*\\?%")
+
+
+def c_comment_text(text: str) -> str:
+    """``text`` (a class or module name) made safe to write inside a C block comment or a README line.
+
+    Every character outside :data:`_COMMENT_SAFE` becomes %XX escapes of its UTF-8 bytes, as in URLs, so no
+    name can end the comment, splice a line or hide text, and the original stays readable and recoverable.
+    """
+    return "".join(ch if ch in _COMMENT_SAFE else "".join(f"%{b:02X}" for b in ch.encode()) for ch in text)
 
 
 class _Emitter:
@@ -107,11 +128,11 @@ class _Emitter:
         self.shapes: list[str] = []
 
     def buf(self, ref: TensorRef) -> str:
-        if ref.buf == self.graph.input.buf:
-            return "in"
-        if ref.buf == self.graph.output.buf:
-            return "out"
-        return f"(arena + {self.plan.offsets[ref.buf]})"
+        """The C pointer expression of ``ref``: the caller's input or output, or an arena offset (plus the view's)."""
+        if ref.buf in (self.graph.input.buf, self.graph.output.buf):
+            base = "in" if ref.buf == self.graph.input.buf else "out"
+            return f"({base} + {ref.offset})" if ref.offset else base
+        return f"(arena + {self.plan.offsets[ref.buf] + ref.offset})"
 
     def conv(self, i: int, op: ConvOp, spec: KernelSpec) -> str:
         m = op.meta
@@ -159,6 +180,22 @@ class _Emitter:
             return f"lp_activate({self.buf(op.x)}, {self.buf(op.out)}, {op.out.size}, {op.act}, nthreads);"
         if isinstance(op, CopyOp):
             return f"lp_copy({self.buf(op.x)}, {self.buf(op.out)}, {op.out.size});"
+        if isinstance(op, ChannelScaleOp):
+            x = op.x
+            return (
+                f"lp_channel_scale({self.buf(x)}, {self.buf(op.scale)}, {self.buf(op.out)}, {x.c}, {x.h * x.w}, "
+                f"{op.act}, nthreads);"
+            )
+        if isinstance(op, LayerNormOp):
+            (w, _), (b, _) = self.arrays[id(op)]
+            return (
+                f"lp_layernorm_channels({self.buf(op.x)}, {self.buf(op.out)}, LP_ARR(float, {w}), LP_ARR(float, {b}), "
+                f"{op.x.c}, {op.x.h * op.x.w}, {float(op.eps)!r}f, {op.act}, nthreads);"
+            )
+        if isinstance(op, TorchOp):
+            raise EngineError(
+                f"Op '{op.name}' ({op.what}) runs only on the torch backend; compile with backend='torch'."
+            )
         raise TypeError(f"unknown IR op {type(op).__name__}")  # pragma: no cover
 
 
@@ -167,8 +204,13 @@ def describe(op: object) -> str:
         m = op.meta
         kind = "linear" if m.is_linear else f"conv {m.kh}x{m.kw}/{m.stride_h} g{m.groups}"
         res = " + residual" if op.residual is not None else ""
-        return f"{kind} {m.c_in}->{m.c_out} {m.h}x{m.w}{res}, act {ACT_NAMES[op.act]}: {op.kernel} v{op.variant}"
-    return type(op).__name__.removesuffix("Op").lower()
+        return f"{kind} {m.c_in}->{m.c_out} {m.h}x{m.w}{res}, act {act_name(op.act)}: {op.kernel} v{op.variant}"
+    if isinstance(op, TorchOp):
+        return f"torch: {op.what}"
+    kind = {ChannelScaleOp: "channel scale", LayerNormOp: "channel layernorm"}.get(type(op))
+    kind = kind or type(op).__name__.removesuffix("Op").lower()
+    act = getattr(op, "act", 0)
+    return f"{kind}, act {act_name(act)}" if act else kind
 
 
 def lower(graph: Graph, isa: Isa) -> Lowered:
@@ -179,7 +221,7 @@ def lower(graph: Graph, isa: Isa) -> Lowered:
     blob, arrays = pack_blob(graph, isa)
     em = _Emitter(graph, plan, arrays)
     body = [
-        f"        /* {i}: {_comment(op.name)}: {_comment(describe(op))} */\n        {em.statement(i, op)}\n"
+        f"        /* {i}: {c_comment_text(op.name)}: {c_comment_text(describe(op))} */\n        {em.statement(i, op)}\n"
         f"        LP_TICK({i});"
         for i, op in enumerate(graph.ops)
     ]
@@ -187,7 +229,8 @@ def lower(graph: Graph, isa: Isa) -> Lowered:
     n_in, n_out = graph.input.size, graph.output.size
     source = "\n".join(
         [
-            f"/* Generated by latprune.engine.codegen (latprune {__version__}) from the PyTorch model {graph.name}:",
+            f"/* Generated by latprune.engine.codegen (latprune {__version__}) from the PyTorch model "
+            f"{c_comment_text(graph.name)}:",
             f" * {len(graph.ops)} ops, arena {plan.total_floats} floats per image, target {isa.name}.",
             " * Do not edit: recompile the model with latprune.engine.compile() or `latprune export`. */",
             isa.c_defines().rstrip("\n"),
@@ -239,4 +282,4 @@ def lower(graph: Graph, isa: Isa) -> Lowered:
     return Lowered(source, blob, plan.total_floats, n_in, n_out)
 
 
-__all__ = ["BLOB_ALIGN", "Lowered", "aligned_empty", "describe", "lower", "pack_blob"]
+__all__ = ["BLOB_ALIGN", "Lowered", "aligned_empty", "c_comment_text", "describe", "lower", "pack_blob"]

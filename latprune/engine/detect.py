@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from latprune.engine.isa import Isa, host_isa
-from latprune.engine.kernels import SCHEMES, ConvMeta, KernelSpec, kernels_for
-from latprune.engine.kernels.npas import BLOCK_IN, BLOCK_OUT, FULL_PATTERN, PATTERNS_3x3, is_fc_layer, kernel_patterns
+from latprune.engine.kernels import ConvMeta, KernelSpec, kernels_for
+from latprune.engine.kernels.npas import is_fc_layer
 from latprune.errors import EngineError
+from latprune.schemes import Scheme, SchemeLayer, detection_order, get_scheme, list_schemes
 
 #: A weight "has" a scheme's structure when the zeros inside the entries the structure keeps are at most this
 #: fraction of all its zeros (trained weights are almost never exactly zero by chance, random zeros are).
@@ -48,23 +49,24 @@ DEFAULT_EFFICIENCY = 0.25
 #: the same fit gives 0.06-0.14 depending on the kernel.
 SPARSE_OVERHEAD = 0.08
 
-#: Schemes checked by ``detect_scheme``, most specific first (block-punched 4x4 zeros also have group4 structure).
-DETECTION_ORDER = ("pattern", "block_punched", "block_fc", "group4", "nm24", "unstructured")
+
+def _scheme(name: str) -> Scheme:
+    """The registry entry of ``name``, or EngineError listing the schemes the engine knows."""
+    if name not in list_schemes():
+        raise EngineError(f"Unknown sparsity scheme '{name}'; choose one of: {', '.join(list_schemes())}.")
+    return get_scheme(name)
+
+
+def scheme_layer(meta: ConvMeta) -> SchemeLayer:
+    """The engine's view of a layer for the scheme registry: its kind, kernel, and whether it is a matrix-vector
+    product (a linear layer, or a 1x1 conv on a 1x1 image)."""
+    kind = "linear" if meta.is_linear else "depthwise" if meta.is_depthwise else "conv"
+    return SchemeLayer(kind, (meta.kh, meta.kw), fc=is_fc_layer(meta))
 
 
 def scheme_applies(scheme: str, meta: ConvMeta) -> bool:
     """Whether ``scheme`` is defined for this layer (shared vocabulary: depthwise convs get no weight sparsity)."""
-    if scheme in ("dense", "unstructured"):
-        return True
-    if meta.is_depthwise:
-        return False
-    if scheme == "pattern":
-        return not meta.is_linear and meta.kh == meta.kw == 3
-    if scheme == "block_punched":
-        return not meta.is_linear
-    if scheme == "block_fc":
-        return is_fc_layer(meta)
-    return scheme in ("group4", "nm24")
+    return _scheme(scheme).applies(scheme_layer(meta))
 
 
 def _check(weight: np.ndarray, meta: ConvMeta) -> np.ndarray:
@@ -77,57 +79,17 @@ def _check(weight: np.ndarray, meta: ConvMeta) -> np.ndarray:
     return weight
 
 
-def _row_union(nz: np.ndarray, rows: int) -> np.ndarray:
-    """(c_out, ...) bool -> (ceil(c_out/rows), ...) bool: which entries any row of each block of ``rows`` keeps."""
-    nb = -(-nz.shape[0] // rows)
-    padded = np.zeros((nb * rows, *nz.shape[1:]), dtype=bool)
-    padded[: nz.shape[0]] = nz
-    return padded.reshape(nb, rows, *nz.shape[1:]).any(axis=1)
-
-
-def _block_union(nz: np.ndarray) -> np.ndarray:
-    """(c_out, cpg, kh, kw) bool -> (ceil(c_out/4), ceil(cpg/4), kh, kw): kept positions of each 4x4 block."""
-    co, ci, kh, kw = nz.shape
-    nbo, nbi = -(-co // BLOCK_OUT), -(-ci // BLOCK_IN)
-    padded = np.zeros((nbo * BLOCK_OUT, nbi * BLOCK_IN, kh, kw), dtype=bool)
-    padded[:co, :ci] = nz
-    return padded.reshape(nbo, BLOCK_OUT, nbi, BLOCK_IN, kh, kw).any(axis=(1, 3))
-
-
 def scheme_mask(weight: np.ndarray, meta: ConvMeta, scheme: str) -> np.ndarray:
     """The smallest mask with ``scheme``'s structure that keeps every nonzero (bool, the weight's shape).
 
     For nm24 (a limit, not a covering) this is the nonzeros themselves; ``fits_scheme`` checks the limit.
     """
+    spec = _scheme(scheme)
     w = _check(weight, meta)
-    nz = w != 0
-    co = meta.c_out
-    if scheme == "dense":
-        return np.ones_like(nz)
-    if scheme in ("unstructured", "nm24"):
-        return nz
-    if scheme in ("group4", "block_fc"):
-        return _row_union(nz, 4).repeat(4, axis=0)[:co]
-    if scheme == "block_punched":
-        return _block_union(nz).repeat(BLOCK_OUT, axis=0).repeat(BLOCK_IN, axis=1)[:co, : nz.shape[1]]
-    if scheme == "pattern":
-        if (meta.kh, meta.kw) != (3, 3):
-            raise EngineError(f"The pattern scheme needs 3x3 kernels; layer {meta} has {meta.kh}x{meta.kw}.")
-        pid = kernel_patterns(w)  # (c_out, cpg)
-        table = np.zeros((FULL_PATTERN + 2, 9), dtype=bool)  # row 0: removed kernel, 1..8 patterns, 9: full
-        for i, p in enumerate(PATTERNS_3x3):
-            table[i + 1, list(p)] = True
-        table[FULL_PATTERN + 1] = True
-        return table[pid + 1].reshape(nz.shape)
-    raise EngineError(f"Unknown sparsity scheme '{scheme}'; choose one of: {', '.join(SCHEMES)}.")
-
-
-def _nm24_ok(nz: np.ndarray) -> bool:
-    """At most 2 nonzeros in every 4 consecutive input channels at a fixed (co, kh, kw)."""
-    co, ci, kh, kw = nz.shape
-    padded = np.zeros((co, -(-ci // 4) * 4, kh, kw), dtype=bool)
-    padded[:, :ci] = nz
-    return bool((padded.reshape(co, -1, 4, kh, kw).sum(axis=2) <= 2).all())
+    if spec.kernel_sizes and (meta.kh, meta.kw) not in spec.kernel_sizes:
+        sizes = " or ".join(f"{kh}x{kw}" for kh, kw in spec.kernel_sizes)
+        raise EngineError(f"The {scheme} scheme needs {sizes} kernels; layer {meta} has {meta.kh}x{meta.kw}.")
+    return spec.cover(w != 0)
 
 
 def structure_violation(weight: np.ndarray, meta: ConvMeta, scheme: str) -> float:
@@ -136,8 +98,9 @@ def structure_violation(weight: np.ndarray, meta: ConvMeta, scheme: str) -> floa
     zeros = int(w.size - np.count_nonzero(w))
     if zeros == 0:
         return 0.0
-    if scheme == "nm24":
-        return 0.0 if _nm24_ok(w != 0) else 1.0
+    limit = _scheme(scheme).limit
+    if limit is not None:
+        return 0.0 if limit(w != 0) else 1.0
     kept = int(scheme_mask(w, meta, scheme).sum())
     return (kept - (w.size - zeros)) / zeros
 
@@ -154,31 +117,21 @@ def detect_scheme(weight: np.ndarray, meta: ConvMeta) -> str:
     w = _check(weight, meta)
     if np.count_nonzero(w) == w.size:
         return "dense"
-    for scheme in DETECTION_ORDER:
+    for scheme in detection_order():
         if fits_scheme(w, meta, scheme):
             return scheme
-    return "unstructured"  # unreachable: unstructured always fits
+    return "unstructured"  # zeros no registered structure explains (a depthwise conv takes none)
 
 
 def effective_density(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> float:
     """Multiply-adds the kernel's packed format performs, as a fraction of the dense layer's (padding included)."""
     w = _check(weight, meta)
-    nz = w != 0
-    if spec.scheme == "dense":
-        return 1.0
-    if spec.scheme in ("group4", "block_fc"):
-        return float(_row_union(nz.reshape(meta.c_out, -1), 4).sum()) * 4 / w.size
-    if spec.scheme == "block_punched":
-        return float(_block_union(nz).sum()) * BLOCK_OUT * BLOCK_IN / w.size
-    if spec.scheme == "pattern":
-        pid = kernel_patterns(w)
-        return float(4 * np.count_nonzero((pid >= 0) & (pid < FULL_PATTERN)) + 9 * np.count_nonzero(pid == 8)) / w.size
-    return float(np.count_nonzero(nz)) / w.size
+    return float(get_scheme(spec.scheme).work(w != 0)) / w.size
 
 
 def estimated_cost(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> float:
     """Estimated time of ``spec`` on this layer relative to the dense kernel (1.0)."""
-    if spec.scheme == "dense":
+    if not get_scheme(spec.scheme).prunes:
         return 1.0
     # Relative to the dense kernel, which tiles pixels too, so small images do not change the ratio much
     # (measured: the 7x7 ResNet18 layers gave the sparse kernels their best ratios).
@@ -222,19 +175,9 @@ def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1, isa: Is
     return min(cost, key=cost.__getitem__)
 
 
-def _implied(scheme: str, meta: ConvMeta) -> tuple[str, ...]:
-    """``scheme`` and the schemes its structure implies, whose kernels then run the weight with no wasted work:
-    4x4 block-punched zeros are group4 zeros, and on a linear layer group4 and block_fc are the same structure."""
-    if scheme == "block_punched":
-        return ("block_punched", "group4")
-    if scheme in ("group4", "block_fc") and is_fc_layer(meta):
-        return ("block_fc", "group4")
-    return (scheme,)
-
-
 def _candidates(weight: np.ndarray, meta: ConvMeta, declared: str | None) -> list[KernelSpec]:
     dense = dense_kernel(meta)
-    if meta.is_depthwise or declared == "dense":
+    if meta.is_depthwise or (declared is not None and not get_scheme(declared).prunes):
         return [dense]
     if declared is not None and scheme_applies(declared, meta) and kernels_for(declared, meta):
         violation = structure_violation(weight, meta, declared)
@@ -243,9 +186,10 @@ def _candidates(weight: np.ndarray, meta: ConvMeta, declared: str | None) -> lis
                 f"Layer {meta} is declared '{declared}' but its zeros do not have that structure ({violation:.0%} of "
                 f"its zeros fall inside kept blocks); re-prune it with '{declared}' or declare 'unstructured'."
             )
-        return [dense, *(s for scheme in _implied(declared, meta) for s in kernels_for(scheme, meta))]
+        # The kernels of the scheme and of the schemes its structure implies run the weight with no wasted work.
+        return [dense, *(s for scheme in get_scheme(declared).formats for s in kernels_for(scheme, meta))]
     # Nothing declared (or a scheme that does not apply to this layer): every kernel is exact on any weight.
-    sparse = [s for scheme in SCHEMES if scheme != "dense" for s in kernels_for(scheme, meta)]
+    sparse = [s for scheme in list_schemes() if get_scheme(scheme).prunes for s in kernels_for(scheme, meta)]
     return [dense, *sparse]
 
 
@@ -260,8 +204,8 @@ def choose_kernel(
     for the layer (pattern on a 1x1 conv, any scheme on a depthwise conv) is ignored: depthwise convs run dense,
     other layers are chosen from their zeros. ``isa``: the code's target (default: the host's).
     """
-    if declared_scheme is not None and declared_scheme not in SCHEMES:
-        raise EngineError(f"Unknown sparsity scheme '{declared_scheme}'; choose one of: {', '.join(SCHEMES)}.")
+    if declared_scheme is not None:
+        _scheme(declared_scheme)  # unknown names fail with the list of valid ones
     w = _check(weight, meta)
     candidates = _candidates(w, meta, declared_scheme)
     costs = [estimated_cost(spec, w, meta) for spec in candidates]
@@ -271,7 +215,6 @@ def choose_kernel(
 
 __all__ = [
     "DEFAULT_EFFICIENCY",
-    "DETECTION_ORDER",
     "EFFICIENCY",
     "FC_EFFICIENCY",
     "SPARSE_OVERHEAD",
@@ -284,6 +227,7 @@ __all__ = [
     "estimated_cost",
     "fits_scheme",
     "scheme_applies",
+    "scheme_layer",
     "scheme_mask",
     "structure_violation",
 ]

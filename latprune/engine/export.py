@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from latprune._io import atomic_write_bytes, atomic_write_json, atomic_write_text, locks_output
 from latprune._version import __version__
 from latprune.engine.build import CSRC_DIR
 from latprune.engine.capture import capture
-from latprune.engine.codegen import lower
+from latprune.engine.codegen import c_comment_text, lower
 from latprune.engine.isa import ISAS, Isa, host_isa
 from latprune.engine.runtime import choose_kernels, layer_choices
 from latprune.errors import EngineError
@@ -126,6 +126,7 @@ def target_isa(target: str) -> Isa:
     return host_isa() if not name else ISAS[name]
 
 
+@locks_output("out_dir", flag="--c")
 def export_c(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -153,7 +154,7 @@ def export_c(
         "lanes": isa.lanes,
         "cross": cross,
         "isa_flags": " ".join(isa.cflags),
-        "name": graph.name,
+        "name": c_comment_text(graph.name),  # the README's title: one line, no markup from the class name
         "n_in": lowered.input_floats,
         "n_out": lowered.output_floats,
         "c": graph.input.c,

@@ -6,22 +6,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from latprune.engine.activations import ACT_HARDSWISH, ACT_NONE, ACT_RELU, ACT_RELU6, get_activation
 from latprune.engine.kernels import ConvMeta
-
-# Activation codes, identical to LP_ACT_* in csrc/lp_common.h (the generated C passes them through).
-ACT_NONE, ACT_RELU, ACT_RELU6, ACT_HARDSWISH = 0, 1, 2, 3
-ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_RELU6: "relu6", ACT_HARDSWISH: "hardswish"}
 
 #: Every arena buffer starts on a 64-byte boundary (one cache line, one AVX-512 register).
 ALIGN_FLOATS = 16
 
 
+def act_name(code: int) -> str:
+    return get_activation(code).name
+
+
 @dataclass(frozen=True)
 class TensorRef:
-    """A view of one buffer as a per-image tensor: (c, h, w), or (c,) features when ``flat``.
+    """A view of one buffer as a per-image tensor: (c, h, w), or (c,) features when ``flat``, starting
+    ``offset`` floats into the buffer.
 
-    Several refs may share a buffer: ``flatten`` and ``view(N, -1)`` only reinterpret NCHW memory, and
-    in-place activations write back into their input, so neither needs a copy.
+    Several refs may share a buffer: ``flatten`` and ``view(N, -1)`` only reinterpret NCHW memory, in-place
+    activations write back into their input, and a channel range of an NCHW image is contiguous per image,
+    so split/chunk/slices are refs with an offset and the inputs of a concatenation are written straight
+    into their place in its output. None of them needs a copy.
     """
 
     buf: int
@@ -29,6 +33,7 @@ class TensorRef:
     h: int
     w: int
     flat: bool = False
+    offset: int = 0
 
     @property
     def size(self) -> int:
@@ -36,7 +41,11 @@ class TensorRef:
         return self.c * self.h * self.w
 
     def flattened(self) -> TensorRef:
-        return TensorRef(self.buf, self.size, 1, 1, flat=True)
+        return TensorRef(self.buf, self.size, 1, 1, True, self.offset)
+
+    def channels(self, start: int, stop: int) -> TensorRef:
+        """Channels [start, stop) of this ref (features, when flat): a view, no copy."""
+        return TensorRef(self.buf, stop - start, self.h, self.w, self.flat, self.offset + start * self.h * self.w)
 
 
 @dataclass(eq=False)
@@ -128,18 +137,93 @@ class ActOp:
 
 @dataclass(eq=False)
 class CopyOp:
-    """Copy one buffer into another (only when the network's output would otherwise be its input)."""
+    """Copy a tensor into another buffer: an input of a concatenation that could not be computed in place
+    (the network input, a view, or one already placed in another concatenation), or the network output
+    when it would otherwise be the input or a view."""
 
     name: str
     x: TensorRef
     out: TensorRef
+    placeable: bool = False  # a concatenation's input: views.place_concatenations may compute it in place
 
     @property
     def inputs(self) -> list[TensorRef]:
         return [self.x]
 
 
-Op = ConvOp | PoolOp | AdaptiveAvgPoolOp | AddOp | ActOp | CopyOp
+@dataclass(eq=False)
+class ChannelScaleOp:
+    """``out[c] = act(x[c] * scale[c])``: a feature map times a per-channel gate computed by the network (the
+    squeeze-excite multiply); runs in place when nothing reads ``x`` afterwards."""
+
+    name: str
+    x: TensorRef
+    scale: TensorRef  # (c,) features or a (c, 1, 1) image
+    out: TensorRef
+    act: int = ACT_NONE
+
+    @property
+    def inputs(self) -> list[TensorRef]:
+        return [self.x, self.scale]
+
+
+@dataclass(eq=False)
+class LayerNormOp:
+    """LayerNorm over the channels of every pixel (ConvNeXt's channel LayerNorm), then ``act``."""
+
+    name: str
+    x: TensorRef
+    out: TensorRef
+    weight: np.ndarray  # (c,) float32
+    bias: np.ndarray  # (c,) float32
+    eps: float
+    act: int = ACT_NONE
+
+    @property
+    def inputs(self) -> list[TensorRef]:
+        return [self.x]
+
+
+@dataclass(eq=False)
+class TorchOp:
+    """A node the C engine does not compile, run by the torch backend only (``compile(backend="torch")``).
+
+    ``fn(*args, **kwargs)`` is the fx node's own call, with every ``TensorRef`` in ``args``/``kwargs`` read
+    as its (N, C, H, W) or (N, F) tensor; ``outs`` receive the result (a tensor, or a tuple of them).
+    """
+
+    name: str
+    fn: object
+    args: tuple
+    kwargs: dict
+    outs: tuple[TensorRef, ...]
+    what: str
+
+    @property
+    def out(self) -> TensorRef:
+        return self.outs[0]
+
+    @property
+    def inputs(self) -> list[TensorRef]:
+        return [r for r in _flat_refs((self.args, self.kwargs))]
+
+
+def _flat_refs(value: object) -> list[TensorRef]:
+    if isinstance(value, TensorRef):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [r for v in value for r in _flat_refs(v)]
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in _flat_refs(v)]
+    return []
+
+
+Op = ConvOp | PoolOp | AdaptiveAvgPoolOp | AddOp | ActOp | CopyOp | ChannelScaleOp | LayerNormOp | TorchOp
+
+
+def op_outputs(op: Op) -> list[TensorRef]:
+    """Every ref ``op`` writes."""
+    return list(op.outs) if isinstance(op, TorchOp) else [op.out]
 
 
 @dataclass
@@ -185,8 +269,9 @@ def plan_arena(graph: Graph, scratch_floats: dict[int, int]) -> ArenaPlan:
         for ref in op.inputs:
             last[ref.buf] = i
             first.setdefault(ref.buf, i)  # only the input buffer is read before it is written
-        first.setdefault(op.out.buf, i)
-        last[op.out.buf] = max(last.get(op.out.buf, i), i)
+        for out in op_outputs(op):
+            first.setdefault(out.buf, i)
+            last[out.buf] = max(last.get(out.buf, i), i)
     external = {graph.input.buf, graph.output.buf}
     # (key, size, start, end): buffers keyed by id, scratch keyed by -1 - op index
     items = [(b, graph.buffer_sizes[b], first[b], last[b]) for b in first if b not in external]
@@ -222,11 +307,16 @@ __all__ = [
     "AdaptiveAvgPoolOp",
     "AddOp",
     "ArenaPlan",
+    "ChannelScaleOp",
     "ConvOp",
     "CopyOp",
     "Graph",
+    "LayerNormOp",
     "Op",
     "PoolOp",
     "TensorRef",
+    "TorchOp",
+    "act_name",
+    "op_outputs",
     "plan_arena",
 ]

@@ -6,11 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from latprune.engine.activations import ACT_HARDSWISH, ACT_NONE, ACT_RELU, ACT_RELU6, apply_act, get_activation
 from latprune.engine.kernels import ConvMeta
 from latprune.errors import EngineError
-
-#: Activation codes, the same numbers as LP_ACT_* in csrc/lp_common.h.
-ACT_NONE, ACT_RELU, ACT_RELU6, ACT_HARDSWISH = 0, 1, 2, 3
 
 
 def check_layer_args(weight: np.ndarray, bias: np.ndarray | None, meta: ConvMeta, act: int) -> None:
@@ -24,8 +22,7 @@ def check_layer_args(weight: np.ndarray, bias: np.ndarray | None, meta: ConvMeta
         )
     if bias is not None and tuple(np.shape(bias)) != (meta.c_out,):
         raise EngineError(f"The bias has shape {tuple(np.shape(bias))}; layer {meta} needs ({meta.c_out},).")
-    if act not in (ACT_NONE, ACT_RELU, ACT_RELU6, ACT_HARDSWISH):
-        raise EngineError(f"Unknown activation code {act}; use 0 (none), 1 (relu), 2 (relu6) or 3 (hardswish).")
+    get_activation(int(act))  # an unknown code fails with the list of valid ones
     if meta.h_out < 1 or meta.w_out < 1:
         raise EngineError(f"Layer {meta} has an empty output; check its kernel size, stride and padding.")
 
@@ -45,17 +42,6 @@ def as_batch(x: np.ndarray, meta: ConvMeta) -> tuple[np.ndarray, bool]:
             f"{(meta.c_in, meta.h, meta.w)} with an optional batch dimension; pass a matching input."
         )
     return x, single
-
-
-def apply_act(y: torch.Tensor, act: int) -> torch.Tensor:
-    """The activation numbered ``act`` (LP_ACT_*)."""
-    if act == ACT_RELU:
-        return F.relu(y)
-    if act == ACT_RELU6:
-        return F.relu6(y)
-    if act == ACT_HARDSWISH:
-        return F.hardswish(y)
-    return y
 
 
 def conv_reference(

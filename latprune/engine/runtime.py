@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
+import re
+import stat
 import statistics
 import threading
 import time
@@ -25,9 +28,10 @@ from latprune.engine.codegen import aligned_empty, describe, lower
 from latprune.engine.detect import choose_kernel
 from latprune.engine.ir import Graph
 from latprune.engine.isa import Isa, host_isa, runnable_isas
-from latprune.engine.kernels import SCHEMES
 from latprune.engine.torch_backend import TorchGraphRunner
+from latprune.engine.trust import check_private, read_verified, verify_library, write_private
 from latprune.errors import EngineError
+from latprune.schemes import list_schemes
 
 BACKENDS = ("c", "torch")
 
@@ -76,9 +80,9 @@ def choose_kernels(
             f"The schemes mapping names layer(s) {', '.join(unknown)} that the model does not have; "
             f"use conv/linear module names such as {sorted(names)[:3]}."
         )
-    bad = sorted(f"{k}={v}" for k, v in schemes.items() if v not in SCHEMES)
+    bad = sorted(f"{k}={v}" for k, v in schemes.items() if v not in list_schemes())
     if bad:
-        raise EngineError(f"Unknown sparsity scheme in {', '.join(bad)}; choose one of {', '.join(SCHEMES)}.")
+        raise EngineError(f"Unknown sparsity scheme in {', '.join(bad)}; choose one of {', '.join(list_schemes())}.")
     for op in graph.conv_ops():
         spec, variant = choose_kernel(
             op.weight, op.meta, declared_scheme=schemes.get(op.name), nthreads=threads, isa=isa
@@ -103,7 +107,13 @@ def layer_choices(graph: Graph) -> tuple[LayerChoice, ...]:
     )
 
 
+#: Most threads a saved model may ask for (a manifest edited to 10**9 threads would exhaust the process).
+MAX_THREADS = 1024
+
+
 def _spec_from_json(d: dict[str, Any]) -> CompiledSpec:
+    if not isinstance(d, dict):
+        raise TypeError(f"model.json holds a {type(d).__name__}, not an object")
     return CompiledSpec(
         name=d["name"],
         input_shape=tuple(d["input_shape"]),
@@ -132,16 +142,19 @@ class CompiledModel:
         blob: np.ndarray | None,
         lib_path: Path | None,
         runner: TorchGraphRunner | None = None,
+        lib_sha256: str | None = None,
     ) -> None:
         self.spec = spec
         self.source = source
         self.blob = blob
         self.lib_path = lib_path
+        self.lib_sha256 = lib_sha256  # None: a cache entry, verified against its sidecar
         self._runner = runner
         self._lock = threading.Lock()
         self._fn = None
         if lib_path is not None:
-            lib = load_library(lib_path)
+            self.lib_sha256 = verify_library(lib_path, lib_sha256)
+            lib = load_library(lib_path, self.lib_sha256)
             self._lib = lib  # keep the handle alive as long as the function pointer
             self._fn = lib.lp_forward
             self._fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int, ctypes.c_int]
@@ -249,18 +262,45 @@ class CompiledModel:
                 "backend='c' to save it."
             )
         directory = Path(directory)
-        atomic_write_text(directory / "model.c", self.source)
-        atomic_write_bytes(directory / "weights.bin", self.blob.tobytes())
-        atomic_write_bytes(directory / "model.so", self.lib_path.read_bytes())
-        meta = asdict(self.spec)
-        meta["weights_sha256"] = hashlib.sha256(self.blob.tobytes()).hexdigest()
-        atomic_write_json(directory / "model.json", meta)
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_private(directory, "saved model folder")  # load() refuses a folder others could write: refuse it now
+        library = read_verified(self.lib_path, self.lib_sha256)  # the bytes that were verified and loaded
+        blob = self.blob.tobytes()
+        write_private(directory / "model.so", library, 0o755)
+        for name, write in (
+            ("model.c", lambda p: atomic_write_text(p, self.source)),
+            ("weights.bin", lambda p: atomic_write_bytes(p, blob)),
+            ("model.json", lambda p: atomic_write_json(p, self._manifest(blob, library))),
+        ):
+            path = write(directory / name)
+            path.chmod(path.stat().st_mode & ~0o022)  # nobody else may swap what load() will trust
         return directory
+
+    def _manifest(self, blob: bytes, library: bytes) -> dict[str, Any]:
+        """model.json: the spec, plus what load() checks the other files against before running any of them."""
+        meta = asdict(self.spec)
+        meta["weights_sha256"] = hashlib.sha256(blob).hexdigest()
+        meta["weights_bytes"] = len(blob)
+        meta["weights_arrays"] = blob_layout(np.frombuffer(blob, np.uint8))
+        meta["library_sha256"] = hashlib.sha256(library).hexdigest()
+        return meta
 
     @classmethod
     def load(cls, directory: str | Path) -> CompiledModel:
-        """Load a saved model: its own model.so when it was built for this ISA, else rebuild from model.c."""
-        directory = Path(directory)
+        """Load a saved model: its own model.so when it was built for this ISA, else rebuild from model.c.
+
+        Nothing from the folder runs before it is checked: the folder and its files must be yours (or root's) and
+        not writable by others, model.so must match the sha256 in model.json, weights.bin its size, hash and
+        array layout, and the library's own arena, input, output and op counts must match model.json. Any
+        mismatch is one sentence; without these checks an edited model.json crashed the process (SIGSEGV).
+        """
+        directory = Path(directory).resolve()  # a symlink you pass is yours; the folder it names is checked
+        check_private(directory, "saved model folder")
+        for name in ("model.json", "weights.bin", "model.c"):
+            if os.path.lexists(directory / name) and not stat.S_ISREG(
+                check_private(directory / name, "saved model file").st_mode
+            ):  # a FIFO or device would block or never end the read
+                raise EngineError(f"'{directory / name}' is not a regular file; save the model again.")
         meta = read_json(directory / "model.json", "compiled model description")
         try:
             spec = _spec_from_json(meta)
@@ -271,22 +311,86 @@ class CompiledModel:
                 f"The compiled model in '{directory}' is incomplete ({type(exc).__name__}: {exc}); "
                 "save it again with CompiledModel.save()."
             ) from None
-        if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
-            raise EngineError(
-                f"'{directory / 'weights.bin'}' does not match model.json (truncated or replaced); "
-                "save the model again."
-            )
         if spec.version != __version__:
             raise EngineError(
                 f"The compiled model in '{directory}' was saved by latprune {spec.version}, this is "
                 f"{__version__}; recompile it from the PyTorch model."
             )
+        _check_weights(directory, meta, raw, source)
+        if not 1 <= spec.threads <= MAX_THREADS:
+            raise EngineError(
+                f"'{directory / 'model.json'}' asks for {spec.threads} threads; it was edited, so save the model again."
+            )
         blob = aligned_empty(len(raw))
         blob[:] = np.frombuffer(raw, np.uint8)
-        lib = directory / "model.so"
+        lib, lib_sha256 = directory / "model.so", meta.get("library_sha256")
         if spec.isa not in runnable_isas() or not lib.is_file():
-            lib = build_shared_library(source)
-        return cls(spec, source, blob, lib)
+            lib, lib_sha256 = build_shared_library(source), None
+        elif not isinstance(lib_sha256, str):
+            raise EngineError(
+                f"'{directory / 'model.json'}' records no library_sha256 for model.so, so the library cannot be "
+                "verified; save the model again (or delete model.so to rebuild it from model.c)."
+            )
+        cm = cls(spec, source, blob, lib, lib_sha256=lib_sha256)
+        _check_sizes(cm, directory)
+        return cm
+
+
+def blob_layout(blob: np.ndarray) -> list[int]:
+    """Bytes from each packed array's offset to the next (the last: to the end), read from the blob's offset table.
+
+    ``pack_blob`` writes the table (one int64 per array, then zeros up to the first array's 64-byte-aligned
+    offset), so the sizes are recoverable from the blob itself; saving them lets load() detect a blob that was
+    truncated or re-laid out even when its hash in model.json was updated to match.
+    """
+    header = int(blob[:8].view("<i8")[0]) if len(blob) >= 8 else 0
+    if header == 0:
+        return []  # no arrays (a network without convs): the table is all zeros
+    if header < 0 or header % 64 or header > len(blob):
+        return [-1]  # not a table pack_blob writes: fails every comparison
+    table = blob[:header].view("<i8")
+    offsets = [int(o) for o in table if o != 0]
+    ends = [*offsets[1:], len(blob)]
+    return [end - off for off, end in zip(offsets, ends, strict=True)]
+
+
+_LP_ARR = re.compile(r"LP_ARR\(\w+, (\d+)\)")
+
+
+def _check_weights(directory: Path, meta: dict[str, Any], raw: bytes, source: str) -> None:
+    """weights.bin against model.json (hash, size, layout) and against model.c (how many arrays it reads)."""
+    path = directory / "weights.bin"
+    if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
+        raise EngineError(f"'{path}' does not match model.json (truncated or replaced); save the model again.")
+    layout = blob_layout(np.frombuffer(raw, np.uint8))
+    needed = max((int(k) for k in _LP_ARR.findall(source)), default=-1) + 1
+    if meta.get("weights_bytes") != len(raw) or meta.get("weights_arrays") != layout or len(layout) != needed:
+        raise EngineError(
+            f"'{path}' holds {len(raw)} bytes in {len(layout)} arrays, but model.json records "
+            f"{meta.get('weights_bytes')} bytes in {len(meta.get('weights_arrays') or [])} and model.c reads "
+            f"{needed} arrays; the files were edited or mixed up, so save the model again."
+        )
+
+
+def _check_sizes(cm: CompiledModel, directory: Path) -> None:
+    """The library's own arena, input, output and op counts must match the spec the caller sizes buffers by."""
+    lib, spec = cm._lib, cm.spec
+    expected = {
+        "arena_floats": spec.arena_floats,
+        "input floats": int(np.prod(spec.input_shape)),
+        "output floats": int(np.prod(spec.output_shape)),
+        "ops": len(spec.ops),
+    }
+    for (what, want), fn in zip(
+        expected.items(), ("lp_arena_floats", "lp_input_floats", "lp_output_floats", "lp_num_ops"), strict=True
+    ):
+        getattr(lib, fn).restype = ctypes.c_int
+        got = int(getattr(lib, fn)())
+        if got != want:
+            raise EngineError(
+                f"'{directory / 'model.json'}' records {want} {what}, but its library needs {got}; the manifest was "
+                "edited or belongs to another build, so save the model again."
+            )
 
 
 def compile(
@@ -301,8 +405,9 @@ def compile(
 
     ``schemes`` declares the sparsity scheme of named conv/linear layers (else it is detected from the
     zeros); ``autotune`` times each layer's kernel variants and keeps the fastest (cached per device).
-    ``backend="torch"`` interprets the same IR with torch ops; it runs only when asked for, never as a
-    silent fallback, so a missing C compiler is an error that names ``CC``.
+    ``backend="torch"`` interprets the same IR with torch ops, and runs the model's own code for ops the C
+    engine does not compile; it runs only when asked for, never as a silent fallback, so a missing C compiler
+    or an unsupported op is an error that says so.
     """
     if backend not in BACKENDS:
         raise EngineError(f"Unknown engine backend {backend!r}; choose 'c' (generated C) or 'torch' (reference).")
@@ -310,7 +415,7 @@ def compile(
         raise EngineError(f"threads must be at least 1, got {threads}.")
     if backend == "c":
         find_compiler()  # fail before any work when there is no compiler
-    graph = capture(model, example_input)
+    graph = capture(model, example_input, allow_torch_ops=backend == "torch")
     out = graph.output
     out_shape = (out.c,) if out.flat else (out.c, out.h, out.w)
     in_shape = (graph.input.c, graph.input.h, graph.input.w)

@@ -14,7 +14,7 @@ from latprune.latency.jobs import (
     save_measurements,
 )
 from latprune.latency.measure import measure_jobs
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import (
     AdditiveTerm,
     LatencyProfile,
@@ -26,8 +26,8 @@ from latprune.latency.profile import (
 from latprune.latency.profiling import ProfileConfig, assemble, make_jobs, model_space, profile_model
 from latprune.latency.sampling import sample_archs
 from latprune.latency.validate import (
+    LatencyValidation,
     ValidationConfig,
-    ValidationResult,
     latency_stats,
     validate_latency,
     write_validation,
@@ -37,16 +37,16 @@ __all__ = [
     "AdditiveTerm",
     "DeviceFingerprint",
     "GridConfig",
-    "LatencyPredictor",
     "LatencyProfile",
     "LatencyTable",
+    "LatencyValidation",
     "LayerSignature",
     "Measurements",
     "ProfileConfig",
     "ProfileJobs",
     "TimingConfig",
+    "TrilinearPredictor",
     "ValidationConfig",
-    "ValidationResult",
     "assemble",
     "assemble_profile",
     "current_fingerprint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from latprune.errors import ProfileError
 from latprune.latency.profile import GridSpec, LayerSignature
+from latprune.schemes import get_scheme
 
 
 @dataclass(frozen=True)
@@ -110,15 +112,20 @@ def grid_for(
 
 
 def plan_grids(space: Any, config: GridConfig, rng: np.random.Generator) -> list[tuple[LayerSignature, GridSpec]]:
-    """One (signature, grid) per distinct layer signature of ``space``, in first-use order."""
+    """One (signature, grid) per distinct layer signature of ``space``, in first-use order; a layer with a choice of
+    schemes has one signature per scheme (a scheme that zeroes no weights is measured at sparsity 0 only)."""
     ranges = layer_ranges(space, config.range_samples, rng) if config.trim_to_space else []
     by_sig: dict[LayerSignature, list[LayerRange]] = {}
     mult: dict[LayerSignature, tuple[int, int]] = {}
     for li, layer in enumerate(space.layers):
-        sig = LayerSignature.of_layer(layer)
-        by_sig.setdefault(sig, []).extend(ranges[li : li + 1])
-        m_in = _multiple(space, getattr(layer, "in_group", None))
-        m_out = _multiple(space, getattr(layer, "out_group", None))
-        old = mult.get(sig, (1, 1))
-        mult[sig] = (max(old[0], m_in), max(old[1], m_out))
+        for scheme in getattr(layer, "options", None) or (layer.scheme,):
+            sig = LayerSignature.of_layer(layer, scheme)
+            own = ranges[li : li + 1]
+            if own and not get_scheme(scheme).prunes:
+                own = [dataclasses.replace(own[0], sparsity=(0.0, 0.0))]
+            by_sig.setdefault(sig, []).extend(own)
+            m_in = _multiple(space, getattr(layer, "in_group", None))
+            m_out = _multiple(space, getattr(layer, "out_group", None))
+            old = mult.get(sig, (1, 1))
+            mult[sig] = (max(old[0], m_in), max(old[1], m_out))
     return [(sig, grid_for(sig, rs, config, mult[sig])) for sig, rs in by_sig.items()]

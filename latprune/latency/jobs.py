@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from latprune._busy import LoadCheck
 from latprune._io import atomic_write_json, read_json
 from latprune.engine.fingerprint import DeviceFingerprint
 from latprune.errors import LatpruneError, ProfileError
 from latprune.latency.grid import GridConfig, plan_grids
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import (
     AdditiveTerm,
     CalibrationPoint,
@@ -117,6 +118,32 @@ class ModelJob:
     name: str
     widths: tuple[float, ...] | None  # None: the unpruned model
     sparsities: tuple[float, ...] | None
+    schemes: tuple[str, ...] | None = None  # per layer, where the space lets layers choose (None: the defaults)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "widths": None if self.widths is None else list(self.widths),
+            "sparsities": None if self.sparsities is None else list(self.sparsities),
+        }
+        if self.schemes is not None:  # absent from one-scheme jobs, so their files (and digests) stay as they were
+            d["schemes"] = list(self.schemes)
+        return d
+
+    @classmethod
+    def from_json(cls, m: dict[str, Any]) -> ModelJob:
+        return cls(
+            str(m["name"]),
+            None if m["widths"] is None else tuple(float(w) for w in m["widths"]),
+            None if m["sparsities"] is None else tuple(float(s) for s in m["sparsities"]),
+            None if m.get("schemes") is None else tuple(str(s) for s in m["schemes"]),
+        )
+
+    def arch(self) -> Any:
+        """The job's architecture (a ``latprune.space.Arch``); None for the unpruned model."""
+        from latprune.space import Arch
+
+        return None if self.widths is None else Arch(self.widths, self.sparsities or (), self.schemes or ())
 
 
 @dataclass(frozen=True)
@@ -149,14 +176,7 @@ class ProfileJobs:
                 {"key": t.signature.key, "signature": t.signature.to_json(), "grid": t.grid.to_json(), "seed": t.seed}
                 for t in self.tables
             ],
-            "models": [
-                {
-                    "name": m.name,
-                    "widths": None if m.widths is None else list(m.widths),
-                    "sparsities": None if m.sparsities is None else list(m.sparsities),
-                }
-                for m in self.models
-            ],
+            "models": [m.to_json() for m in self.models],
         }
 
     @classmethod
@@ -168,14 +188,7 @@ class ProfileJobs:
             grid = GridSpec.from_json(t["grid"])
             grid.validate()
             tables.append(TableJob(LayerSignature.from_json(t["signature"]), grid, int(t["seed"])))
-        models = tuple(
-            ModelJob(
-                str(m["name"]),
-                None if m["widths"] is None else tuple(float(w) for w in m["widths"]),
-                None if m["sparsities"] is None else tuple(float(s) for s in m["sparsities"]),
-            )
-            for m in d["models"]
-        )
+        models = tuple(ModelJob.from_json(m) for m in d["models"])
         return cls(
             ModelSpec.from_dict(d["model"]),
             str(d["scheme"]),
@@ -202,6 +215,7 @@ class Measurements:
     models: tuple[float, ...]  # same order as jobs.models
     seconds: float
     call_overhead_ms: float = 0.0  # median Python-to-C call overhead taken out of every table point
+    load: LoadCheck = field(default_factory=LoadCheck)  # whether the machine looked busy while measuring
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -211,6 +225,7 @@ class Measurements:
             "fingerprint": self.fingerprint.to_json(),
             "seconds": round(self.seconds, 3),
             "call_overhead_ms": round(self.call_overhead_ms, 6),
+            "load": self.load.to_json(),
             "tables": [
                 {"key": j.signature.key, "ms": np.round(ms, 6).tolist()}
                 for j, ms in zip(self.jobs.tables, self.tables, strict=True)
@@ -248,6 +263,7 @@ class Measurements:
             tuple(float(m["ms"]) for m in d["models"]),
             float(d["seconds"]),
             float(d["call_overhead_ms"]),
+            LoadCheck.from_json(d.get("load")),
         )
 
 
@@ -306,19 +322,19 @@ def emit_jobs(
     )
     models = [ModelJob("dense", None, None)]
     if calibration_models >= 2:
-        g = len(space.groups)
-        smallest = np.concatenate([space.xl[:g], space.xu[g:]])  # thinnest widths, highest sparsities
+        g, n_layers = len(space.groups), len(space.layers)
+        smallest = np.array(space.xl)  # thinnest widths, highest sparsities, default schemes
+        smallest[g : g + n_layers] = space.xu[g : g + n_layers]
         xs = [smallest, *sample_archs(space, rng, calibration_models - 2, "spread")]
         for i, x in enumerate(xs):
             arch = space.decode(np.asarray(x))
-            models.append(ModelJob("smallest" if i == 0 else f"random{i}", arch.widths, arch.sparsities))
+            schemes = arch.schemes if getattr(space, "n_choices", 0) else None
+            models.append(ModelJob("smallest" if i == 0 else f"random{i}", arch.widths, arch.sparsities, schemes))
     return ProfileJobs(model, space.scheme, threads, grid.n_channels, grid.n_sparsity, timing, tables, tuple(models))
 
 
 def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
     """Build the profile from ``m``: the tables as measured, the additive term fitted to the whole models."""
-    from latprune.space import Arch
-
     jobs = m.jobs
     tables = tuple(LatencyTable(j.signature, j.grid, ms) for j, ms in zip(jobs.tables, m.tables, strict=True))
     bare = LatencyProfile(
@@ -333,11 +349,12 @@ def assemble_profile(m: Measurements, space: Any) -> LatencyProfile:
         build_seconds=m.seconds,
         statistic=jobs.timing.statistic,
         layer_overhead_ms=m.call_overhead_ms,
+        load=m.load,
     )
-    predictor = LatencyPredictor(bare, space)
+    predictor = TrilinearPredictor(bare, space)
     points = []
     for job, measured in zip(jobs.models, m.models, strict=True):
-        arch = space.dense_arch() if job.widths is None else Arch(job.widths, job.sparsities or ())
+        arch = space.dense_arch() if job.widths is None else job.arch()
         x = _encode_unbounded(space, arch)
         layer_sum = float(predictor.predict(x[None])[0])
         points.append(CalibrationPoint(job.name, layer_sum, measured, float(predictor.weight_mb(x[None])[0])))

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,11 +14,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from latprune._busy import LoadMonitor, busy_warning
+from latprune._limits import usable_cores
 from latprune.engine.fingerprint import current_fingerprint
 from latprune.errors import ProfileError
 from latprune.latency.jobs import Measurements, ModelJob, ProfileJobs, TableJob, TimingConfig, check_statistic
 from latprune.latency.profile import LayerSignature
 from latprune.models import ModelSpec
+from latprune.schemes import get_scheme, make_mask
 
 #: Activation timed with every layer (ReLU; the fused epilogue costs about the same for every activation).
 _ACT_RELU = 1
@@ -39,14 +43,12 @@ def layer_meta(sig: LayerSignature, c_in: int, c_out: int) -> Any:
 def masked_weight(full: np.ndarray, sig: LayerSignature, c_in: int, c_out: int, sparsity: float) -> np.ndarray:
     """The top-left (c_out, c_in/groups) slice of ``full`` with the scheme's mask at ``sparsity`` applied.
 
-    The mask comes from the pruning package's generator, so the zeros have exactly the structure (and the
-    spread over groups) that a pruned model hands to the engine.
+    The mask comes from the scheme registry's generator (what pruning uses), so the zeros have exactly the
+    structure (and the spread over groups) that a pruned model hands to the engine.
     """
-    from latprune.prune import make_mask
-
     per_group = 1 if sig.kind == "depthwise" else c_in // sig.groups
     w = np.ascontiguousarray(full[:c_out, :per_group])  # (c_out, c_in/groups, kh, kw)
-    if sparsity <= 0.0 or sig.scheme == "dense":
+    if sparsity <= 0.0 or not get_scheme(sig.scheme).prunes:
         return w
     wt = torch.from_numpy(w)
     if sig.kind == "linear":
@@ -57,26 +59,32 @@ def masked_weight(full: np.ndarray, sig: LayerSignature, c_in: int, c_out: int, 
 
 def declared_scheme(scheme: str, sparsity: float) -> str | None:
     """The scheme declared to the engine: the layer's scheme once it has zeros, else none (dense weights)."""
-    return scheme if sparsity > 0.0 and scheme != "dense" else None
+    return scheme if sparsity > 0.0 and get_scheme(scheme).prunes else None
 
 
-def time_call(call: Callable[[], object], warmup: int, repeats: int, statistic: str) -> float:
+def time_call(
+    call: Callable[[], object], warmup: int, repeats: int, statistic: str, monitor: LoadMonitor | None = None
+) -> float:
     """Seconds per ``call()``: samples of back-to-back calls lasting >= ~1 ms each, reduced by ``statistic``.
 
     The same loop times layers and whole models, so both sides of the additive-term fit see the same timer.
+    Each sample reads both clocks; ``monitor`` collects their totals, to tell afterwards whether the machine
+    was busy (see :mod:`latprune._busy`).
     """
-    clock = time.thread_time if statistic == "cpu" else time.perf_counter
     for _ in range(max(1, warmup)):
         call()
-    t0 = clock()
+    t0 = time.perf_counter()
     call()
-    inner = max(1, min(1000, int(1e-3 / max(clock() - t0, 1e-7))))
+    inner = max(1, min(1000, int(1e-3 / max(time.perf_counter() - t0, 1e-7))))
     samples = []
     for _ in range(max(1, repeats)):
-        t0 = clock()
+        c0, t0 = time.thread_time(), time.perf_counter()
         for _ in range(inner):
             call()
-        samples.append((clock() - t0) / inner)
+        wall, cpu = time.perf_counter() - t0, time.thread_time() - c0
+        samples.append((cpu if statistic == "cpu" else wall) / inner)
+        if monitor is not None:
+            monitor.add_sample(wall, cpu)
     return min(samples) if statistic == "min" else statistics.median(samples)
 
 
@@ -122,7 +130,14 @@ def call_overhead_ms(layer: Any, x: np.ndarray, out: np.ndarray, timing: TimingC
 
 
 def _time_point(
-    sig: LayerSignature, weight: np.ndarray, c_in: int, c_out: int, sparsity: float, threads: int, timing: TimingConfig
+    sig: LayerSignature,
+    weight: np.ndarray,
+    c_in: int,
+    c_out: int,
+    sparsity: float,
+    threads: int,
+    timing: TimingConfig,
+    monitor: LoadMonitor | None = None,
 ) -> tuple[float, float]:
     """Kernel latency (ms) of one layer with the kernel (and variant) that ``engine.compile`` chooses for this
     weight, and the call overhead (ms) that was taken out of it.
@@ -141,13 +156,13 @@ def _time_point(
     layer = bind_layer(spec, weight, np.zeros(c_out, np.float32), meta, _ACT_RELU, variant, threads)
     x = np.random.default_rng(0).standard_normal((meta.c_in, meta.h, meta.w), dtype=np.float32)
     out = np.empty((meta.c_out, meta.h_out, meta.w_out), dtype=np.float32)
-    raw = time_call(lambda: layer.call(x, out), timing.warmup, timing.repeats, timing.statistic) * 1e3
+    raw = time_call(lambda: layer.call(x, out), timing.warmup, timing.repeats, timing.statistic, monitor) * 1e3
     overhead = call_overhead_ms(layer, x, out, timing)
     return max(raw - overhead, 0.0), overhead
 
 
 def measure_table(
-    job: TableJob, threads: int, timing: TimingConfig, tick: Callable[[], None]
+    job: TableJob, threads: int, timing: TimingConfig, tick: Callable[[], None], monitor: LoadMonitor | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel latency (ms) of every grid point of ``job``, shaped like its grid (call overhead taken out), and
     the call overhead (ms) subtracted at each point."""
@@ -164,7 +179,7 @@ def measure_table(
             c_in = co if grid.tied else ci
             for k, s in enumerate(grid.sparsity):
                 weight = masked_weight(full, sig, c_in, co, s)
-                out[i, j, k], overhead[i, j, k] = _time_point(sig, weight, c_in, co, s, threads, timing)
+                out[i, j, k], overhead[i, j, k] = _time_point(sig, weight, c_in, co, s, threads, timing, monitor)
                 tick()
     return out, overhead
 
@@ -182,18 +197,13 @@ def build_model(
     if job is None or job.widths is None:
         return model, {}
     from latprune.prune import apply_plan, bake_masks, plan_from_arch
-    from latprune.space import Arch, SearchSpace
+    from latprune.space import SearchSpace
 
     if space is None:
         space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme=scheme)
-    arch = Arch(job.widths, job.sparsities or ())
-    plan = plan_from_arch(model, space, arch)
-    schemes = {
-        layer.name: d
-        for layer, s in zip(space.layers, arch.sparsities, strict=True)
-        if (d := declared_scheme(layer.scheme, s)) is not None
-    }
-    return bake_masks(apply_plan(model, plan)).eval(), schemes  # plain weights with zeros, as export does
+    plan = plan_from_arch(model, space, job.arch())
+    # plain weights with zeros, as export does; every sparse layer's scheme declared to the engine
+    return bake_masks(apply_plan(model, plan)).eval(), plan.layer_schemes()
 
 
 def compile_model(
@@ -208,7 +218,12 @@ def compile_model(
     return lambda: compiled(xn, threads)
 
 
-def time_models(calls: Sequence[Callable[[], object]], timing: TimingConfig, progress: bool = False) -> list[float]:
+def time_models(
+    calls: Sequence[Callable[[], object]],
+    timing: TimingConfig,
+    progress: bool = False,
+    monitor: LoadMonitor | None = None,
+) -> list[float]:
     """Latency (ms) of each compiled model, timed in ``timing.model_rounds`` interleaved rounds.
 
     A burst of load from other processes lasts seconds: timing every model once per round, round after round,
@@ -222,7 +237,9 @@ def time_models(calls: Sequence[Callable[[], object]], timing: TimingConfig, pro
         for r in range(rounds):
             for i, call in enumerate(calls):
                 warmup = timing.model_warmup if r == 0 else 1
-                results[i].append(time_call(call, warmup, per_round, timing.statistic))
+                results[i].append(time_call(call, warmup, per_round, timing.statistic, monitor))
+                if monitor is not None:
+                    monitor.add_round(i, results[i][-1])
                 bar.update(1)
     reduce = min if timing.statistic == "min" else statistics.median
     return [reduce(samples) * 1e3 for samples in results]
@@ -237,17 +254,23 @@ def time_model(
 
 def measure_jobs(jobs: ProfileJobs, progress: bool = True) -> Measurements:
     """Run every job on this machine with its engine; the result carries this machine's fingerprint."""
-    if jobs.threads < 1:
-        raise ProfileError(f"The jobs ask for {jobs.threads} threads; they need at least 1.")
+    if not 1 <= jobs.threads <= usable_cores():  # more threads than cores would time waiting, not the layers
+        raise ProfileError(
+            f"The jobs ask for {jobs.threads} threads, but this machine has {usable_cores()} usable core(s); emit them "
+            f"again with --threads {min(max(jobs.threads, 1), usable_cores())}."
+        )
     check_statistic(jobs.timing.statistic, jobs.threads)
     t0 = time.perf_counter()
     # Torch (mask generation, tracing) on one thread: its idle OpenMP workers spin for a while after each op and
     # would steal the cores the engine is being timed on; on one thread the masks are also faster here.
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monitor = LoadMonitor()
     bar = tqdm(total=jobs.n_points, desc="profile layers", unit="pt", disable=not progress)
     try:
-        measured = [measure_table(job, jobs.threads, jobs.timing, lambda: bar.update(1)) for job in jobs.tables]
+        measured = [
+            measure_table(job, jobs.threads, jobs.timing, lambda: bar.update(1), monitor) for job in jobs.tables
+        ]
         tables = tuple(ms for ms, _ in measured)
         overhead = float(np.median(np.concatenate([o.ravel() for _, o in measured]))) if measured else 0.0
         bar.close()
@@ -260,8 +283,14 @@ def measure_jobs(jobs: ProfileJobs, progress: bool = True) -> Measurements:
                 space = model_space(jobs.model, jobs.scheme)
             model, schemes = build_model(jobs.model, job, jobs.scheme, space)
             calls.append(compile_model(model, schemes, jobs.model, jobs.threads))
-        models = time_models(calls, jobs.timing, progress)
+        models = time_models(calls, jobs.timing, progress, monitor)
     finally:
         bar.close()
         torch.set_num_threads(torch_threads)
-    return Measurements(jobs, current_fingerprint(), tables, tuple(models), time.perf_counter() - t0, overhead)
+    load = monitor.check(jobs.threads)
+    warning = busy_warning(load, "This latency profile")
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+    return Measurements(
+        jobs, current_fingerprint(), tables, tuple(models), time.perf_counter() - t0, overhead, load=load
+    )

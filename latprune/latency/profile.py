@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from latprune._busy import LoadCheck, busy_warning
 from latprune._io import atomic_write_json, read_json
 from latprune.engine.fingerprint import DeviceFingerprint, current_fingerprint
 from latprune.errors import LatpruneError, ProfileError
@@ -55,8 +56,9 @@ class LayerSignature:
         )
 
     @classmethod
-    def of_layer(cls, layer: Any) -> LayerSignature:
-        """The signature of a search-space ``LayerSpec`` (any object with its fields)."""
+    def of_layer(cls, layer: Any, scheme: str | None = None) -> LayerSignature:
+        """The signature of a search-space ``LayerSpec`` (any object with its fields) under ``scheme`` (default: the
+        layer's own); a layer with a choice of schemes has one signature, and one table, per scheme."""
         hw = _pair(layer.in_hw) if layer.in_hw is not None else (1, 1)
         return cls(
             kind=str(layer.kind),
@@ -67,7 +69,7 @@ class LayerSignature:
             padding=_pair(layer.padding),
             groups=int(layer.groups),
             in_hw=hw,
-            scheme=str(layer.scheme),
+            scheme=str(scheme or layer.scheme),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -171,7 +173,7 @@ class LatencyTable:
 @dataclass(frozen=True)
 class CalibrationPoint:
     """One whole model measured end to end, against the sum of its interpolated layer latencies and the size of
-    its packed weights (MB, see ``LatencyPredictor.weight_mb``)."""
+    its packed weights (MB, see ``TrilinearPredictor.weight_mb``)."""
 
     name: str
     layer_sum_ms: float
@@ -289,7 +291,7 @@ class LatencyProfile:
     fingerprint: DeviceFingerprint
     threads: int
     model: ModelSpec
-    scheme: str  # the search space's sparsity scheme (SearchSpace.from_model(..., scheme=))
+    scheme: str  # the search space's scheme(s), "group4" or "group4,pattern" (SearchSpace.from_model(..., scheme=))
     tables: tuple[LatencyTable, ...]
     additive: AdditiveTerm
     grid_n: int  # channel grid divisions (JCW's N)
@@ -297,6 +299,7 @@ class LatencyProfile:
     build_seconds: float
     statistic: str = "median"  # how repeated timings were reduced ("median" or "min"); validation uses the same
     layer_overhead_ms: float = 0.0  # the layer runner's call overhead, measured and taken out of every table point
+    load: LoadCheck = field(default_factory=LoadCheck)  # whether the machine looked busy while it was measured
 
     def table_for(self, signature: LayerSignature) -> LatencyTable | None:
         for t in self.tables:
@@ -320,6 +323,7 @@ class LatencyProfile:
             "build_seconds": round(self.build_seconds, 3),
             "statistic": self.statistic,
             "layer_overhead_ms": round(self.layer_overhead_ms, 6),
+            "load": self.load.to_json(),
             "additive": self.additive.to_json(),
             "tables": [t.to_json() for t in self.tables],
         }
@@ -345,6 +349,7 @@ class LatencyProfile:
             build_seconds=float(d["build_seconds"]),
             statistic=str(d["statistic"]),
             layer_overhead_ms=float(d["layer_overhead_ms"]),
+            load=LoadCheck.from_json(d.get("load")),
         )
 
 
@@ -353,12 +358,14 @@ def save_profile(profile: LatencyProfile, path: str | Path) -> Path:
     return atomic_write_json(path, profile.to_json())
 
 
-def load_profile(path: str | Path, *, force: bool = False) -> LatencyProfile:
-    """Load a profile and refuse it if it was measured on another device or engine build (unless ``force``).
+def load_profile(path: str | Path, *, force: bool = False, threads: int | None = None) -> LatencyProfile:
+    """Load a profile and refuse it if it was measured on another device or engine build, or (given ``threads``)
+    with another thread count than the caller will run (unless ``force``).
 
-    Latency tables from another CPU, compiler or kernel version would make the search optimise for the
-    wrong machine without any visible error, so the default is to refuse; ``force`` downgrades that to a
-    warning (useful to predict for a remote device from the host).
+    Latency tables from another CPU, compiler or kernel version, or timed with 1 thread for a model that will
+    run on 2, would make the search optimise for the wrong machine without any visible error, so the default
+    is to refuse; ``force`` downgrades that to a warning (useful to predict for a remote device from the host).
+    A profile measured on a busy machine (its ``load`` record) is used, with a warning each time it is loaded.
     """
     try:
         data = read_json(path, what="latency profile")
@@ -379,6 +386,14 @@ def load_profile(path: str | Path, *, force: bool = False) -> LatencyProfile:
         raise ProfileError(
             f"The latency profile '{path}' is corrupt or incomplete ({what}); rebuild it with `latprune profile`."
         ) from None
+    if threads is not None and threads != profile.threads:
+        msg = (
+            f"The latency profile '{path}' was measured with {profile.threads} thread(s), but this run uses "
+            f"{threads}; pass --threads {profile.threads}, or profile again with --threads {threads}."
+        )
+        if not force:
+            raise ProfileError(msg)
+        warnings.warn(msg, stacklevel=2)
     here = current_fingerprint()
     diff = profile.fingerprint.differences(here)
     if diff:
@@ -389,4 +404,7 @@ def load_profile(path: str | Path, *, force: bool = False) -> LatencyProfile:
         if not force:
             raise ProfileError(msg)
         warnings.warn(msg, stacklevel=2)
+    busy = busy_warning(profile.load, f"The latency profile '{path}'")
+    if busy:
+        warnings.warn(busy, stacklevel=2)
     return profile

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from latprune._limits import check_seed
 from latprune.errors import ProfileError
 from latprune.latency.grid import GridConfig
 from latprune.latency.jobs import Measurements, ProfileJobs, TimingConfig, assemble_profile, emit_jobs
@@ -22,6 +23,9 @@ class ProfileConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     calibration_models: int = 24  # whole models measured to fit the additive term (dense, smallest, random)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
 
 
 def model_space(spec: ModelSpec, scheme: str) -> object:

@@ -23,6 +23,7 @@ def sample_archs(space: Any, rng: np.random.Generator, n: int, sampling: str) ->
     level = rng.uniform(0.0, 1.0, size=(n, 1))
     u = np.clip(level + rng.normal(0.0, 0.15, size=(n, space.n_var)), 0.0, 1.0)  # (n, n_var)
     g = getattr(space, "n_groups", 0)
-    u[:, g:] = 1.0 - u[:, g:]  # sparsity variables: a high level means little sparsity
+    n_sparsity = space.n_var - g - getattr(space, "n_choices", 0)  # scheme choices (last) stay uniform
+    u[:, g : g + n_sparsity] = 1.0 - u[:, g : g + n_sparsity]  # sparsity variables: a high level means little sparsity
     lo, hi = np.asarray(space.xl), np.asarray(space.xu)
     return np.rint(lo + (hi - lo) * u).astype(np.int64)

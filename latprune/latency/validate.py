@@ -10,10 +10,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latprune._io import atomic_write_json
+from latprune._limits import check_seed
 from latprune.errors import ProfileError
 from latprune.latency.jobs import ModelJob, TimingConfig, check_statistic
 from latprune.latency.measure import build_model, compile_model, time_models
-from latprune.latency.predictor import LatencyPredictor
+from latprune.latency.predictor import TrilinearPredictor
 from latprune.latency.profile import LatencyProfile
 from latprune.latency.sampling import SAMPLINGS, sample_archs
 
@@ -37,6 +38,12 @@ class ValidationConfig:
     sampling: str = "spread"  # "spread" (cover the latency range) or "uniform" (every variable independent)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
+        if self.repeats < 1 or self.rounds < 1 or self.warmup < 0:
+            raise ProfileError(
+                f"Validation needs --repeats and rounds of at least 1 and a warm-up of 0 or more, got {self.repeats}, "
+                f"{self.rounds} and {self.warmup}."
+            )
         if self.samples < 2:
             raise ProfileError(f"Validation needs at least 2 samples to compute a correlation, got {self.samples}.")
         if self.sampling not in SAMPLINGS:
@@ -44,7 +51,7 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True, eq=False)
-class ValidationResult:
+class LatencyValidation:
     """Predicted and measured latency (ms) of each sampled architecture, with summary statistics."""
 
     archs: np.ndarray  # (n, n_var) int
@@ -92,10 +99,10 @@ def latency_stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, floa
 
 def validate_latency(
     profile: LatencyProfile, space: Any, config: ValidationConfig, progress: bool = True
-) -> ValidationResult:
+) -> LatencyValidation:
     """Sample ``config.samples`` architectures of ``space``, predict them, then compile and time each one."""
     check_statistic(config.statistic, profile.threads)
-    predictor = LatencyPredictor(profile, space)
+    predictor = TrilinearPredictor(profile, space)
     rng = np.random.default_rng([config.seed, 1])
     xs = sample_archs(space, rng, config.samples, config.sampling)  # (n, n_var)
     predicted = predictor.predict(xs)
@@ -103,18 +110,18 @@ def validate_latency(
     for i, x in enumerate(tqdm(xs, desc="compile", unit="model", disable=not progress)):
         arch = space.decode(x)
         model, schemes = build_model(
-            profile.model, ModelJob(f"sample{i}", arch.widths, arch.sparsities), space.scheme, space
+            profile.model, ModelJob(f"sample{i}", arch.widths, arch.sparsities, arch.schemes), space.scheme, space
         )
         calls.append(compile_model(model, schemes, profile.model, profile.threads))
     timing = TimingConfig(
         model_warmup=config.warmup, model_repeats=config.repeats, statistic=config.statistic, model_rounds=config.rounds
     )
     measured = np.array(time_models(calls, timing, progress))
-    return ValidationResult(xs, predicted, measured, latency_stats(predicted, measured))
+    return LatencyValidation(xs, predicted, measured, latency_stats(predicted, measured))
 
 
 def write_validation(
-    result: ValidationResult, profile: LatencyProfile, config: ValidationConfig, out_dir: str | Path, tag: str = ""
+    result: LatencyValidation, profile: LatencyProfile, config: ValidationConfig, out_dir: str | Path, tag: str = ""
 ) -> tuple[Path, Path]:
     """Write ``validation{tag}.json`` and a predicted-vs-measured scatter ``validation{tag}.png`` into ``out_dir``."""
     import matplotlib

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from latprune._limits import check_memory
 from latprune.errors import ModelError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -73,12 +75,20 @@ def create_model(
     info = model_info(name)
     if num_classes < 1 or in_channels < 1:
         raise ModelError(f"Model '{name}' needs num_classes ≥ 1 and in_channels ≥ 1, got {num_classes}, {in_channels}.")
-    if width_mult <= 0:
-        raise ModelError(f"Model '{name}' needs a positive width multiplier, got {width_mult}.")
+    if not 0 < width_mult < math.inf:  # NaN too
+        raise ModelError(f"Model '{name}' needs a positive, finite width multiplier, got {width_mult}.")
     size = info.default_input_size if input_size is None else input_size
     if size < 8:
         raise ModelError(f"Model '{name}' needs an input of at least 8x8 pixels, got {size}.")
-    return info.builder(num_classes=num_classes, in_channels=in_channels, input_size=size, width_mult=width_mult)
+    check_memory(4.0 * in_channels * size * size, f"One {in_channels}x{size}x{size} input", "use a smaller input size")
+    try:
+        return info.builder(num_classes=num_classes, in_channels=in_channels, input_size=size, width_mult=width_mult)
+    except (MemoryError, RuntimeError) as exc:  # torch's allocator says "can't allocate memory"
+        if not isinstance(exc, MemoryError) and "allocat" not in str(exc):
+            raise
+        raise ModelError(
+            f"Model '{name}' at width multiplier {width_mult} does not fit in this machine's memory; use a smaller one."
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class ModelSpec:
 
 
 # Importing the definitions registers them.
+from latprune.models import mbconv as _mbconv  # noqa: E402, F401
 from latprune.models import mobilenet as _mobilenet  # noqa: E402, F401
 from latprune.models import resnet as _resnet  # noqa: E402, F401
 

@@ -2,8 +2,17 @@
 
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, PipelinePreset, RunConfig
 from latprune.pipeline._report import ModelRow, RunReport, write_report
-from latprune.pipeline._search_inputs import SearchInputs, build_search_inputs, checkpoint_data, completed_calls
-from latprune.pipeline._stages import run_pipeline, time_model
+from latprune.pipeline._search_inputs import (
+    SearchInputs,
+    SearchJob,
+    SearchOutcome,
+    build_search_inputs,
+    checkpoint_data,
+    completed_calls,
+    search_checkpoint,
+    search_inputs,
+)
+from latprune.pipeline._stages import run_pipeline
 
 __all__ = [
     "PIPELINE_PRESETS",
@@ -13,10 +22,13 @@ __all__ = [
     "RunConfig",
     "RunReport",
     "SearchInputs",
+    "SearchJob",
+    "SearchOutcome",
     "build_search_inputs",
     "checkpoint_data",
     "completed_calls",
     "run_pipeline",
-    "time_model",
+    "search_checkpoint",
+    "search_inputs",
     "write_report",
 ]

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latprune._limits import check_seed
+from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime
 from latprune.errors import LatpruneError
 from latprune.search import MODES, SELECTIONS
 
+#: What a run prunes when neither --model nor a --checkpoint says.
+DEFAULT_MODEL = "resnet20"
+DEFAULT_DATA = "fashion-mnist"
 STAGES = ("baseline", "profile", "search", "select", "retrain", "measure", "export", "report")
 
 
@@ -51,8 +57,8 @@ class RunConfig:
     """Every setting of one pipeline run. ``None`` fields take the preset's value (see :meth:`resolved`)."""
 
     out_dir: Path
-    model: str = "resnet20"
-    data: str = "fashion-mnist"
+    model: str | None = None  # None: the --checkpoint's model, or DEFAULT_MODEL when the parent is trained here
+    data: str | None = None  # None: the dataset the --checkpoint was trained on, or DEFAULT_DATA
     preset: str = "quick"
     checkpoint: Path | None = None  # a trained parent; None trains one for baseline_epochs
     profile: Path | None = None  # a latency profile of this device; None profiles it
@@ -69,7 +75,8 @@ class RunConfig:
     finetune_lr: float | None = None
     distill: bool | None = None
     baseline_epochs: int | None = None
-    threads: int = 1  # latency is measured at batch 1 with this many engine / ORT / torch threads
+    threads: int = 1  # latency is measured at batch 1 with this many threads on the engine and every runtime
+    runtimes: tuple[str, ...] = DEFAULT_BASELINES  # what the engine is compared with (latprune.bench.list_runtimes)
     timing_runs: int = 200
     seed: int = 0
     device: str = "cpu"  # where training runs
@@ -92,8 +99,15 @@ class RunConfig:
             raise LatpruneError(f"--redo-from {self.redo_from!r} is not a stage; choose one of {', '.join(STAGES)}.")
         if min(self.profile_grid) < 1 or len(self.profile_grid) != 2:
             raise LatpruneError(f"--profile-grid {self.profile_grid} needs two positive numbers N,M, e.g. 8,10.")
+        if not self.runtimes or "engine" in self.runtimes:
+            raise LatpruneError("--runtimes must name at least one runtime to compare the engine with, not the engine.")
+        for name in self.runtimes:
+            get_runtime(name)  # unknown or not installed: one sentence
+        check_seed(self.seed)
         if self.threads < 1 or self.timing_runs < 1:
             raise LatpruneError("--threads and --timing-runs must be at least 1.")
+        if self.finetune_lr is not None and not 0 < self.finetune_lr < math.inf:
+            raise LatpruneError(f"--finetune-lr {self.finetune_lr} must be a positive, finite learning rate.")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise LatpruneError(f"The latency budget {self.latency_budget_ms} ms is not positive; write e.g. 0.2ms.")
         for name in ("checkpoint", "profile"):

@@ -8,7 +8,7 @@ inside themselves from their own checkpoints. ``status.json`` is what a person r
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,20 +18,25 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune._io import atomic_write_json, load_checkpoint, read_json
+from latprune._busy import LoadCheck, busy_warning, worst
+from latprune._io import LOCK_NAME, atomic_write_json, locks_output, read_json
+from latprune.bench import TIMING_ROUNDS
+from latprune.bench.runtimes import runtime_info, time_runtimes
 from latprune.engine import compile
-from latprune.engine.bench import TIMING_ROUNDS, measure_interleaved, onnxruntime_session
 from latprune.engine.isa import cpu_model
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 from latprune.pipeline._config import PIPELINE_PRESETS, STAGES, RunConfig
-from latprune.pipeline._report import ModelRow, RunReport, write_report
-from latprune.pipeline._search_inputs import build_search_inputs
+from latprune.pipeline._preflight import check_run_inputs
+from latprune.pipeline._report import ModelRow, RunReport, reference_runtime, write_report
+from latprune.pipeline._search_inputs import SearchJob, search_checkpoint
 from latprune.prune import PruningPlan, bake_masks, count_params, model_spec_from_checkpoint, plan_from_arch
-from latprune.search import Candidate, SearchResult, get_preset, run_search
+from latprune.search import Candidate, SearchResult, get_preset
 from latprune.space import SearchSpace
 
 RUN_FORMAT = "latprune.run/1"
+#: RunConfig fields that are SearchConfig fields of the same name: they replace the search preset's values.
+_SEARCH_SETTINGS = ("population", "generations", "mode", "selection", "seed", "latency_budget_ms")
 # Settings that may change between a run and its resumption: they only change how results are measured or shown.
 _RESUMABLE = frozenset(
     (
@@ -44,8 +49,16 @@ _RESUMABLE = frozenset(
         "force_profile",
         "profile_grid",
         "redo_from",
+        "runtimes",
     )
 )
+
+#: The first stage each setting changes (the others: "baseline"), see _check_same_run.
+_SETTING_STAGE = {
+    **dict.fromkeys(("preset", "population", "generations", "mode", "selection", "latency_budget_ms"), "search"),
+    "top_k": "select",
+    **dict.fromkeys(("finetune_method", "finetune_epochs", "finetune_lr", "distill"), "retrain"),
+}
 
 
 class _Status:
@@ -56,13 +69,20 @@ class _Status:
         self.data: dict[str, Any] = {"format": RUN_FORMAT, "config": config.to_dict(), "stages": {}}
         if self.path.exists():
             saved = read_json(self.path, what="run status")
-            if saved.get("format") != RUN_FORMAT:
-                raise LatpruneError(f"'{self.path}' is not a latprune run status; choose another --out.")
-            _check_same_run(self.path, saved["config"], self.data["config"])
+            if not _is_status(saved):
+                raise LatpruneError(f"'{self.path}' is not a latprune run status, or is damaged; choose another --out.")
+            stages = saved.get("stages", {})
+            done = {name for name, entry in stages.items() if entry.get("done")}
+            _check_same_run(self.path, saved["config"], self.data["config"], done)
             self.data["stages"] = saved.get("stages", {})
             if config.redo_from is not None:
                 for stage in STAGES[STAGES.index(config.redo_from) :]:
                     self.data["stages"].pop(stage, None)
+        elif any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # a fresh run would overwrite what is there
+            raise LatpruneError(
+                f"The folder '{out_dir}' holds other files but no latprune run (status.json); pick a new or empty "
+                "--out, so that nothing in it is overwritten."
+            )
         self.save()
 
     def done(self, stage: str) -> dict[str, Any] | None:
@@ -83,9 +103,19 @@ class _Status:
         atomic_write_json(self.path, self.data)
 
 
-def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
+def _is_status(saved: Any) -> bool:
+    """Whether a status.json holds what _Status reads (an edited or foreign one is refused, not a traceback)."""
+    if not isinstance(saved, dict) or saved.get("format") != RUN_FORMAT or not isinstance(saved.get("config"), dict):
+        return False
+    stages = saved.get("stages", {})
+    return isinstance(stages, dict) and all(isinstance(entry, dict) for entry in stages.values())
+
+
+def _check_same_run(path: Path, saved: dict[str, Any], now: dict[str, Any], done: set[str]) -> None:
+    """Refuse a setting that differs from what a finished stage used; one that no finished stage used yet may
+    change, so a run refused for a bad value (an impossible --latency-budget) is corrected in the same folder."""
     for key, value in now.items():
-        if key not in _RESUMABLE and saved.get(key) != value:
+        if key not in _RESUMABLE and _SETTING_STAGE.get(key, "baseline") in done and saved.get(key) != value:
             raise LatpruneError(
                 f"The run in '{path.parent}' was started with {key}={saved.get(key)!r}, not {value!r}; rerun with the "
                 "same setting to resume it, or choose another --out."
@@ -106,9 +136,10 @@ def _stage(status: _Status, name: str, index: int, text: str, fn: Callable[[], d
     return status.done(name) or {}
 
 
+@locks_output("config.out_dir")
 def run_pipeline(config: RunConfig) -> RunReport:
     """Run (or resume) every stage of ``config`` and return the report; see the module docstring for the layout."""
-    cfg = config.resolved()
+    cfg = check_run_inputs(config.resolved())
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     status = _Status(out, cfg)
@@ -186,10 +217,11 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
     from latprune.latency.grid import GridConfig
     from latprune.latency.profile import load_profile, save_profile
     from latprune.latency.profiling import ProfileConfig, profile_model
-    from latprune.train.checkpoint import resolve_checkpoint_path
+    from latprune.train.checkpoint import load_checkpoint, resolve_checkpoint_path
 
     if cfg.profile is not None:
-        load_profile(cfg.profile, force=cfg.force_profile)  # refuse another device's profile now, not mid-search
+        # Refuse another device's profile, or one timed with other --threads, now rather than mid-search.
+        load_profile(cfg.profile, force=cfg.force_profile, threads=cfg.threads)
         return {"profile": str(cfg.profile)}
     spec = model_spec_from_checkpoint(load_checkpoint(resolve_checkpoint_path(parent)))
     n, m = cfg.profile_grid
@@ -200,37 +232,16 @@ def _profile(cfg: RunConfig, out: Path, parent: Path) -> dict[str, Any]:
 
 
 def _search(cfg: RunConfig, out: Path, parent: Path, profile: Path) -> dict[str, Any]:
-    from latprune.report import front_table, plot_search
-    from latprune.supernet import SupernetConfig
-
-    preset = get_preset(PIPELINE_PRESETS[cfg.preset].search_preset)
-    search_cfg = dataclasses.replace(
-        preset.search_config(),
-        population=cfg.population,
-        generations=cfg.generations,
-        mode=cfg.mode,
-        selection=cfg.selection,
-        seed=cfg.seed,
-        latency_budget_ms=cfg.latency_budget_ms,
-    )
+    preset = PIPELINE_PRESETS[cfg.preset].search_preset
     run_dir = out / "search"
-    resume = (run_dir / "state.json").exists()
-    inputs = build_search_inputs(
-        parent,
-        profile,
-        SupernetConfig.preset(preset.supernet_preset),
-        seed=cfg.seed,
-        data=cfg.data,
-        force_profile=cfg.force_profile,
-        device=cfg.device,
-        resume_dir=run_dir if resume else None,
-    )
-    result = run_search(
-        inputs.space, inputs.predictor, inputs.estimator, search_cfg, run_dir, resume=resume, meta=inputs.meta
-    )
-    plot_search(run_dir, result=result, title=f"{cfg.model}: {cfg.mode}, {cfg.selection}")
-    print(front_table(result))
-    return {"search": str(run_dir), "front": len(result.front)}
+    search = get_preset(preset).search_config().override(**{k: getattr(cfg, k) for k in _SEARCH_SETTINGS})
+    job = SearchJob(
+        parent, profile, run_dir, preset, search, data=cfg.data, force_profile=cfg.force_profile, device=cfg.device,
+        resume=(run_dir / "state.json").exists(),
+    )  # fmt: skip
+    outcome = search_checkpoint(job)
+    print(outcome.table)
+    return {"search": str(run_dir), "front": len(outcome.result.front)}
 
 
 def _select_text(cfg: RunConfig) -> str:
@@ -310,30 +321,22 @@ def _retrain(cfg: RunConfig, out: Path, parent: Path, models: list[dict[str, Any
     return {"test_acc": accs}
 
 
-def time_model(model: nn.Module, x: torch.Tensor, threads: int, runs: int) -> dict[str, float]:
-    """Batch-1 latency (ms) of ``model`` compiled by the engine, on ONNX Runtime and on PyTorch eager.
+def _time_runtimes(model: nn.Module, x: torch.Tensor, threads: int, runs: int, baselines: tuple[str, ...]) -> dict:
+    """Batch-1 latency (ms) of ``model`` compiled by the engine and on each baseline runtime, and the size of the
+    engine's packed weights.
 
-    The three run in this process with the same thread count, interleaved in rounds, and each reports its
-    fastest round's median (see :func:`latprune.engine.bench.measure_interleaved` for why).
+    They run in this process with the same thread count, interleaved in rounds, and each reports its fastest
+    round's median (see :func:`latprune.bench.measure_interleaved` for why).
     """
     model = model.to(memory_format=torch.contiguous_format).eval()
     xa = x.numpy()
     engine = compile(model, x, threads=threads)
-    sess = onnxruntime_session(model, x, threads)
-    calls = {
-        "engine_ms": lambda: engine(xa),
-        "onnxruntime_ms": lambda: sess.run(None, {"x": xa}),
-        "torch_ms": lambda: model(x),
-    }
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            timings = measure_interleaved(calls, warmup=20, runs=runs)
-    finally:
-        torch.set_num_threads(old)
+    timings = time_runtimes(
+        model, x, threads, ("engine", *baselines), warmup=20, runs=runs, prepared={"engine": lambda: engine(xa)}
+    )
     weights = int(engine.blob.nbytes) if engine.blob is not None else 0
-    return {k: t.median_ms for k, t in timings.items()} | {"engine_weights_bytes": weights}
+    load = worst(t.load for t in timings.values()).to_json()  # was the machine busy meanwhile (latprune._busy)
+    return {"latency_ms": {k: t.median_ms for k, t in timings.items()}, "engine_weights_bytes": weights, "load": load}
 
 
 def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[str, Any]:
@@ -342,14 +345,22 @@ def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[
     dense, ckpt = load_model_from_checkpoint(parent)
     spec = ModelSpec.from_dict({"name": ckpt["model"], **ckpt["model_kwargs"]})
     x = torch.randn(1, spec.in_channels, spec.input_size, spec.input_size, generator=torch.Generator().manual_seed(0))
-    rows = {"dense": time_model(dense, x, cfg.threads, cfg.timing_runs) | {"params": count_params(dense)}}
+    timed = functools.partial(_time_runtimes, x=x, threads=cfg.threads, runs=cfg.timing_runs, baselines=cfg.runtimes)
+    rows = {"dense": timed(dense) | {"params": count_params(dense)}}
+    ref = reference_runtime(cfg.runtimes)
     for name in names:
         model, _ = load_model_from_checkpoint(out / "models" / name / "finetune")
         model = bake_masks(copy.deepcopy(model))
-        rows[name] = time_model(model, x, cfg.threads, cfg.timing_runs) | {"params": count_params(model, nonzero=True)}
-        speedup = rows["dense"]["onnxruntime_ms"] / rows[name]["engine_ms"]
-        print(f"{name}: engine {rows[name]['engine_ms']:.3f} ms ({speedup:.2f}x ONNX Runtime on the dense model)")
-    atomic_write_json(out / "measure.json", {"cpu": cpu_model(), "threads": cfg.threads, "models": rows})
+        rows[name] = timed(model) | {"params": count_params(model, nonzero=True)}
+        ms = rows[name]["latency_ms"]["engine"]
+        speedup = rows["dense"]["latency_ms"][ref] / ms
+        print(f"{name}: engine {ms:.3f} ms ({speedup:.2f}x {runtime_info(ref).label} on the dense model)")
+    load = worst(LoadCheck.from_json(row.get("load")) for row in rows.values())
+    warning = busy_warning(load, "The latency table")
+    if warning:
+        print(f"warning: {warning}")
+    record = {"cpu": cpu_model(), "threads": cfg.threads, "models": rows, "load": load.to_json()}
+    atomic_write_json(out / "measure.json", record)
     return {"measure": str(out / "measure.json")}
 
 
@@ -386,6 +397,7 @@ def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
         preset=cfg.preset,
         rows=tuple(rows),
         stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
+        load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measured latency"),
     )
     write_report(report, out)
     return {"report": str(out / "report.json")}

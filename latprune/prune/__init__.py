@@ -24,7 +24,7 @@ from latprune.prune.plan import (
     uniform_plan,
 )
 from latprune.prune.run import PruneResult, UniformPlanConfig, make_uniform_plan, prune_checkpoint
-from latprune.prune.schemes import (
+from latprune.schemes import (
     PATTERNS_3x3,
     Scheme,
     SchemeParams,

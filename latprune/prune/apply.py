@@ -11,11 +11,10 @@ import torch.nn as nn
 import torch.nn.utils.parametrize as parametrize
 import torch_pruning as tp
 
-from latprune._io import atomic_torch_save, load_checkpoint
 from latprune.errors import ModelError, PlanError
 from latprune.graph import ChannelGraph, build_graph, is_depthwise
 from latprune.prune.plan import ModelSpec, PruningPlan
-from latprune.prune.schemes import make_mask
+from latprune.schemes import make_mask
 
 
 class WeightMask(nn.Module):
@@ -44,7 +43,8 @@ def _check_fits(plan: PruningPlan, graph: ChannelGraph) -> None:
                 f"{found} in the model; apply the plan to the model (and width) it was made for."
             )
         if mg.fixed and len(g.keep) != g.channels:
-            raise PlanError(f"Group '{g.name}' touches a grouped conv and cannot be pruned; keep all its channels.")
+            why = mg.reason or "it touches a grouped conv"
+            raise PlanError(f"Group '{g.name}' cannot be pruned ({why}); keep all its channels.")
     if len(plan.groups) != len(graph.groups):
         missing = sorted(set(model_groups) - {g.name for g in plan.groups})
         raise PlanError(f"The plan does not fit the model: it has no entry for group '{missing[0]}'; regenerate it.")
@@ -195,6 +195,8 @@ def save_pruned(
     """Write a checkpoint (keys "model", "model_kwargs", "state_dict", "plan") that ``load_pruned`` rebuilds."""
     if plan.model is None:
         raise PlanError("The plan names no zoo model; save model.state_dict() and plan.save() yourself.")
+    from latprune.train.checkpoint import atomic_torch_save  # train imports prune: import at call time
+
     ckpt = {
         "model": plan.model.name,
         "model_kwargs": plan.model.kwargs(),
@@ -207,6 +209,8 @@ def save_pruned(
 
 def load_pruned(path: str | os.PathLike[str]) -> tuple[nn.Module, PruningPlan]:
     """Rebuild the pruned model of a checkpoint (file or run folder) written by ``save_pruned`` or by training."""
+    from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
+
     path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)  # a run folder works too
     ckpt = load_checkpoint(path)
     if "plan" not in ckpt or "state_dict" not in ckpt:

@@ -15,7 +15,7 @@ from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.models import ModelSpec
 from latprune.prune.channels import CRITERIA, Criterion, group_importance, select_channels
-from latprune.prune.schemes import SchemeParams, get_scheme
+from latprune.schemes import SchemeParams, get_scheme
 from latprune.space import Arch, SearchSpace, SpaceBounds, kept_channels
 
 PLAN_VERSION = 1
@@ -111,10 +111,12 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruningPlan:
-        if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
-            found = d.get("version") if isinstance(d, dict) else type(d).__name__
-            raise PlanError(f"The pruning plan has version {found}, but this latprune reads version {PLAN_VERSION}.")
+    def from_dict(cls, d: dict[str, Any], source: str = "The pruning plan") -> PruningPlan:
+        """Rebuild a plan from its JSON; ``source`` (e.g. "The pruning plan 'p.json'") starts every error."""
+        if not isinstance(d, dict):
+            raise PlanError(f"{source} is a JSON {_json_kind(d)}, not a plan object; make it with `latprune prune`.")
+        if d.get("version") != PLAN_VERSION:
+            raise PlanError(f"{source} has version {d.get('version')!r}; this latprune reads version {PLAN_VERSION}.")
         try:
             return cls(
                 model=None if d["model"] is None else ModelSpec(**d["model"]),
@@ -135,14 +137,53 @@ class PruningPlan:
                 importance=d.get("importance", "l1"),
             )
         except (KeyError, TypeError, IndexError, ValueError) as exc:
-            raise PlanError(f"The pruning plan is missing or has a bad field ({exc!r}); regenerate it.") from None
+            raise PlanError(f"{source} {_bad_field(d) or f'has a bad field ({exc!r})'}; regenerate it.") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
-        return cls.from_dict(read_json(path, "pruning plan"))
+        return cls.from_dict(read_json(path, "pruning plan"), source=f"The pruning plan '{path}'")
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON name of a parsed value's type (a plan field's error says what was found)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number"}.get(type(value), "value")
+
+
+_A = {"object": "an object", "list": "a list", "number": "a number", "string": "a string", "null": "null"}
+# The fields a plan's JSON needs, as (name, JSON kinds allowed); "groups" and "layers" hold objects of these.
+_PLAN_FIELDS = (("model", ("object", "null")), ("input_size", ("list",)), ("in_channels", ("number",)),
+                ("groups", ("list",)), ("layers", ("list",)))  # fmt: skip
+_GROUP_FIELDS = (("name", ("string",)), ("channels", ("number",)), ("keep", ("list",)))
+_LAYER_FIELDS = (("name", ("string",)), ("scheme", ("string",)), ("sparsity", ("number",)), ("params", ("object",)),
+                 ("out_group", ("string", "null")), ("in_groups", ("list",)))  # fmt: skip
+
+
+def _bad_field(d: dict[str, Any]) -> str | None:
+    """Which field of a plan's JSON is missing or of the wrong kind, as a clause ("lacks the field 'groups'",
+    "has layers[0].sparsity = null, not a number"), so the error names it; None if every field looks right."""
+
+    def check(obj: Any, where: str, fields: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+        if not isinstance(obj, dict):
+            return f"has {where.rstrip('.')} = {_json_kind(obj)}, not an object"
+        for name, kinds in fields:
+            if name not in obj:
+                return f"lacks the field '{where}{name}'"
+            if _json_kind(obj[name]) not in kinds:
+                return f"has {where}{name} = {_json_kind(obj[name])}, not {' or '.join(_A[k] for k in kinds)}"
+        return None
+
+    found = check(d, "", _PLAN_FIELDS)
+    if found is not None:
+        return found
+    for key, fields in (("groups", _GROUP_FIELDS), ("layers", _LAYER_FIELDS)):
+        for i, item in enumerate(d[key]):
+            found = found or check(item, f"{key}[{i}].", fields)
+    return found
 
 
 def _layer_groups(graph: ChannelGraph) -> dict[str, tuple[str | None, tuple[str, ...]]]:
@@ -173,14 +214,15 @@ def plan_from_arch(
     model_spec: ModelSpec | None = None,
 ) -> PruningPlan:
     """The plan of ``arch``: each group keeps its ``kept_channels`` most important channels (by ``importance``
-    on ``model``'s current weights), each layer gets the space's scheme at the arch's sparsity."""
-    space.encode(arch)  # validates the grid (not the search bounds: any point of the grid can be pruned to)
+    on ``model``'s current weights), each layer gets its scheme in ``arch`` (its default in the space when the
+    architecture names none) at the arch's sparsity."""
+    # Encoding validates the grid (not the search bounds: any point of the grid can be pruned to); decoding gives
+    # what the search sees: "dense" and sparsity 0 on layers without weight sparsity, every layer's scheme named.
+    arch = space.decode(space.encode(arch))
     graph = build_graph(model, space.input_size, space.in_channels)
     _check_space_matches(space, graph)
     keep = [kept_channels(w, g.channels, g.multiple) for w, g in zip(arch.widths, space.groups, strict=True)]
-    sparsities = [s if ly.sparse else 0.0 for s, ly in zip(arch.sparsities, space.layers, strict=True)]
-    schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
-    return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
+    return _make_plan(model, graph, keep, list(arch.schemes), list(arch.sparsities), importance, params, model_spec)
 
 
 def uniform_plan(
@@ -206,9 +248,9 @@ def uniform_plan(
         raise PlanError(f"The width {width} leaves no channel or is above 1; use a value in (0, 1].")
     if not 0.0 <= sparsity < 1.0:
         raise PlanError(f"The sparsity {sparsity} is outside [0, 1); use e.g. 0.5.")
-    if scheme == "dense" and sparsity > 0:
+    if not get_scheme(scheme).prunes and sparsity > 0:
         raise PlanError(
-            f"The dense scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
+            f"The {scheme} scheme zeroes no weights but sparsity {sparsity} was asked; use 0.0 or a sparse scheme."
         )
     role_bounds = dataclasses.replace(bounds, min_width=0.0, max_sparsity=1.0)
     graph = build_graph(model, input_size, in_channels)
@@ -217,8 +259,12 @@ def uniform_plan(
     sparsities = [min(sparsity, ly.max_sparsity) if ly.sparse else 0.0 for ly in space.layers]
     schemes = [ly.scheme if ly.sparse else "dense" for ly in space.layers]
     for ly, s in zip(space.layers, sparsities, strict=True):
-        if ly.scheme == "nm24" and 0.0 < s < 0.5:
-            raise PlanError(f"Layer '{ly.name}' would get nm24 sparsity {s}; 2:4 needs at least 0.5 (or 0.0).")
+        spec = get_scheme(ly.scheme)
+        if 0.0 < s < spec.min_sparsity - 1e-9:
+            raise PlanError(
+                f"Layer '{ly.name}' would get {ly.scheme} sparsity {s}; {spec.title} needs at least "
+                f"{spec.min_sparsity} (or 0.0)."
+            )
     return _make_plan(model, graph, keep, schemes, sparsities, importance, params, model_spec)
 
 

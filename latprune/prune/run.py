@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
 
-from latprune._io import load_checkpoint
+from latprune._io import locks_output
 from latprune.errors import PlanError
 from latprune.graph import build_graph, is_depthwise
 from latprune.models import model_info
@@ -35,6 +36,21 @@ class UniformPlanConfig:
     width_mult: float = 1.0
     checkpoint: str | None = None  # rank channels by these trained weights instead of the random init
 
+    def __post_init__(self) -> None:
+        """Refuse a bad number before any model is built (NaN passes a plain ``<`` test, hence the ``not``s)."""
+        if not 0.0 < self.width <= 1.0:
+            raise PlanError(f"The width {self.width} leaves no channel or is above 1; use a value in (0, 1].")
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PlanError(f"The sparsity {self.sparsity} is outside [0, 1); use e.g. 0.5.")
+        for name in ("num_classes", "input_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PlanError(f"--{name.replace('_', '-')} {value} must be at least 1 (or left unset).")
+        if self.in_channels < 1:
+            raise PlanError(f"--in-channels {self.in_channels} must be at least 1, e.g. 1 for Fashion-MNIST.")
+        if not 0.0 < self.width_mult < math.inf:
+            raise PlanError(f"--width-mult {self.width_mult} must be a positive, finite factor, e.g. 0.5 or 1.")
+
 
 @dataclass(frozen=True)
 class PruneResult:
@@ -48,10 +64,14 @@ class PruneResult:
     table: str
 
 
+@locks_output("out", file=True)
 def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) -> tuple[PruningPlan, Path]:
     """Build the zoo model (from ``config.checkpoint`` when given), make a uniform plan and write it to ``out``."""
+    from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
+
     if config.checkpoint is not None:
         ckpt = load_checkpoint(_checkpoint_file(config.checkpoint))
+        _refuse_pruned(ckpt, config.checkpoint)
         spec = model_spec_from_checkpoint(ckpt, config.checkpoint)
         if spec.name != config.model:
             raise PlanError(
@@ -64,9 +84,9 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
         info = model_info(config.model)
         spec = ModelSpec(
             config.model,
-            config.num_classes or info.default_num_classes,
+            info.default_num_classes if config.num_classes is None else config.num_classes,
             config.in_channels,
-            config.input_size or info.default_input_size,
+            info.default_input_size if config.input_size is None else config.input_size,
             config.width_mult,
         )
         model = spec.build()
@@ -83,17 +103,32 @@ def make_uniform_plan(config: UniformPlanConfig, out: str | os.PathLike[str]) ->
     return plan, plan.save(out)
 
 
+@locks_output("out_dir")
 def prune_checkpoint(
-    plan: PruningPlan | str | os.PathLike[str], checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+    plan: PruningPlan | str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
 ) -> PruneResult:
     """Apply ``plan`` to the trained model in ``checkpoint``; write OUT/checkpoint.pt and OUT/plan.json.
 
     Masks are computed from the trained weights; the written checkpoint keeps them as parametrizations, so
-    ``load_pruned`` (or training) rebuilds the exact pruned model on a fresh zoo model.
+    ``load_pruned`` (or training) rebuilds the exact pruned model on a fresh zoo model. A checkpoint.pt
+    already in OUT (e.g. the trained parent itself, or a fine-tuned model) is only replaced with ``force``.
     """
+    from latprune.train.checkpoint import load_checkpoint  # train imports prune: import at call time
+
+    out_dir = Path(out_dir)
+    if (out_dir / PRUNED_CHECKPOINT).exists() and not force:
+        raise PlanError(
+            f"The folder '{out_dir}' already holds a {PRUNED_CHECKPOINT}, which this would overwrite; pick a new "
+            "--out, or pass --force to replace it."
+        )
     plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     checkpoint = _checkpoint_file(checkpoint)
     ckpt = load_checkpoint(checkpoint)
+    _refuse_pruned(ckpt, checkpoint)
     spec = model_spec_from_checkpoint(ckpt, str(checkpoint))
     if plan.model is not None and plan.model != spec:
         raise PlanError(
@@ -112,7 +147,6 @@ def prune_checkpoint(
     before = count_params(model)
     shapes = _layer_shapes(model, plan)
     pruned = apply_plan(model, plan)
-    out_dir = Path(out_dir)
     plan = PruningPlan(spec, plan.input_size, plan.in_channels, plan.groups, plan.layers, plan.importance)
     extra = {"epoch": 0, "metrics": {}, "pruned_from": str(checkpoint)}
     if "data" in ckpt:  # the dataset split the model was trained on, so `latprune eval` finds it again
@@ -121,6 +155,14 @@ def prune_checkpoint(
     plan_path = plan.save(out_dir / PLAN_FILE)
     table = layer_table(pruned, plan, shapes)
     return PruneResult(ckpt_path, plan_path, before, count_params(pruned), count_params(pruned, nonzero=True), table)
+
+
+def _refuse_pruned(ckpt: dict, path: str | os.PathLike[str]) -> None:
+    """Pruning is planned and applied on the dense parent; a pruned checkpoint's weights fit no fresh model."""
+    if ckpt.get("plan") is not None:
+        raise PlanError(
+            f"The checkpoint '{path}' is already pruned; pass the dense parent it was pruned from as --checkpoint."
+        )
 
 
 def _checkpoint_file(path: str | os.PathLike[str]) -> Path:

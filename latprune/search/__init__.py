@@ -1,5 +1,14 @@
-"""Multi-objective architecture search: NSGA-II with JCW's uniform non-dominated sorting selection (numpy, pymoo)."""
+"""Multi-objective architecture search (numpy, pymoo; no torch): registered algorithms behind one ask/tell protocol,
+NSGA-II with JCW's uniform non-dominated sorting selection first among them, and one driver for all."""
 
+from latprune.search.algorithms import (
+    AlgorithmSpec,
+    DecisionSpace,
+    SearchAlgorithm,
+    get_algorithm,
+    list_algorithms,
+    register_algorithm,
+)
 from latprune.search.config import MODES, PRESETS, SearchConfig, SearchPreset, get_preset
 from latprune.search.driver import run_search
 from latprune.search.interfaces import (
@@ -17,17 +26,23 @@ __all__ = [
     "PRESETS",
     "SELECTIONS",
     "AccuracyEstimator",
+    "AlgorithmSpec",
     "Candidate",
+    "DecisionSpace",
     "LatencyPredictor",
     "PlainSpace",
+    "SearchAlgorithm",
     "SearchConfig",
     "SearchPreset",
     "SearchResult",
     "SpaceLike",
     "TimedEstimator",
     "UniformNondominatedSurvival",
+    "get_algorithm",
     "get_preset",
+    "list_algorithms",
     "pareto_front",
+    "register_algorithm",
     "run_search",
     "uniform_nondominated_select",
 ]

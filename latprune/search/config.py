@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from latprune._limits import check_seed
+from latprune._overrides import override
 from latprune.errors import SearchError
+from latprune.search.algorithms import list_algorithms
 from latprune.search.selection import SELECTIONS
 
 MODES: tuple[str, ...] = ("joint", "weight-only", "channel-only", "sequential")
@@ -18,6 +22,8 @@ class SearchConfig:
 
     ``generations`` counts the evolutionary steps after the initial population, so a search makes
     ``generations + 1`` estimator calls (the initial population, then P ∪ Q once per step).
+    ``algorithm`` names a registered search algorithm (:func:`latprune.search.list_algorithms`); ``selection``,
+    ``latency_targets`` and the SBX / mutation settings are NSGA-II's.
     ``mode`` picks the JCW Table 3 ablation: joint channel+weight, weight-only (WSO, widths 1.0),
     channel-only (CWO, sparsity 0), or sequential (SCW, see :mod:`latprune.search.driver`).
     ``latency_targets`` is the N of JCW eq. 9 for uniform selection (the official JCW configuration uses 4).
@@ -26,6 +32,7 @@ class SearchConfig:
 
     population: int = 16
     generations: int = 10
+    algorithm: str = "nsga2"
     selection: str = "uniform"
     latency_targets: int = 4
     mode: str = "joint"
@@ -38,10 +45,15 @@ class SearchConfig:
     latency_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.population < 4:
             raise SearchError(f"The population size {self.population} is too small; use at least 4.")
         if self.generations < 0:
             raise SearchError(f"The number of generations {self.generations} is negative; use 0 or more.")
+        if self.algorithm not in list_algorithms():
+            raise SearchError(
+                f"Unknown search algorithm '{self.algorithm}'; use one of {', '.join(list_algorithms())}."
+            )
         if self.selection not in SELECTIONS:
             raise SearchError(f"Unknown selection '{self.selection}'; use one of {', '.join(SELECTIONS)}.")
         if self.latency_targets < 1:
@@ -50,7 +62,7 @@ class SearchConfig:
             raise SearchError(f"Unknown search mode '{self.mode}'; use one of {', '.join(MODES)}.")
         if not 0.0 <= self.crossover_prob <= 1.0:
             raise SearchError(f"The crossover probability {self.crossover_prob} is outside [0, 1].")
-        if self.crossover_eta <= 0 or self.mutation_eta <= 0:
+        if not (0 < self.crossover_eta < math.inf and 0 < self.mutation_eta < math.inf):  # NaN too
             raise SearchError("The SBX and polynomial-mutation distribution indices (eta) must be positive.")
         if not 0.0 < self.sequential_channel_share < 1.0:
             raise SearchError(
@@ -65,6 +77,13 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def override(self, **changes: Any) -> SearchConfig:
+        """A copy with the given fields replaced (None values are ignored, so CLI flags left unset keep the preset's).
+
+        Unknown field names are rejected by name so a typo never silently does nothing.
+        """
+        return override(self, changes, "search setting")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchConfig:

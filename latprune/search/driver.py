@@ -1,4 +1,5 @@
-"""The search driver: NSGA-II generation by generation, each one written atomically so a killed run resumes exactly."""
+"""The search driver: any registered algorithm, generation by generation, each one written atomically so a killed
+run resumes exactly."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from tqdm import tqdm
 
 from latprune._io import atomic_write_json, read_json
 from latprune.errors import SearchError
+from latprune.search.algorithms import SearchAlgorithm, get_algorithm
 from latprune.search.config import SearchConfig
+from latprune.search.genome import Genome
 from latprune.search.interfaces import AccuracyEstimator, LatencyPredictor, SpaceLike, TimedEstimator, arch_to_dict
-from latprune.search.nsga import Genome, algorithm_state, make_algorithm, restore_algorithm, stage_seed
 from latprune.search.results import (
     FRONT_FORMAT,
     GENERATION_FORMAT,
@@ -32,6 +34,7 @@ STATE_FORMAT = "latprune.search.state/1"
 SEARCH_FORMAT = "latprune.search.run/1"
 # Fields that may change between a run and its --resume: they only affect the report.
 _REPORT_ONLY_FIELDS = ("latency_budget_ms",)
+_DEFAULTS = SearchConfig().to_dict()  # a run recorded before a field existed ran with its default
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,21 @@ def run_search(
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> SearchResult:
-    """Search ``space`` for the latency/error Pareto front with NSGA-II (JCW §2.6) and write the run to ``out_dir``.
+    """Search ``space`` for the latency/error Pareto front with ``config.algorithm`` and write the run to ``out_dir``.
 
-    Each generation asks pymoo for offspring Q, predicts latency and estimates error for all of P ∪ Q in one
-    estimator call (the super-net is rebuilt from exactly those candidates, so parents are re-estimated too), then
-    tells pymoo to select the next P. With ``resume`` a run continues after its last completed generation and gives
-    the same front as an uninterrupted run, provided the estimator is deterministic for a given input.
+    Each generation asks the algorithm (see :mod:`latprune.search.algorithms`) for a batch, predicts latency and
+    estimates error for the whole batch in one estimator call, then tells the algorithm the results. NSGA-II
+    (JCW §2.6, the default) asks for parents and offspring P ∪ Q, because the super-net is rebuilt from exactly the
+    candidates it ranks, and selects the next P. With ``resume`` a run continues after its last completed generation
+    and gives the same front as an uninterrupted run, provided the estimator is deterministic for a given input.
 
     Run directory layout (all JSON, written with latprune._io's atomic writers):
 
     - ``search.json``      the config, the space's bounds (and ``space.to_dict()`` when it has one) and caller metadata;
     - ``gen_XXXX.json``    per generation: every evaluated candidate of P ∪ Q (``evaluated``, with ``survived``), the
                            surviving population (``population``), and where the time went (``timing_s``);
-    - ``state.json``       the algorithm state after the last completed generation (population, RNG, counters);
+    - ``state.json``       the algorithm's state after the last completed generation (for NSGA-II: population, RNG,
+                           counters) and the population the run reports;
     - ``front.json``       the final population, its Pareto front, and the best candidate under the latency budget.
 
     The sequential mode (JCW's SCW ablation) runs two stages within the joint search's budget of ``generations + 1``
@@ -185,7 +190,7 @@ def _open_run(
 
 def _check_same_run(state_file: Path, saved: dict[str, Any], now: dict[str, Any]) -> None:
     for key, value in now["config"].items():
-        if saved["config"].get(key) != value:
+        if saved["config"].get(key, _DEFAULTS.get(key)) != value:
             raise SearchError(
                 f"The run in '{state_file.parent}' was started with {key}={saved['config'].get(key)!r}, not "
                 f"{value!r}; resume with the same settings or choose another --out."
@@ -233,12 +238,14 @@ def _run_stage(
     bar: tqdm,
 ) -> dict[str, Any]:
     genome = _stage_genome(space, stage, state)
+    box = genome.decision_space(getattr(space, "categorical", None))
+    spec = get_algorithm(config.algorithm)
     seed = stage_seed(config.seed, index)
     if state is not None and state["stage"] == index:
-        algorithm = restore_algorithm(genome, config, seed, state["algorithm"])
+        algorithm = spec.restore(box, config, seed, state["algorithm"])
         gen = int(state["gen"]) + 1
     else:
-        algorithm = make_algorithm(genome, config, seed)
+        algorithm = spec.create(box, config, seed)
         gen = stage.first_gen
     carry = {k: state[k] for k in ("width_table",) if state is not None and k in state}
     ended_early = False
@@ -247,7 +254,8 @@ def _run_stage(
         if step is None:
             if _writes_files():
                 tqdm.write(
-                    f"search: no new offspring could be bred at generation {gen}; the '{stage.name}' stage ends early."
+                    f"search: no new candidate could be proposed at generation {gen}; the '{stage.name}' stage ends "
+                    "early."
                 )
             bar.update(stage.last_gen - gen + 1)
             ended_early = True
@@ -273,11 +281,16 @@ def _run_stage(
     return state
 
 
+def stage_seed(seed: int, stage: int) -> int:
+    """An independent algorithm seed per search stage, derived from the user's seed."""
+    return int(np.random.SeedSequence([seed, stage]).generate_state(1)[0])
+
+
 def _stage_outputs(
     index: int,
     stage: _Stage,
     stages: tuple[_Stage, ...],
-    algorithm: Any,
+    algorithm: SearchAlgorithm,
     genome: Genome,
     space: SpaceLike,
     config: SearchConfig,
@@ -285,8 +298,8 @@ def _stage_outputs(
     """What a finished stage hands to the next one: for SCW's channel stage, the width vectors to choose among."""
     if stage.name != "channel" or index + 1 >= len(stages):
         return {}
-    X = genome.expand(algorithm.pop.get("X"))  # (n, n_var)
-    F = algorithm.pop.get("F").astype(float)  # (n, 2)
+    Z, F = algorithm.population()
+    X = genome.expand(Z)  # (n, n_var)
     channel = space.restrict("channel-only")
     width_idx = np.flatnonzero(np.asarray(channel.xl) < np.asarray(channel.xu))
     table = pick_width_choices(X, F[:, 0], F[:, 1], width_idx, config.sequential_widths)
@@ -301,12 +314,13 @@ def _state(
     index: int,
     gen: int,
     stage_done: bool,
-    algorithm: Any,
+    algorithm: SearchAlgorithm,
     genome: Genome,
     space: SpaceLike,
     config: SearchConfig,
     carry: dict[str, Any],
 ) -> dict[str, Any]:
+    Z, F = algorithm.population()
     return {
         "format": STATE_FORMAT,
         "identity": _identity(space, config),
@@ -314,51 +328,55 @@ def _state(
         "gen": gen,
         "stage_done": stage_done,
         "genome": genome.to_dict(),
-        "algorithm": algorithm_state(algorithm),
+        "algorithm": algorithm.state(),
+        "population": {"X": genome.expand(Z).tolist(), "F": np.asarray(F, dtype=float).tolist()},
         **carry,
     }
 
 
 def _step(
-    algorithm: Any, genome: Genome, space: SpaceLike, predictor: LatencyPredictor, estimator: AccuracyEstimator
+    algorithm: SearchAlgorithm,
+    genome: Genome,
+    space: SpaceLike,
+    predictor: LatencyPredictor,
+    estimator: AccuracyEstimator,
 ) -> dict[str, Any] | None:
-    """One generation: ask, predict + estimate P ∪ Q, tell. Returns the generation's JSON body (None: no offspring)."""
+    """One generation: ask, predict + estimate the batch, tell. Returns the generation's JSON body (None: no batch)."""
     t0 = time.perf_counter()
-    off = algorithm.ask()
-    if off is None or len(off) == 0:
+    Z = algorithm.ask()
+    if Z is None or len(Z) == 0:
         return None
-    first = not algorithm.is_initialized
-    parents = np.empty((0, genome.n_dec), dtype=np.int64) if first else algorithm.pop.get("X").astype(np.int64)
-    Z = np.vstack([parents, off.get("X").astype(np.int64)])  # (n_par + n_off, n_dec)
-    X = genome.expand(Z)  # (n_par + n_off, n_var)
+    X = genome.expand(Z)  # (n, n_var)
     t1 = time.perf_counter()
     latency = _checked(predictor.predict(X), len(X), "latency predictor", lower=0.0, upper=None)
     t2 = time.perf_counter()
     error = _checked(estimator.evaluate(X), len(X), "accuracy estimator", lower=0.0, upper=1.0)
     t3 = time.perf_counter()
-    F = np.column_stack([latency, error])  # (n_par + n_off, 2)
-    if not first:
-        algorithm.pop.set("F", F[: len(parents)])
-    off.set("F", F[len(parents) :])
-    algorithm.tell(infills=off)
+    algorithm.tell(np.column_stack([latency, error]))  # (n, 2)
     t4 = time.perf_counter()
 
-    records = [
-        Candidate(tuple(int(v) for v in x), float(lat), float(err), arch_to_dict(space.decode(x))).to_dict()
-        for x, lat, err in zip(X, latency, error, strict=True)
-    ]
-    row_of = {tuple(x.tolist()): i for i, x in enumerate(X)}
-    survivors = [row_of[tuple(x.tolist())] for x in genome.expand(algorithm.pop.get("X"))]
-    alive = set(survivors)
+    records = _records(space, X, latency, error)
+    Z_kept, F_kept = algorithm.population()
+    X_kept = genome.expand(Z_kept)  # (m, n_var); NSGA-II keeps survivors of this batch, others may keep older ones
+    population = _records(space, X_kept, F_kept[:, 0], F_kept[:, 1])
+    alive = {tuple(x) for x in X_kept.tolist()}
     timing: dict[str, Any] = {"evolution": (t1 - t0) + (t4 - t3), "predictor": t2 - t1, "estimator": t3 - t2}
     if isinstance(estimator, TimedEstimator):
         timing["estimator_phases"] = {k: float(v) for k, v in estimator.last_timing.items()}
     return {
         "n_evaluated": len(records),
-        "evaluated": [r | {"survived": i in alive} for i, r in enumerate(records)],
-        "population": [records[i] for i in survivors],
+        "evaluated": [r | {"survived": tuple(r["x"]) in alive} for r in records],
+        "population": population,
         "timing_s": timing,
     }
+
+
+def _records(space: SpaceLike, X: np.ndarray, latency: np.ndarray, error: np.ndarray) -> list[dict[str, Any]]:
+    """The JSON record of each evaluated candidate: its encoding, objectives and decoded architecture."""
+    return [
+        Candidate(tuple(int(v) for v in x), float(lat), float(err), arch_to_dict(space.decode(x))).to_dict()
+        for x, lat, err in zip(X, latency, error, strict=True)
+    ]
 
 
 def _checked(values: Any, n: int, what: str, lower: float, upper: float | None) -> np.ndarray:
@@ -378,9 +396,12 @@ def _finish(space: SpaceLike, config: SearchConfig, out_dir: Path, state: dict[s
     """Write ``front.json`` from the final population and return the result."""
     if state is None:
         raise SearchError(f"The search in '{out_dir}' has no completed generation to report.")
-    genome = Genome.from_dict(state["genome"])
-    X = genome.expand(np.asarray(state["algorithm"]["Z"]))  # (n, n_var)
-    F = np.asarray(state["algorithm"]["F"], dtype=float)  # (n, 2)
+    if "population" in state:
+        X = np.asarray(state["population"]["X"], dtype=np.int64)  # (n, n_var)
+        F = np.asarray(state["population"]["F"], dtype=float)  # (n, 2)
+    else:  # a state written before the algorithm protocol: NSGA-II's own population
+        X = Genome.from_dict(state["genome"]).expand(np.asarray(state["algorithm"]["Z"]))
+        F = np.asarray(state["algorithm"]["F"], dtype=float)
     order = np.lexsort((F[:, 1], F[:, 0]))
     population = tuple(
         Candidate(tuple(int(v) for v in X[i]), float(F[i, 0]), float(F[i, 1]), arch_to_dict(space.decode(X[i])))

@@ -50,7 +50,8 @@ class SpaceLike(Protocol):
     """What the search needs from a search space: integer bounds, mode restriction and decoding for reports.
 
     ``latprune.space.SearchSpace`` satisfies it; :class:`PlainSpace` is the minimal stand-alone version.
-    Fixed variables have ``xl == xu``.
+    Fixed variables have ``xl == xu``. A space may also say which variables are unordered labels (a
+    ``categorical`` (n_var,) bool array, e.g. each layer's scheme); the driver passes that on to the algorithm.
     """
 
     @property

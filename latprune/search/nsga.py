@@ -1,8 +1,8 @@
-"""NSGA-II over integer encodings on pymoo (ask/tell), with a JSON-serialisable state for exact resume."""
+"""NSGA-II over integer encodings on pymoo (ask/tell), with a JSON-serialisable state for exact resume: the "nsga2"
+entry of the search-algorithm registry (JCW §2.6, with its uniform non-dominated selection by default)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,124 +16,19 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.operators.sampling.rnd import IntegerRandomSampling
 
 from latprune.errors import SearchError
+from latprune.search.algorithms import DecisionSpace, register_algorithm
 from latprune.search.config import SearchConfig
 from latprune.search.selection import make_survival
 
 
-@dataclass(frozen=True)
-class Genome:
-    """Maps pymoo's decision vectors onto full architecture encodings.
-
-    pymoo only sees the free variables (``xl < xu``): SBX on a variable with ``xl == xu`` divides by zero, and
-    fixed variables would only waste mutation probability. A genome may also carry a *choice* variable (the first
-    decision variable) that picks one row of ``choice_table`` for the variables ``choice_idx`` — the sequential
-    (SCW) mode uses it to choose among the width vectors its channel stage found.
-    """
-
-    base: tuple[int, ...]
-    free: tuple[int, ...]
-    choice_idx: tuple[int, ...] = ()
-    choice_table: tuple[tuple[int, ...], ...] = ()
-    free_lower: tuple[int, ...] = ()
-    free_upper: tuple[int, ...] = ()
-
-    @classmethod
-    def from_bounds(cls, xl: np.ndarray, xu: np.ndarray) -> Genome:
-        """Search every variable whose bounds differ; the others stay at their single value."""
-        xl, xu = np.asarray(xl, dtype=np.int64), np.asarray(xu, dtype=np.int64)
-        if xl.shape != xu.shape or xl.ndim != 1:
-            raise SearchError(f"The search bounds have shapes {xl.shape} and {xu.shape}; they must be equal 1-D.")
-        if np.any(xl > xu):
-            i = int(np.flatnonzero(xl > xu)[0])
-            raise SearchError(f"Search variable {i} has lower bound {xl[i]} above its upper bound {xu[i]}.")
-        free = np.flatnonzero(xl < xu)
-        return cls(
-            base=tuple(int(v) for v in xl),
-            free=tuple(int(i) for i in free),
-            free_lower=tuple(int(v) for v in xl[free]),
-            free_upper=tuple(int(v) for v in xu[free]),
-        )
-
-    @classmethod
-    def with_choices(cls, xl: np.ndarray, xu: np.ndarray, choice_idx: np.ndarray, table: np.ndarray) -> Genome:
-        """Like :meth:`from_bounds`, but the variables ``choice_idx`` take one row of ``table`` (K, len(choice_idx))."""
-        table = np.asarray(table, dtype=np.int64)
-        choice_idx = np.asarray(choice_idx, dtype=np.int64)
-        if table.ndim != 2 or table.shape[1] != len(choice_idx) or len(table) == 0:
-            raise SearchError(f"The choice table has shape {table.shape}; it needs (K >= 1, {len(choice_idx)}).")
-        xl, xu = np.array(xl, dtype=np.int64), np.array(xu, dtype=np.int64)
-        xl[choice_idx] = xu[choice_idx] = table[0]
-        plain = cls.from_bounds(xl, xu)
-        if len(table) == 1:
-            return plain
-        return cls(
-            base=plain.base,
-            free=plain.free,
-            choice_idx=tuple(int(i) for i in choice_idx),
-            choice_table=tuple(tuple(int(v) for v in row) for row in table),
-            free_lower=plain.free_lower,
-            free_upper=plain.free_upper,
-        )
-
-    @property
-    def has_choice(self) -> bool:
-        return len(self.choice_table) > 1
-
-    @property
-    def n_dec(self) -> int:
-        """Number of pymoo decision variables."""
-        return len(self.free) + int(self.has_choice)
-
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """pymoo's (xl, xu) over the decision variables."""
-        lo, hi = list(self.free_lower), list(self.free_upper)
-        if self.has_choice:
-            lo, hi = [0, *lo], [len(self.choice_table) - 1, *hi]
-        return np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
-
-    def expand(self, Z: np.ndarray) -> np.ndarray:
-        """Decision vectors ``Z`` (n, n_dec) -> full encodings (n, n_var), clipped to the bounds."""
-        Z = np.rint(np.asarray(Z, dtype=float)).astype(np.int64).reshape(-1, self.n_dec)  # (n, n_dec)
-        lo, hi = self.bounds()
-        Z = np.clip(Z, lo, hi)
-        X = np.tile(np.asarray(self.base, dtype=np.int64), (len(Z), 1))  # (n, n_var)
-        offset = int(self.has_choice)
-        X[:, list(self.free)] = Z[:, offset:]
-        if self.has_choice:
-            X[:, list(self.choice_idx)] = np.asarray(self.choice_table, dtype=np.int64)[Z[:, 0]]
-        return X
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "base": list(self.base),
-            "free": list(self.free),
-            "choice_idx": list(self.choice_idx),
-            "choice_table": [list(r) for r in self.choice_table],
-            "free_lower": list(self.free_lower),
-            "free_upper": list(self.free_upper),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Genome:
-        return cls(
-            base=tuple(data["base"]),
-            free=tuple(data["free"]),
-            choice_idx=tuple(data["choice_idx"]),
-            choice_table=tuple(tuple(r) for r in data["choice_table"]),
-            free_lower=tuple(data["free_lower"]),
-            free_upper=tuple(data["free_upper"]),
-        )
-
-
-def make_algorithm(genome: Genome, config: SearchConfig, seed: int) -> NSGA2:
+def make_algorithm(space: DecisionSpace, config: SearchConfig, seed: int) -> NSGA2:
     """NSGA-II set up for ask/tell, with pymoo's integer recipe: integer sampling, SBX and polynomial mutation on
     the relaxed variables followed by rounding repair, duplicate elimination, and the configured survival."""
-    if genome.n_dec == 0:
+    if space.n_dec == 0:
         raise SearchError(
             "Every search variable is fixed in this mode, so there is nothing to search; widen the space."
         )
-    xl, xu = genome.bounds()
-    problem = Problem(n_var=genome.n_dec, n_obj=2, xl=xl, xu=xu, vtype=int)
+    problem = Problem(n_var=space.n_dec, n_obj=2, xl=space.lower, xu=space.upper, vtype=int)
     algorithm = NSGA2(
         pop_size=config.population,
         sampling=IntegerRandomSampling(),
@@ -161,9 +56,9 @@ def algorithm_state(algorithm: NSGA2) -> dict[str, Any]:
     }
 
 
-def restore_algorithm(genome: Genome, config: SearchConfig, seed: int, state: dict[str, Any]) -> NSGA2:
+def restore_algorithm(space: DecisionSpace, config: SearchConfig, seed: int, state: dict[str, Any]) -> NSGA2:
     """Rebuild the algorithm :func:`algorithm_state` described, so the next ``ask`` equals an uninterrupted run's."""
-    algorithm = make_algorithm(genome, config, seed)
+    algorithm = make_algorithm(space, config, seed)
     algorithm._initialize()  # pymoo's own reset of the counters and start time
     pop = Population.new(X=np.asarray(state["Z"], dtype=np.int64), F=np.asarray(state["F"], dtype=float))
     pop.set("rank", np.asarray(state["rank"], dtype=int))
@@ -176,6 +71,54 @@ def restore_algorithm(genome: Genome, config: SearchConfig, seed: int, state: di
     return algorithm
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    """An independent pymoo seed per search stage, derived from the user's seed."""
-    return int(np.random.SeedSequence([seed, stage]).generate_state(1)[0])
+@register_algorithm(
+    "nsga2",
+    description="NSGA-II (pymoo) evaluating parents and offspring P ∪ Q each generation in one estimator call; "
+    "survival by JCW's uniform non-dominated selection or NSGA-II's rank and crowding (SearchConfig.selection).",
+)
+class NSGA2Search:
+    """NSGA-II as a :class:`~latprune.search.algorithms.SearchAlgorithm`.
+
+    Each ``ask`` returns the parents P followed by pymoo's offspring Q: JCW rebuilds the super-net from exactly
+    P ∪ Q, so the parents are re-estimated beside their children and both get the new errors before survival.
+    """
+
+    def __init__(self, algorithm: NSGA2) -> None:
+        self.algorithm = algorithm
+        self._offspring: Population | None = None
+        self._n_parents = 0
+
+    @classmethod
+    def create(cls, space: DecisionSpace, config: SearchConfig, seed: int) -> NSGA2Search:
+        return cls(make_algorithm(space, config, seed))
+
+    @classmethod
+    def restore(cls, space: DecisionSpace, config: SearchConfig, seed: int, state: dict[str, Any]) -> NSGA2Search:
+        return cls(restore_algorithm(space, config, seed, state))
+
+    def ask(self) -> np.ndarray | None:
+        off = self.algorithm.ask()
+        if off is None or len(off) == 0:
+            return None
+        first = not self.algorithm.is_initialized
+        parents = np.empty((0, off.get("X").shape[1]), dtype=np.int64)
+        if not first:
+            parents = self.algorithm.pop.get("X").astype(np.int64)
+        self._offspring, self._n_parents = off, 0 if first else len(parents)
+        return np.vstack([parents, off.get("X").astype(np.int64)])  # (n_par + n_off, n_dec)
+
+    def tell(self, F: np.ndarray) -> None:
+        if self._offspring is None:
+            raise SearchError("NSGA-II was told objectives it did not ask for; call ask() first.")
+        if self._n_parents:
+            self.algorithm.pop.set("F", F[: self._n_parents])
+        self._offspring.set("F", F[self._n_parents :])
+        self.algorithm.tell(infills=self._offspring)
+        self._offspring = None
+
+    def population(self) -> tuple[np.ndarray, np.ndarray]:
+        pop = self.algorithm.pop
+        return pop.get("X").astype(np.int64), pop.get("F").astype(float)
+
+    def state(self) -> dict[str, Any]:
+        return algorithm_state(self.algorithm)

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from latprune._overrides import override
 from latprune.errors import SearchError
 from latprune.prune import CRITERIA
 
@@ -86,11 +87,7 @@ class SupernetConfig:
 
         Unknown field names are rejected by name so a typo never silently does nothing.
         """
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - fields)
-        if unknown:
-            raise SearchError(f"Unknown super-net setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}.")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return override(self, changes, "super-net setting")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for run directories)."""

@@ -14,14 +14,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latprune.data.datasets import DatasetInfo, ImageData
+from latprune.data.datasets import DatasetInfo, ImageData, Images, in_memory
 from latprune.data.sampling import class_subset
 from latprune.data.transforms import Augment, apply_augment, normalize
 from latprune.errors import SearchError
 from latprune.space import SearchSpace
 from latprune.supernet._bn import recalibrate_bn
 from latprune.supernet._config import SupernetConfig
-from latprune.supernet._masks import Candidate, MaskedSupernet
+from latprune.supernet._masks import MaskedSupernet, Subnet
 from latprune.supernet._space import SpaceAdapter
 
 
@@ -32,8 +32,8 @@ class SupernetData:
     Never the test split: the search ranks candidates on a validation split carved from the training set.
     """
 
-    train: ImageData
-    val: ImageData
+    train: Images
+    val: Images
     info: DatasetInfo
 
 
@@ -68,7 +68,7 @@ def supernet_subsets(data: SupernetData, config: SupernetConfig, seed: int) -> t
         val = val.subset(class_subset(val.labels, None, config.val_per_class, seed + 1))
     if len(val) == 0:
         raise SearchError("The validation split holds no image of the super-net's classes; raise val_per_class.")
-    return train, val
+    return in_memory(train), in_memory(val)  # read every epoch: a streamed folder's subsets are decoded once
 
 
 def _distributed() -> ModuleType:
@@ -162,7 +162,7 @@ class SupernetEstimator:
         errors = self.evaluate_candidates(candidates)
         return errors[np.asarray(inverse).reshape(-1)]
 
-    def evaluate_candidates(self, candidates: Sequence[Candidate]) -> np.ndarray:
+    def evaluate_candidates(self, candidates: Sequence[Subnet]) -> np.ndarray:
         """Train a super-net holding exactly ``candidates``, then return each one's validation error."""
         if not candidates:
             raise SearchError("The estimator was given no candidate to evaluate.")
@@ -189,7 +189,7 @@ class SupernetEstimator:
 
     # ------------------------------------------------------------------ training
 
-    def train_supernet(self, candidates: Sequence[Candidate], gen: torch.Generator) -> None:
+    def train_supernet(self, candidates: Sequence[Subnet], gen: torch.Generator) -> None:
         """Both stages of super-net training on the shared weights, sampling candidates per batch from ``gen``."""
         cfg = self.config
         epochs = cfg.channel_epochs + cfg.weight_epochs
@@ -243,7 +243,7 @@ class SupernetEstimator:
     # ------------------------------------------------------------------ scoring
 
     @torch.no_grad()
-    def _score(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, float]:
+    def _score(self, candidates: Sequence[Subnet]) -> tuple[np.ndarray, float]:
         """Recalibrate BN and measure validation error per candidate; returns (errors, seconds spent in BN).
 
         Each candidate is scored as a physically smaller copy (``MaskedSupernet.extract``), which computes the

@@ -1,4 +1,4 @@
-"""Candidate sub-networks as masks on the full model: zeroed channels on every group member, weights by multiply."""
+"""Sub-networks (Subnet) as masks on the full model: zeroed channels on every group member, weights by multiply."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _MASKABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Subnet:
     """A sub-network of the super-net: kept channel indices per group and a weight sparsity per layer.
 
     ``keep`` maps a group name to its sorted kept channel indices, so the k-th kept channel is the k-th
@@ -70,7 +70,7 @@ class MaskedSupernet:
                 )
                 self._slots.setdefault((m.module, m.dim), []).append(slot)
 
-    def channel_masks(self, candidate: Candidate) -> dict[str, torch.Tensor]:
+    def channel_masks(self, candidate: Subnet) -> dict[str, torch.Tensor]:
         """Per module whose output carries a pruned group, a 0/1 float vector over its output channels."""
         masks: dict[str, torch.Tensor] = {}
         for (module, dim), slots in self._slots.items():
@@ -89,7 +89,7 @@ class MaskedSupernet:
             return m.out_channels if dim == "out" else m.in_channels
         return int(m.num_features)
 
-    def _kept_axis(self, module: str, dim: str, candidate: Candidate) -> torch.Tensor:
+    def _kept_axis(self, module: str, dim: str, candidate: Subnet) -> torch.Tensor:
         """Boolean vector over the module's ``dim`` axis: False where a removed group channel sits."""
         keep_axis = torch.ones(self._axis_size(module, dim), dtype=torch.bool)
         for slot in self._slots.get((module, dim), ()):
@@ -101,11 +101,11 @@ class MaskedSupernet:
             keep_axis[slot.local] = kept_root[slot.root]
         return keep_axis
 
-    def kept_indices(self, module: str, dim: str, candidate: Candidate) -> torch.Tensor:
+    def kept_indices(self, module: str, dim: str, candidate: Subnet) -> torch.Tensor:
         """Sorted indices of the module's ``dim`` axis ("out" or "in") the candidate keeps."""
         return torch.nonzero(self._kept_axis(module, dim, candidate)).flatten()
 
-    def weight_masks(self, candidate: Candidate) -> dict[str, torch.Tensor]:
+    def weight_masks(self, candidate: Subnet) -> dict[str, torch.Tensor]:
         """Per sparse layer's ``<path>.weight``, the 0/1 mask of its scheme at the candidate's sparsity.
 
         The scheme sees the kept sub-tensor only (what the physically pruned layer holds), ranked by the
@@ -127,7 +127,9 @@ class MaskedSupernet:
             cols = self.kept_indices(name, "in", candidate).to(weight.device)
             sub = weight[rows][:, cols]  # (c_out_kept, c_in_kept[, kh, kw])
             mask = torch.zeros_like(weight)
-            scheme = candidate.schemes.get(name, "group4")
+            scheme = candidate.schemes.get(name)
+            if scheme is None:
+                raise PlanError(f"Layer '{name}' has a weight sparsity but the candidate names no scheme for it.")
             # The same generator apply_plan uses on the physically pruned layer, so both keep the same weights.
             sub_mask = make_mask(scheme, sub, sparsity, SchemeParams(), name).to(weight.dtype)
             mask[rows.view(-1, 1), cols.view(1, -1)] = sub_mask
@@ -135,7 +137,7 @@ class MaskedSupernet:
         return masks
 
     @torch.no_grad()
-    def extract(self, candidate: Candidate, weight_masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    def extract(self, candidate: Subnet, weight_masks: Mapping[str, torch.Tensor]) -> nn.Module:
         """A physically smaller copy of the model computing exactly the candidate (masks baked into its weights).
 
         Scoring only needs forward passes, and a thin candidate runs faster as a small dense model than as
@@ -216,7 +218,10 @@ def _mask_hook(mask: torch.Tensor):
         key = (output.device, output.dtype)
         if key not in cache:
             cache[key] = mask.to(output.device, output.dtype)
-        shape = (1, -1) + (1,) * (output.dim() - 2)  # broadcast over (N, C, *spatial)
+        if isinstance(module, nn.Linear):  # features are a Linear's last dim, (N, F) or channels-last (N, H, W, F)
+            shape = (1,) * (output.dim() - 1) + (-1,)
+        else:
+            shape = (1, -1) + (1,) * (output.dim() - 2)  # broadcast over (N, C, *spatial)
         return output * cache[key].view(shape)
 
     return hook

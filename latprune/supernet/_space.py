@@ -10,11 +10,11 @@ from latprune.errors import PlanError
 from latprune.graph import ChannelGraph, build_graph
 from latprune.prune import group_importance, select_channels
 from latprune.space import SearchSpace
-from latprune.supernet._masks import Candidate
+from latprune.supernet._masks import Subnet
 
 
 class SpaceAdapter:
-    """Turns the search's integer encodings into :class:`Candidate` masks for one model.
+    """Turns the search's integer encodings into :class:`Subnet` masks for one model.
 
     Channel importance is ranked once, on the parent's weights, with the same ``group_importance`` and
     ``select_channels`` that ``plan_from_arch`` uses, and kept counts come from ``SearchSpace.kept`` (the
@@ -30,13 +30,14 @@ class SpaceAdapter:
         ]:
             raise PlanError("The search space was built for another model (its groups or layers differ); rebuild it.")
         self.importance = {g.name: group_importance(model, g, importance) for g in self.graph.groups}  # type: ignore[arg-type]
-        self.schemes = {ly.name: ly.scheme for ly in space.layers}
 
-    def candidates(self, X: np.ndarray) -> list[Candidate]:
-        """One candidate per row of ``X`` (n, n_var): the top-k channels per group and the sparse layers' values."""
+    def candidates(self, X: np.ndarray) -> list[Subnet]:
+        """One candidate per row of ``X`` (n, n_var): the top-k channels per group, the sparse layers' values and
+        each one's scheme (per candidate: a space may let every layer choose its scheme)."""
         X = np.atleast_2d(np.asarray(X))
         kept = self.space.kept(X)  # (n, G)
         _, _, sparsity = self.space.layer_dims(X)  # (n, L), 0 where a layer is not sparse
+        options = self.space.layer_options(X)  # (n, L) index of each layer's scheme
         out = []
         for row in range(X.shape[0]):
             keep: dict[str, torch.Tensor] = {}
@@ -47,5 +48,6 @@ class SpaceAdapter:
                 keep[group.name] = torch.tensor(select_channels(self.importance[group.name], k, group.name))
             layers = self.space.layers
             sparse = {ly.name: float(s) for ly, s in zip(layers, sparsity[row], strict=True) if s > 0.0}
-            out.append(Candidate(keep, sparse, self.schemes))
+            schemes = {ly.name: ly.options[k] for ly, k in zip(layers, options[row], strict=True) if ly.name in sparse}
+            out.append(Subnet(keep, sparse, schemes))
         return out

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
-from latprune._io import atomic_write_bytes, atomic_write_json, read_json
-from latprune.data import DataConfig, ImageData, class_subset, load_splits, make_loader
+from latprune._io import atomic_write_bytes, atomic_write_json, locks_output, read_json
+from latprune._limits import check_seed
+from latprune.data import DataConfig, Images, class_subset, load_splits, make_loader
 from latprune.errors import SearchError
 from latprune.prune import apply_plan, model_spec_from_checkpoint, plan_from_arch
 from latprune.report import figure_png
@@ -62,10 +64,13 @@ class ValidateConfig:
             )
         if self.train_per_class is not None and self.train_per_class < 1:
             raise SearchError(f"--train-per-class {self.train_per_class} must be >= 1.")
+        if not 0 <= self.weight_decay < math.inf or not self.lr < math.inf:
+            raise SearchError(f"--weight-decay {self.weight_decay} and --lr {self.lr} must be finite and not negative.")
+        check_seed(self.seed)
 
 
 @dataclass(frozen=True)
-class ValidationResult:
+class AccuracyValidation:
     """Rank agreement between the super-net's estimate and standalone fine-tuned accuracy."""
 
     estimated_acc: tuple[float, ...]
@@ -129,8 +134,8 @@ def _finetune(
     space: SearchSpace,
     x: tuple[int, ...],
     ckpt: dict[str, Any],
-    train: ImageData,
-    val: ImageData,
+    train: Images,
+    val: Images,
     data: SupernetData,
     config: ValidateConfig,
     out_dir: Path,
@@ -166,13 +171,14 @@ def _finetune(
     return result.final
 
 
+@locks_output("search_dir", flag="--search", must_exist=True)
 def validate_accuracy(
     search_dir: str | Path,
     config: ValidateConfig = ValidateConfig(),
     *,
     device: str = "cpu",
     progress: bool = True,
-) -> ValidationResult:
+) -> AccuracyValidation:
     """Fine-tune ``config.k`` candidates of a search's last generation and rank-correlate with the super-net.
 
     Writes ``validate_accuracy.json`` and ``validate_accuracy.png`` into ``search_dir`` and one fine-tuning
@@ -246,13 +252,13 @@ def validate_accuracy(
         },
     )
     atomic_write_bytes(png_path, _scatter_png(est, true, np.array([r["latency_ms"] for r in rows]), tau, rho))
-    return ValidationResult(
+    return AccuracyValidation(
         tuple(est.tolist()), tuple(true.tolist()), tuple(r["latency_ms"] for r in rows), float(tau), float(rho),
         json_path, png_path,
     )  # fmt: skip
 
 
-def _per_class(data: ImageData, per_class: int | None, seed: int) -> torch.Tensor:
+def _per_class(data: Images, per_class: int | None, seed: int) -> torch.Tensor:
     return class_subset(data.labels, None, per_class, seed)
 
 

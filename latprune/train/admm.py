@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from latprune.errors import PlanError
 from latprune.prune.plan import LayerPlan
-from latprune.prune.schemes import make_mask
+from latprune.schemes import make_mask
 from latprune.train.loop import TrainHook, unwrap
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
+from latprune._limits import MAX_SEED
 from latprune.errors import LatpruneError
 from latprune.models import ModelSpec
 
@@ -49,7 +51,9 @@ class TrainConfig:
             (self.device in DEVICES, "device", f"one of {', '.join(DEVICES)}"),
             (self.threads is None or self.threads >= 1, "threads", "at least 1 (or unset)"),
             (not (self.nesterov and self.momentum == 0), "momentum", "positive when nesterov is on"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]"),
         ]
+        checks += [(math.isfinite(v), k, "finite") for k, v in asdict(self).items() if isinstance(v, float)]
         for ok, name, need in checks:
             if not ok:
                 raise LatpruneError(f"Training setting {name}={getattr(self, name)!r} is invalid; it must be {need}.")

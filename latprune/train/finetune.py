@@ -8,6 +8,7 @@ parametrizations, trained with the zeros held, and saved as a pruned checkpoint 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from latprune._io import locks_output
+from latprune._limits import check_threads
 from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
 from latprune.errors import LatpruneError, ModelError, PlanError
 from latprune.models import ModelSpec
@@ -91,6 +94,7 @@ class FinetuneConfig:
             (self.gmp_start <= self.gmp_end <= 1.0, "gmp_end", "in [gmp_start, 1]"),
             (self.gmp_frequency >= 1, "gmp_frequency", "at least 1 step"),
         ]
+        checks += [(math.isfinite(v), k, "finite") for k, v in asdict(self).items() if isinstance(v, float)]
         for ok, name, need in checks:
             if not ok:
                 raise LatpruneError(
@@ -188,6 +192,7 @@ def _distill_hooks(parent: nn.Module, config: FinetuneConfig, device: torch.devi
     return [DistillHook(teacher, config.distill_temperature, config.distill_alpha)]
 
 
+@locks_output("out_dir")
 def finetune(
     parent_checkpoint: str | Path,
     plan: PruningPlan,
@@ -209,6 +214,7 @@ def finetune(
     out_dir = Path(out_dir)
     path = resolve_checkpoint_path(parent_checkpoint)
     device = config.train_config().resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     init_distributed(device)  # before data moves to a GPU: each rank then uses its own
     parent, ckpt = load_model_from_checkpoint(path)  # on the CPU: apply_plan traces it there
     if ckpt.get("plan") is not None:

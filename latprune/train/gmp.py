@@ -12,7 +12,7 @@ import torch.nn.utils.parametrize as parametrize
 from latprune.errors import PlanError
 from latprune.prune.apply import WeightMask
 from latprune.prune.plan import LayerPlan
-from latprune.prune.schemes import make_mask
+from latprune.schemes import get_scheme, make_mask
 from latprune.train.loop import TrainHook, unwrap
 
 
@@ -62,8 +62,9 @@ class GMPHook(TrainHook):
     rule), and the mask always has the scheme's exact structure, which intersecting old and new masks would
     break for the pattern scheme. At ``end_step`` (at the latest the run's last step) the mask is the scheme
     mask at the plan's sparsity itself; with ``epochs`` given, also after the last epoch at the latest, in case the
-    loader yielded fewer steps than planned (a distributed shard). An nm24 layer stays dense until its target
-    reaches 2:4's 0.5. The masks live in the model's state dict, so a resumed run continues from them.
+    loader yielded fewer steps than planned (a distributed shard). A layer stays dense until its target reaches
+    its scheme's minimum sparsity (2:4's 0.5). The masks live in the model's state dict, so a resumed run
+    continues from them.
     """
 
     def __init__(
@@ -94,8 +95,8 @@ class GMPHook(TrainHook):
                 if mask is None:
                     raise PlanError(f"Layer '{ly.name}' carries no weight mask for GMP; call attach_dense_masks first.")
                 sparsity = ly.sparsity if fraction >= 1.0 else ly.sparsity * fraction
-                if ly.scheme == "nm24" and sparsity < 0.5:
-                    sparsity = 0.0  # 2:4 has no structure below 0.5
+                if sparsity < get_scheme(ly.scheme).min_sparsity:
+                    sparsity = 0.0  # e.g. 2:4 has no structure below 0.5: the layer stays dense until it reaches it
                 mask.mask.copy_(make_mask(ly.scheme, module.weight.detach(), sparsity, ly.params, ly.name))
         self.fraction = fraction
 

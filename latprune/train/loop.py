@@ -16,10 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from latprune._io import atomic_torch_save, atomic_write_json, load_checkpoint
+from latprune._io import atomic_write_json, locks_output
+from latprune._limits import check_threads
 from latprune._version import __version__
 from latprune.data import BatchLoader
 from latprune.errors import LatpruneError
+from latprune.train.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
 from latprune.train.config import RESUMABLE_FIELDS, TrainConfig
 from latprune.train.distributed import (
     DistEnv,
@@ -31,7 +33,6 @@ from latprune.train.distributed import (
     wrap_ddp,
 )
 
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = "latprune.checkpoint/1"
 _ONECYCLE_START_DIV = 25.0  # one-cycle starts at lr / 25 ...
@@ -264,6 +265,7 @@ def _check_resumable(ckpt: dict[str, Any], path: Path, config: TrainConfig, meta
             )
 
 
+@locks_output("out_dir")
 def train_model(
     model: nn.Module,
     train_data: TrainData,
@@ -296,6 +298,7 @@ def train_model(
     meta = dict(meta or {})
     eval_data = dict(eval_data or {})
     device = config.resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     env = init_distributed(device)
     show_progress = show_progress and env.is_main
     train_data = _rank_shard(train_data, env)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from latprune._io import locks_output
+from latprune._limits import check_threads
 from latprune.data import BatchLoader, DataConfig, DataSplits, load_splits, make_loader
 from latprune.errors import DataError, ModelError
 from latprune.train.checkpoint import (
@@ -30,6 +32,7 @@ def eval_loaders(splits: DataSplits, batch_size: int, device: torch.device) -> d
     return loaders
 
 
+@locks_output("out_dir")
 def train_zoo_model(
     model_name: str,
     data: DataConfig,
@@ -45,6 +48,7 @@ def train_zoo_model(
     Runs unchanged under torchrun (see :mod:`latprune.train.distributed`): ``config.batch_size`` is the global batch.
     """
     device = config.resolve_device()
+    check_threads(config.threads if device.type == "cpu" else None)
     init_distributed(device)  # before any tensor goes to "cuda": under torchrun that must mean this rank's GPU
     splits = load_splits(data)
     info = splits.info
@@ -92,7 +96,10 @@ def evaluate_checkpoint(
     so "val" here is the same held-out set the training run reported.
     """
     path = resolve_checkpoint_path(checkpoint)
+    if batch_size < 1:
+        raise DataError(f"The evaluation batch size {batch_size} must be at least 1; pass e.g. --batch-size 1000.")
     torch_device = TrainConfig(device=device, threads=threads).resolve_device()
+    check_threads(threads if torch_device.type == "cpu" else None)
     if threads is not None and torch_device.type == "cpu":
         torch.set_num_threads(threads)
     model, ckpt = load_model_from_checkpoint(path, map_location=torch_device)

@@ -124,7 +124,7 @@ LP_INLINE lp_vf lp_npas_vact(lp_vf x, int act) {
         r = (lp_vf)(((lp_npas_vi)r & ~big) | ((lp_npas_vi)six & big));
         return x * r * (1.f / 6.f);
     }
-    default: return x;
+    default: return lp_vact(x, act); /* sigmoid, SiLU, GELU, ...: the shared definitions in lp_common.h */
     }
 }
 

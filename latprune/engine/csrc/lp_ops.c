@@ -1,4 +1,5 @@
-/* latprune engine: the non-convolution ops the compiler emits (pooling, add, activation, copy).
+/* latprune engine: the non-convolution ops the compiler emits (pooling, add, activation, copy, squeeze-excite
+ * scale, channel LayerNorm).
  * Hand-written, #included by the generated model source (latprune/engine/codegen.py) after lp_common.h.
  * Every function works on ONE image in NCHW layout and may run with in == out where noted. */
 #include "lp_common.h"
@@ -135,3 +136,66 @@ void lp_activate(const float *x, float *out, size_t n, int act, int nthreads) {
 }
 
 void lp_copy(const float *LP_RESTRICT x, float *LP_RESTRICT out, size_t n) { memcpy(out, x, n * sizeof(float)); }
+
+/* out[c][i] = act(x[c][i] * s[c]) over c channels of hw pixels: the squeeze-excite gate multiply, whose gate s
+ * the network computed (c floats); out may be x (in place). */
+void lp_channel_scale(const float *x, const float *s, float *out, int c, int hw, int act, int nthreads) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && (size_t)c * hw >= 65536)
+    for (int ch = 0; ch < c; ++ch) {
+        const float *src = x + (size_t)ch * hw;
+        float *dst = out + (size_t)ch * hw;
+        const lp_vf g = lp_vsplat(s[ch]);
+        int i = 0;
+        for (; i + LP_LANES <= hw; i += LP_LANES) lp_vstore(dst + i, lp_vact(lp_vload(src + i) * g, act));
+        for (; i < hw; ++i) dst[i] = lp_act(src[i] * s[ch], act);
+    }
+}
+
+/* LayerNorm over the c channels of each of hw pixels (ConvNeXt's channel LayerNorm), NCHW: a vector of LP_LANES
+ * pixels at a time walks down the channels three times (mean, then the variance of x - mean, then the output),
+ * the two-pass variance torch computes. out may be x: a pixel is written only after its last read. */
+void lp_layernorm_channels(const float *x, float *out, const float *weight, const float *bias, int c, int hw,
+                           float eps, int act, int nthreads) {
+    const int blocks = (hw + LP_LANES - 1) / LP_LANES;
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1 && (size_t)c * hw >= 65536)
+    for (int blk = 0; blk < blocks; ++blk) {
+        const int p0 = blk * LP_LANES, n = hw - p0 < LP_LANES ? hw - p0 : LP_LANES;
+        float tmp[LP_LANES];
+        lp_vf sum = lp_vsplat(0.f), sq = lp_vsplat(0.f);
+        for (int ch = 0; ch < c; ++ch) {
+            const float *src = x + (size_t)ch * hw + p0;
+            lp_vf v;
+            if (n == LP_LANES) {
+                v = lp_vload(src);
+            } else {
+                for (int l = 0; l < LP_LANES; ++l) tmp[l] = l < n ? src[l] : 0.f;
+                v = lp_vload(tmp);
+            }
+            sum += v;
+        }
+        const lp_vf mean = sum * (1.f / (float)c);
+        for (int ch = 0; ch < c; ++ch) {
+            const float *src = x + (size_t)ch * hw + p0;
+            lp_vf d;
+            if (n == LP_LANES) {
+                d = lp_vload(src) - mean;
+            } else {
+                for (int l = 0; l < LP_LANES; ++l) tmp[l] = l < n ? src[l] : 0.f;
+                d = lp_vload(tmp) - mean;
+            }
+            sq += d * d;
+        }
+        lp_vf rstd;
+        for (int l = 0; l < LP_LANES; ++l) rstd[l] = 1.f / sqrtf(sq[l] * (1.f / (float)c) + eps);
+        for (int ch = 0; ch < c; ++ch) {
+            const float *src = x + (size_t)ch * hw + p0;
+            float *dst = out + (size_t)ch * hw + p0;
+            const lp_vf w = lp_vsplat(weight[ch]), b = lp_vsplat(bias[ch]);
+            if (n == LP_LANES) {
+                lp_vstore(dst, lp_vact((lp_vload(src) - mean) * rstd * w + b, act));
+            } else {
+                for (int l = 0; l < n; ++l) dst[l] = lp_act((src[l] - mean[l]) * rstd[l] * weight[ch] + bias[ch], act);
+            }
+        }
+    }
+}

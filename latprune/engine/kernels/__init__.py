@@ -23,9 +23,7 @@ import numpy as np
 
 from latprune.engine.isa import Isa
 from latprune.errors import EngineError
-
-#: Weight-sparsity schemes the engine knows (the pruning package produces masks with these structures).
-SCHEMES = ("dense", "group4", "block_punched", "pattern", "unstructured", "block_fc", "nm24")
+from latprune.schemes import list_schemes
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ class KernelSpec:
     name: str
     c_function: str
     source: str  # file name in latprune/engine/csrc/
-    scheme: str  # one of SCHEMES
+    scheme: str  # the latprune.schemes entry whose packed format this kernel runs
     supports: Callable[[ConvMeta], bool]
     pack: PackFn
     scratch_floats: Callable[[ConvMeta], int]
@@ -96,7 +94,7 @@ _TABLE: dict[str, KernelSpec] = {}
 
 def register_kernel(spec: KernelSpec) -> KernelSpec:
     """Add ``spec`` to the kernel table (names are unique)."""
-    if spec.scheme not in SCHEMES:
+    if spec.scheme not in list_schemes():
         raise ValueError(f"kernel {spec.name}: unknown scheme {spec.scheme!r}")
     if spec.name in _TABLE:
         raise ValueError(f"kernel {spec.name} is already registered")
@@ -125,15 +123,14 @@ def kernels_for(scheme: str, meta: ConvMeta) -> list[KernelSpec]:
     return [k for k in _TABLE.values() if k.scheme == scheme and k.supports(meta)]
 
 
-_KERNEL_MODULES = ("dense", "group4", "npas")
-
-
 def _load_all() -> None:
-    """Import every kernel family (importing registers its kernels); a missing one is an error, not a gap."""
+    """Import every kernel module of this package, in name order (importing registers its kernels), so a new kernel
+    family is one module here and one C source in csrc/; a module that fails to import is an error, not a gap."""
     import importlib
+    import pkgutil
 
-    for mod in _KERNEL_MODULES:
-        importlib.import_module(f"latprune.engine.kernels.{mod}")
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
-__all__ = ["SCHEMES", "ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]
+__all__ = ["ConvMeta", "KernelSpec", "get_kernel", "kernels_for", "list_kernels", "register_kernel"]

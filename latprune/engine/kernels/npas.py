@@ -19,25 +19,8 @@ import numpy as np
 from latprune.engine.isa import Isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, register_kernel
 from latprune.errors import EngineError
+from latprune.schemes import BLOCK_IN, BLOCK_OUT, FULL_PATTERN, PATTERNS_3x3, kernel_patterns
 
-#: Rows (filters) x input channels of one block-punched block in the packed format (and of a block_fc row block).
-BLOCK_OUT = 4
-BLOCK_IN = 4
-#: Kernel positions (kh * 3 + kw) of the 8 four-entry 3x3 patterns: centre + 3 of its 4-neighbours (missing bottom,
-#: left, top, right), then centre + 2 adjacent 4-neighbours + the corner between them (top-left, top-right,
-#: bottom-left, bottom-right). Pattern id 8 in the packed format is the full 9-entry kernel.
-PATTERNS_3x3: tuple[tuple[int, int, int, int], ...] = (
-    (1, 3, 4, 5),
-    (1, 4, 5, 7),
-    (3, 4, 5, 7),
-    (1, 3, 4, 7),
-    (0, 1, 3, 4),
-    (1, 2, 4, 5),
-    (3, 4, 6, 7),
-    (4, 5, 7, 8),
-)
-FULL_PATTERN = len(PATTERNS_3x3)
-_PATTERN_BITS = np.array([sum(1 << k for k in p) for p in PATTERNS_3x3], dtype=np.int64)
 _MAX_TILE_FLOATS = 512  # LP_NPAS_SLACK in csrc/lp_npas.c: more than the widest tile (4 vectors of <= 16 lanes)
 
 #: Pattern / unstructured variants: pixel tiles copied into an aligned buffer first (all filters then load aligned),
@@ -176,15 +159,6 @@ def unpack_block_punched(packed: dict[str, np.ndarray], meta: ConvMeta) -> np.nd
 
 
 # ----------------------------------------------------------------------------------------------- pattern 3x3
-
-
-def kernel_patterns(weight: np.ndarray) -> np.ndarray:
-    """Pattern id of every 3x3 kernel: -1 if all zero, 0..7 the first pattern covering its nonzeros, 8 otherwise."""
-    k9 = np.asarray(weight).reshape(weight.shape[0], weight.shape[1], 9)  # (c_out, cpg, 9)
-    bits = (k9 != 0).astype(np.int64) @ (1 << np.arange(9, dtype=np.int64))  # (c_out, cpg)
-    covered = (bits[..., None] & ~_PATTERN_BITS) == 0  # (c_out, cpg, 8)
-    pid = np.where(covered.any(axis=-1), covered.argmax(axis=-1), FULL_PATTERN)
-    return np.where(bits == 0, -1, pid)
 
 
 def pack_pattern(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:

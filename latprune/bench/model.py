@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import io
-import statistics
 import time
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from latprune._busy import busy_warning, worst
+from latprune._limits import check_memory, check_seed, check_threads
+from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime, time_runtimes
+from latprune.bench.timing import Timing
 from latprune.engine.isa import cpu_model, using_isa
 from latprune.engine.runtime import compile
 from latprune.errors import EngineError
-from latprune.models import create_model
+from latprune.models import ModelSpec
 
 LAYER_SETS = ("auto", "pointwise", "kxk", "all")
 
@@ -38,8 +38,7 @@ class BenchConfig:
     runs: int = 50
     seed: int = 0
     autotune: bool = False
-    onnxruntime: bool = True
-    torch_eager: bool = True
+    baselines: tuple[str, ...] = DEFAULT_BASELINES  # runtimes timed beside the engine (latprune.bench.list_runtimes)
     isa: str | None = None  # the engine's compile target (avx512, avx2, generic); None: $LATPRUNE_ISA or the CPU's best
 
     def __post_init__(self) -> None:
@@ -49,38 +48,41 @@ class BenchConfig:
             raise EngineError(f"--layers {self.layers!r} is unknown; choose one of {', '.join(LAYER_SETS)}.")
         if self.threads < 1 or self.batch < 1 or self.runs < 1 or self.warmup < 0:
             raise EngineError("--threads, --batch and --runs must be at least 1 and --warmup at least 0.")
+        check_threads(self.threads)
+        check_seed(self.seed)
+        size = f"3x{self.input_size}x{self.input_size}"
+        check_memory(4.0 * self.batch * 3 * self.input_size**2, f"{self.batch} input(s) of {size}", "lower --batch")
+        for name in self.baselines:
+            if name == "engine":
+                raise EngineError("The engine is always timed; list only the runtimes to compare it with.")
+            get_runtime(name)  # unknown or not installed: one sentence
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Median latencies in milliseconds (None where a baseline was not run) and the speed-ups over them."""
+    """Timings per runtime ("engine" and each baseline) and the engine's speed-ups over the baselines."""
 
     config: BenchConfig
-    engine_ms: float
-    onnxruntime_ms: float | None
-    torch_ms: float | None
-    engine_cpu_ms: float  # median CPU time of the calling thread (see Timing)
-    onnxruntime_cpu_ms: float | None
-    torch_cpu_ms: float | None
+    timings: dict[str, Timing]  # runtime name -> median / min wall time and median CPU time (see Timing)
     compile_s: float
     max_rel_error: float  # engine vs torch output, relative to max |torch output|
     sparse_layers: int
     kernels: dict[str, int]  # kernel name -> number of layers using it
+    load_warning: str | None = None  # one sentence when the machine looked busy while timing (latprune._busy)
     isa: str = ""  # the ISA the engine ran (its generated code's target)
     cpu: str = ""  # the CPU model it ran on
 
     @property
-    def speedup_vs_onnxruntime(self) -> float | None:
-        return None if self.onnxruntime_ms is None else self.onnxruntime_ms / self.engine_ms
+    def engine_ms(self) -> float:
+        return self.timings["engine"].median_ms
 
-    @property
-    def speedup_vs_torch(self) -> float | None:
-        return None if self.torch_ms is None else self.torch_ms / self.engine_ms
+    def speedup(self, runtime: str) -> float:
+        """How many times faster the engine is than ``runtime`` (median latencies)."""
+        return self.timings[runtime].median_ms / self.engine_ms
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
-        d["speedup_vs_onnxruntime"] = self.speedup_vs_onnxruntime
-        d["speedup_vs_torch"] = self.speedup_vs_torch
+        d["speedups"] = {name: self.speedup(name) for name in self.timings if name != "engine"}
         return d
 
 
@@ -95,7 +97,7 @@ def sparsify_model(model: nn.Module, scheme: str, sparsity: float, layers: str =
     pointwise for networks with depthwise convs (MobileNets, where 1x1 convs hold the FLOPs) and kxk
     otherwise (ResNets). The stem (the first conv) and depthwise convs are never sparsified, as in JCW.
     """
-    from latprune.prune.schemes import make_mask
+    from latprune.schemes import make_mask
 
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if layers == "auto":
@@ -134,88 +136,43 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Wall-clock median and minimum, and the median CPU time of the calling thread, in milliseconds.
+def _check_batch_fits(model: nn.Module, cfg: BenchConfig) -> None:
+    """Refuse a batch whose activations cannot fit in memory, in one sentence, before anything is allocated.
 
-    With one thread every runtime here computes on the calling thread, so its CPU time is the latency
-    minus the time the OS had it preempted: on a busy machine it is the steadier number to compare.
+    Every runtime holds the model's widest activation for the whole batch (torch, ONNX Runtime and the engine's
+    arena at once): found on one image, then scaled by the batch.
     """
+    widest = 0
 
-    median_ms: float
-    min_ms: float
-    cpu_ms: float
+    def record(_module: nn.Module, _inputs: object, output: object) -> None:
+        nonlocal widest
+        if isinstance(output, torch.Tensor):
+            widest = max(widest, output.numel())
 
-
-def measure(fn: Callable[[], object], warmup: int, runs: int) -> Timing:
-    """Time ``fn()`` ``runs`` times after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(runs):
-        c0, t0 = time.thread_time(), time.perf_counter()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.thread_time() - c0)
-    return Timing(1e3 * statistics.median(wall), 1e3 * min(wall), 1e3 * statistics.median(cpu))
-
-
-TIMING_ROUNDS = 10
-
-
-def measure_interleaved(
-    fns: dict[str, Callable[[], object]], warmup: int, runs: int, rounds: int = TIMING_ROUNDS
-) -> dict[str, Timing]:
-    """Time several runtimes in ``rounds`` interleaved rounds of ``runs / rounds`` calls; each keeps its best round.
-
-    This machine (a VM) flips between a fast and a ~1.5x slower state every few seconds, for every runtime
-    alike. Timing runtimes one after the other let a slow spell land on one of them and move a speed-up by 50%;
-    each runtime's fastest round median (and fastest round CPU-time median) repeats to a few percent.
-    """
-    per_round = max(5, runs // rounds)
-    best: dict[str, Timing] = {}
-    for r in range(rounds):
-        for name, fn in fns.items():
-            t = measure(fn, warmup if r == 0 else 2, per_round)
-            old = best.get(name)
-            best[name] = (
-                t
-                if old is None
-                else Timing(min(old.median_ms, t.median_ms), min(old.min_ms, t.min_ms), min(old.cpu_ms, t.cpu_ms))
-            )
-    return best
-
-
-def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
-    """An ONNX Runtime session for the dense model with every graph optimisation and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, cfg.input_size, cfg.input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    per_image = 4.0 * (3 * cfg.input_size**2 + (1 + len(cfg.baselines)) * widest)  # float32 bytes
+    check_memory(cfg.batch * per_image, f"A --batch of {cfg.batch} images", "use a smaller --batch")
 
 
 def benchmark_model(cfg: BenchConfig) -> BenchResult:
-    """Build the zoo model with random weights, sparsify it, compile it for ``cfg.isa``, and time the three
-    runtimes."""
+    """Build the zoo model with random weights, sparsify it, compile it for ``cfg.isa``, and time the engine and
+    its baselines."""
     with using_isa(cfg.isa):
         return _benchmark_model(cfg)
 
 
 def _benchmark_model(cfg: BenchConfig) -> BenchResult:
-    with torch.random.fork_rng():  # zoo models initialise from the global generator: seed a private copy of it
-        torch.manual_seed(cfg.seed)
-        model = create_model(
-            cfg.model, num_classes=cfg.num_classes, input_size=cfg.input_size, width_mult=cfg.width_mult
-        )
+    spec = ModelSpec(cfg.model, cfg.num_classes, 3, cfg.input_size, cfg.width_mult)
+    model = spec.build(seed=cfg.seed)  # random weights, the same ones for the same seed
     model.eval()
+    _check_batch_fits(model, cfg)
     n_sparse = sparsify_model(model, cfg.scheme, cfg.sparsity, cfg.layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     calibrate_batchnorm(model, torch.randn(4, 3, cfg.input_size, cfg.input_size, generator=gen))
@@ -224,44 +181,22 @@ def _benchmark_model(cfg: BenchConfig) -> BenchResult:
     cm = compile(model, x, threads=cfg.threads, autotune=cfg.autotune)
     compile_s = time.perf_counter() - t0
     xa = x.numpy()
-    fns: dict[str, Callable[[], object]] = {"engine": lambda: cm(xa)}
-    if cfg.onnxruntime:
-        sess = onnxruntime_session(model, x, cfg.threads)
-        fns["ort"] = lambda: sess.run(None, {"x": xa})
-    if cfg.torch_eager:
-        fns["torch"] = lambda: model(x)
-    old = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with torch.inference_mode():
-            ref = model(x)
-            timings = measure_interleaved(fns, cfg.warmup, cfg.runs)
-    finally:
-        torch.set_num_threads(old)
+    with torch.inference_mode():
+        ref = model(x)
+    timings = time_runtimes(
+        model, x, cfg.threads, ("engine", *cfg.baselines), warmup=cfg.warmup, runs=cfg.runs,
+        prepared={"engine": lambda: cm(xa)},
+    )  # fmt: skip
     err = float(np.abs(cm(xa) - ref.numpy()).max() / max(float(ref.abs().max()), 1e-12))
-    engine, ort, eager = timings["engine"], timings.get("ort"), timings.get("torch")
     kernels: dict[str, int] = {}
     for layer in cm.spec.layers:
         kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
-    return BenchResult(
-        config=cfg,
-        engine_ms=engine.median_ms,
-        onnxruntime_ms=ort.median_ms if ort else None,
-        torch_ms=eager.median_ms if eager else None,
-        engine_cpu_ms=engine.cpu_ms,
-        onnxruntime_cpu_ms=ort.cpu_ms if ort else None,
-        torch_cpu_ms=eager.cpu_ms if eager else None,
-        compile_s=compile_s,
-        max_rel_error=err,
-        sparse_layers=n_sparse,
-        kernels=kernels,
-        isa=cm.spec.isa,
-        cpu=cpu_model(),
-    )
+    warning = busy_warning(worst(t.load for t in timings.values()), "This benchmark")
+    return BenchResult(cfg, timings, compile_s, err, n_sparse, kernels, warning, isa=cm.spec.isa, cpu=cpu_model())
 
 
 def format_result(r: BenchResult) -> str:
-    """A few human lines: the three medians and the engine's speed-ups."""
+    """A few human lines: each runtime's median and the engine's speed-ups."""
     c = r.config
     lines = [
         f"{c.model} @ {c.input_size}px, batch {c.batch}, {c.threads} thread(s), {c.scheme} sparsity {c.sparsity:.0%} "
@@ -269,18 +204,18 @@ def format_result(r: BenchResult) -> str:
         f"  latprune engine  {r.engine_ms:9.3f} ms   (compiled in {r.compile_s:.1f} s, "
         f"max rel error {r.max_rel_error:.1e})",
     ]
-    if r.onnxruntime_ms is not None:
-        lines.append(
-            f"  ONNX Runtime     {r.onnxruntime_ms:9.3f} ms   engine is {r.speedup_vs_onnxruntime:.2f}x faster"
-        )
-    if r.torch_ms is not None:
-        lines.append(f"  PyTorch eager    {r.torch_ms:9.3f} ms   engine is {r.speedup_vs_torch:.2f}x faster")
+    baselines = [name for name in r.timings if name != "engine"]
+    for name in baselines:
+        label = get_runtime(name).label
+        ms = r.timings[name].median_ms
+        lines.append(f"  {label:<16} {ms:9.3f} ms   engine is {r.speedup(name):.2f}x faster")
     if c.threads == 1:  # CPU time of the calling thread: what preemption on a busy machine does not inflate
-        cpu = [f"engine {r.engine_cpu_ms:.3f}"]
-        cpu += [f"ONNX Runtime {r.onnxruntime_cpu_ms:.3f}"] if r.onnxruntime_cpu_ms is not None else []
-        cpu += [f"PyTorch {r.torch_cpu_ms:.3f}"] if r.torch_cpu_ms is not None else []
+        cpu = [f"engine {r.timings['engine'].cpu_ms:.3f}"]
+        cpu += [f"{get_runtime(name).label} {r.timings[name].cpu_ms:.3f}" for name in baselines]
         lines.append("  CPU time (ms): " + ", ".join(cpu))
     lines.append("  kernels: " + ", ".join(f"{k} x{n}" for k, n in sorted(r.kernels.items())))
+    if r.load_warning:
+        lines.append(f"  warning: {r.load_warning}")
     return "\n".join(lines)
 
 
@@ -288,10 +223,8 @@ __all__ = [
     "LAYER_SETS",
     "BenchConfig",
     "BenchResult",
-    "Timing",
     "benchmark_model",
     "calibrate_batchnorm",
     "format_result",
-    "measure",
     "sparsify_model",
 ]
