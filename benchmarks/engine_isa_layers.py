@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from latprune._io import atomic_write_json, atomic_write_text
-from latprune.engine.bench import onnxruntime_session
+from latprune.bench import onnxruntime_session
 from latprune.engine.build import compiler_version
 from latprune.engine.detect import dense_kernel
 from latprune.engine.isa import cpu_model, runnable_isas
