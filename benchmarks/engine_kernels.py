@@ -2,9 +2,10 @@
 
 Each sparse kernel gets weights masked by the pruning package's mask generator for its own scheme (so the
 structure is what `latprune prune` produces), and every variant is timed; the table keeps the fastest. Reads
-the kernel table, so a newly registered kernel is benchmarked the moment it exists. 1 thread, batch 1.
-Writes benchmarks/results/engine_kernels.json and engine_kernels.md (or --out DIR). Run:
-    .venv/bin/python benchmarks/engine_kernels.py [--sparsity 0.8] [--repeats 30] [--out DIR]
+the kernel table, so a newly registered kernel is benchmarked the moment it exists. 1 thread, batch 1. ``--isa``
+builds the kernels for that ISA (default: the CPU's best); every row records the CPU and the ISA.
+Writes benchmarks/results/engine_kernels_<isa>.json and .md (or --out DIR). Run:
+    .venv/bin/python benchmarks/engine_kernels.py [--sparsity 0.8] [--repeats 30] [--isa avx2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from latprune._io import atomic_write_json, atomic_write_text
 from latprune.engine.build import compiler_version
-from latprune.engine.isa import cpu_model, host_isa
+from latprune.engine.isa import cpu_model, host_isa, using_isa
 from latprune.engine.kernels import ConvMeta, get_kernel, list_kernels
 from latprune.engine.layer import time_layer
 from latprune.errors import PlanError
@@ -50,8 +51,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sparsity", type=float, default=0.8, help="Weight sparsity of every sparse kernel's mask.")
     p.add_argument("--repeats", type=int, default=30, help="Timed calls per measurement (median).")
-    p.add_argument("--out", type=Path, default=RESULTS, help="Directory for engine_kernels.json and .md.")
+    p.add_argument("--out", type=Path, default=RESULTS, help="Directory for engine_kernels_<isa>.json and .md.")
+    p.add_argument("--isa", help="Build the kernels for this ISA (avx512, avx2, generic; default: the CPU's best).")
     args = p.parse_args()
+    with using_isa(args.isa):
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time every kernel on every layer for the current target ISA and write the tables."""
     rng = np.random.default_rng(0)
     kernels = [k for k in list_kernels() if get_kernel(k).scheme != "dense"]
     rows = []
@@ -60,7 +68,7 @@ def main() -> None:
         dense_w = rng.standard_normal(shape).astype(np.float32)
         dense_kernel = "dense_linear" if meta.is_linear else "dense_conv"
         t_dense = _best_time(dense_kernel, dense_w, meta, args.repeats)
-        row = {"layer": name, "dense_us": 1e6 * t_dense, "kernels": {}}
+        row = {"layer": name, "isa": host_isa().name, "cpu": cpu_model(), "dense_us": 1e6 * t_dense, "kernels": {}}
         for k in kernels:
             spec = get_kernel(k)
             weight = torch.from_numpy(dense_w.reshape(meta.c_out, meta.c_in) if meta.is_linear else dense_w)
@@ -83,7 +91,8 @@ def main() -> None:
         "threads": 1,
         "sparsity": args.sparsity,
     }
-    atomic_write_json(args.out / "engine_kernels.json", {**meta_info, "rows": rows})
+    stem = f"engine_kernels_{meta_info['isa']}"
+    atomic_write_json(args.out / f"{stem}.json", {**meta_info, "rows": rows})
     names = sorted({k for r in rows for k in r["kernels"]})
     lines = [
         f"Per-kernel time at {args.sparsity:.0%} sparsity vs the dense kernel, 1 thread, batch 1, fastest variant "
@@ -98,7 +107,7 @@ def main() -> None:
             for k in names
         ]
         lines.append(f"| {r['layer']} | {r['dense_us']:.0f} | " + " | ".join(cells) + " |")
-    atomic_write_text(args.out / "engine_kernels.md", "\n".join(lines) + "\n")
+    atomic_write_text(args.out / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -2,8 +2,9 @@
 
 For every layer, sparsity (0/50/70/80/90/95% group-of-4) and thread count, prints and records the engine's median
 time, its useful GFLOP/s (2 * dense MACs * density / time) and its speed-up over ONNX Runtime running the dense
-layer (a one-conv ONNX model, all graph optimisations, same threads). Writes benchmarks/results/engine_layers.json
-and engine_layers.md. Run:  .venv/bin/python benchmarks/engine_layers.py [--quick]
+layer (a one-conv ONNX model, all graph optimisations, same threads). ``--isa`` compiles the engine for that ISA
+(default: the CPU's best); every row records the CPU and the ISA. Writes benchmarks/results/engine_layers_<isa>.json
+and .md. Run:  .venv/bin/python benchmarks/engine_layers.py [--quick] [--isa avx2]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from latprune._io import atomic_write_json, atomic_write_text
 from latprune._version import __version__
 from latprune.engine.autotune import TuneConfig, tune_layer
 from latprune.engine.build import compiler_version
-from latprune.engine.isa import cpu_model, host_isa
+from latprune.engine.isa import cpu_model, host_isa, using_isa
 from latprune.engine.kernels import ConvMeta, get_kernel
 from latprune.engine.kernels.group4 import group4_density
 from latprune.engine.layer import BoundLayer, aligned_copy, aligned_empty, bind_layer
@@ -149,6 +150,7 @@ def run(cfg: BenchConfig) -> list[dict]:
         ort_t, ort_min = ort[(threads, i)]
         rows.append(
             {
+                "isa": host_isa().name, "cpu": cpu_model(),
                 "layer": i + 1, "c_in": c_in, "c_out": c_out, "hw": hw, "threads": threads, "sparsity": sparsity,
                 "density": density, "variant": get_kernel("group4_conv").variants[variant], "engine_us": t * 1e6,
                 "engine_min_us": t_min * 1e6, "engine_dense_us": dense[(threads, i)][0] * 1e6,
@@ -224,20 +226,25 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Only 90%% sparsity, 1 thread, 15 runs (a smoke test).")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="Thread counts to measure.")
     parser.add_argument("--repeats", type=int, default=50, help="Timed runs per measurement; the median is kept.")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="Directory for engine_layers.json and .md.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Directory for engine_layers_<isa>.json and .md.")
+    parser.add_argument("--isa", help="Compile the engine for this ISA (avx512, avx2, generic; default: the CPU's).")
     args = parser.parse_args()
     cfg = BenchConfig(threads=tuple(args.threads), repeats=args.repeats)
     if args.quick:
         cfg = BenchConfig(sparsities=(0.9,), threads=(1,), repeats=15, warmup=3)
-    rows = run(cfg)
-    summary = summarise(rows)
-    meta = {
-        "cpu": cpu_model(), "isa": host_isa().name, "compiler": compiler_version(), "latprune": __version__,
-        "python": platform.python_version(), "config": cfg.__dict__,
-    }  # fmt: skip
-    json_path = atomic_write_json(args.out / "engine_layers.json", {"meta": meta, "summary": summary, "layers": rows})
-    md_path = atomic_write_text(args.out / "engine_layers.md", markdown(rows, summary))
-    print(markdown([], summary).split("## Per layer")[0])
+    with using_isa(args.isa) as isa:
+        rows = run(cfg)
+        summary = summarise(rows)
+        meta = {
+            "cpu": cpu_model(), "isa": isa.name, "compiler": compiler_version(), "latprune": __version__,
+            "python": platform.python_version(), "config": cfg.__dict__,
+        }  # fmt: skip
+        report = markdown(rows, summary)
+    json_path = atomic_write_json(
+        args.out / f"engine_layers_{isa.name}.json", {"meta": meta, "summary": summary, "layers": rows}
+    )
+    md_path = atomic_write_text(args.out / f"engine_layers_{isa.name}.md", report)
+    print(report.split("## Per layer")[0])
     print(f"Wrote {json_path} and {md_path}")
 
 

@@ -13,6 +13,15 @@ import torch
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes an ``isa`` argument runs once per ISA this host can execute (``runnable_isas``: an
+    AVX-512 machine runs avx512, avx2 and generic), so every kernel path is tested on every CI machine."""
+    if "isa" in metafunc.fixturenames:
+        from latprune.engine.isa import runnable_isas
+
+        metafunc.parametrize("isa", runnable_isas())
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and two workers with two threads each oversubscribe the

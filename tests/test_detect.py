@@ -17,6 +17,7 @@ from latprune.engine.detect import (
     scheme_applies,
     scheme_mask,
 )
+from latprune.engine.isa import ISAS, host_isa
 from latprune.engine.kernels import ConvMeta, get_kernel
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
@@ -220,9 +221,9 @@ def test_effective_density_matches_the_packed_work():
     meta = ConvMeta(10, 14, 6, 6, 3, 3, 1, 1, 1, 1)  # channel counts that are not multiples of 4
     w = weight(rng, meta, unstructured_mask(rng, shape_of(meta), 0.8))
     bp = get_kernel("npas_block_punched")
-    assert effective_density(bp, w, meta) == bp.pack(w, meta)["ptr"][-1] * 16 / w.size
+    assert effective_density(bp, w, meta) == bp.pack(w, meta, host_isa())["ptr"][-1] * 16 / w.size
     pat = get_kernel("npas_pattern3x3")
-    values = int(pat.pack(w, meta)["voff"][-1])
+    values = int(pat.pack(w, meta, host_isa())["voff"][-1])
     assert effective_density(pat, w, meta) == values / w.size
     assert effective_density(get_kernel("npas_unstructured"), w, meta) == np.count_nonzero(w) / w.size
     assert effective_density(dense_kernel(meta), w, meta) == 1.0
@@ -235,3 +236,8 @@ def test_default_variant_fits_the_image():
     assert default_variant(spec, big) == 0  # widest tile on a large image
     assert default_variant(spec, tiny) == 2  # 4 pixels: the narrowest tile wastes least
     assert default_variant(dense_kernel(big), big) == 0
+    # The target's vector width decides, not the host's: 14 x 16 grid columns (224) fill 4-vector tiles exactly
+    # with NEON's 4 lanes (tile 16), while 16 lanes make a 64-column tile waste 32 and a 32-column one fits.
+    row = ConvMeta(8, 8, 14, 14, 3, 3, 1, 1, 1, 1)
+    assert default_variant(spec, row, isa=ISAS["neon"]) == 0
+    assert default_variant(spec, row, isa=ISAS["avx512"]) == 1

@@ -250,6 +250,16 @@ def test_cli_bench_json_and_export(tmp_path, capsys: pytest.CaptureFixture[str])
     assert "--sparsity 1.5" in capsys.readouterr().err
 
 
+def test_cli_bench_isa_compiles_for_that_isa_and_records_it(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bench", "--model", "resnet20", "--input-size", "16", "--width-mult", "0.25", "--runs", "2"]
+    args += ["--warmup", "0", "--no-torch", "--no-onnxruntime", "--json", "--isa", "generic"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["isa"] == "generic" and result["cpu"] and result["max_rel_error"] < 1e-4
+    assert main(["bench", "--model", "resnet20", "--isa", "sse9"]) == 2
+    assert "--isa='sse9' is not an ISA latprune knows" in capsys.readouterr().err
+
+
 def test_declared_schemes_choose_kernels_and_bad_names_fail() -> None:
     gen = torch.Generator().manual_seed(6)
     model = group4_sparsify(create_model("resnet20", num_classes=10, input_size=16, width_mult=0.5), 0.8, gen)

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine.isa import ISAS
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
-from latprune.engine.kernels.dense import DENSE_CM, DENSE_MR, is_direct, pack_dense_conv, uses_channel_major
+from latprune.engine.kernels.dense import is_direct, pack_dense_conv, uses_channel_major
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
 
@@ -59,27 +60,27 @@ common = dict(
 
 @SETTINGS
 @given(meta=conv_layers(), variant=st.integers(0, 2), **common)
-def test_dense_conv_matches_reference(meta, variant, sparsity, act, residual, nthreads, seed):
+def test_dense_conv_matches_reference(isa, meta, variant, sparsity, act, residual, nthreads, seed):
     w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
-    got = run_layer("dense_conv", w, b, x, meta, act, r, variant=variant, nthreads=nthreads)
+    got = run_layer("dense_conv", w, b, x, meta, act, r, variant=variant, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, r))
 
 
 @SETTINGS
 @given(meta=conv_layers(depthwise=True), variant=st.integers(0, 3), **common)
-def test_depthwise_matches_reference(meta, variant, sparsity, act, residual, nthreads, seed):
+def test_depthwise_matches_reference(isa, meta, variant, sparsity, act, residual, nthreads, seed):
     w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
-    got = run_layer("dense_depthwise", w, b, x, meta, act, r, variant=variant, nthreads=nthreads)
+    got = run_layer("dense_depthwise", w, b, x, meta, act, r, variant=variant, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, r))
 
 
 @SETTINGS
 @given(c_in=st.integers(1, 300), c_out=st.integers(1, 40), **common)
-def test_linear_matches_reference(c_in, c_out, sparsity, act, residual, nthreads, seed):
+def test_linear_matches_reference(isa, c_in, c_out, sparsity, act, residual, nthreads, seed):
     meta = ConvMeta(c_in, c_out, 1, 1, is_linear=True)
     w, b, x, r = random_layer(np.random.default_rng(seed), meta, sparsity, residual)
     got = run_layer("dense_linear", w, b, x.reshape(c_in), meta, act, None if r is None else r.reshape(c_out),
-                    nthreads=nthreads)  # fmt: skip
+                    nthreads=nthreads, isa=isa)  # fmt: skip
     ref = conv_reference(w, b, x.reshape(c_in), meta, act, None if r is None else r.reshape(c_out))
     assert got.shape == (c_out,)
     assert_close(got, ref)
@@ -100,23 +101,43 @@ SHAPES = [
     ConvMeta(260, 9, 5, 10),  # packed 1x1: a 2-column tail
     ConvMeta(200, 13, 7, 7),  # packed 1x1: the 49th column fused into the full tile, a partial weight panel
     ConvMeta(140, 10, 14, 14),  # packed 1x1: two K blocks, a 4-column remainder tile
+    ConvMeta(64, 20, 9, 11, 3, 3, 1, 1, 1, 1),  # grid-packed 3x3 (4-row tiles): K = 576, a partial panel and tile
+    ConvMeta(130, 6, 6, 17, 3, 3, 2, 2, 1, 1),  # grid-packed stride 2: ten K blocks
 ]
 
 
 @pytest.mark.parametrize("meta", SHAPES, ids=str)
-def test_dense_conv_on_model_shapes(meta):
+def test_dense_conv_on_model_shapes(isa, meta):
     w, b, x, r = random_layer(np.random.default_rng(1), meta, 0.0, True)
     for variant in range(len(get_kernel("dense_conv").variants)):
-        assert_close(run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant), conv_reference(w, b, x, meta, 1, r))
+        got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant, isa=isa)
+        assert_close(got, conv_reference(w, b, x, meta, 1, r))
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_channel_major_tiles_blocked_over_taps(nthreads):
+def test_grid_packed_tiles_share_column_tiles_between_threads(isa, nthreads):
+    """Enough 48-column tiles (20 x 22 grid columns) for two threads to take the grid-packed path (4-row tiles)."""
+    meta = ConvMeta(64, 12, 20, 20, 3, 3, 1, 1, 1, 1)
+    w, b, x, r = random_layer(np.random.default_rng(6), meta, 0.0, True)
+    got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=0, nthreads=nthreads, isa=isa)
+    assert_close(got, conv_reference(w, b, x, meta, 1, r))
+
+
+@pytest.mark.parametrize("meta", [ConvMeta(200, 70, 7, 7), ConvMeta(64, 40, 10, 13), ConvMeta(20, 9, 5, 10)], ids=str)
+def test_packed_1x1_splits_weight_panels_when_column_tiles_are_few(isa, meta):
+    """Two threads and fewer than two 48-column tiles each: the threads share the weight panels of each tile."""
+    w, b, x, r = random_layer(np.random.default_rng(7), meta, 0.0, True)
+    got = run_layer("dense_conv", w, b, x, meta, 2, r, variant=0, nthreads=2, isa=isa)
+    assert_close(got, conv_reference(w, b, x, meta, 2, r))
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_channel_major_tiles_blocked_over_taps(isa, nthreads):
     """More than 256 taps and several 32-channel panels: partial sums carried across tap blocks, per thread."""
     meta = ConvMeta(40, 130, 7, 7, 3, 3, 1, 1, 1, 1)  # K = 360: two tap blocks; 5 panels, the last one partial
     w, b, x, r = random_layer(np.random.default_rng(5), meta, 0.0, True)
     for variant in range(len(get_kernel("dense_conv").variants)):
-        got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant, nthreads=nthreads)
+        got = run_layer("dense_conv", w, b, x, meta, 1, r, variant=variant, nthreads=nthreads, isa=isa)
         assert_close(got, conv_reference(w, b, x, meta, 1, r))
 
 
@@ -133,16 +154,16 @@ DW3_SHAPES = [
 
 
 @pytest.mark.parametrize("meta", DW3_SHAPES, ids=str)
-def test_depthwise_3x3_on_model_shapes(meta):
+def test_depthwise_3x3_on_model_shapes(isa, meta):
     for residual in (False, True):
         w, b, x, r = random_layer(np.random.default_rng(3), meta, 0.0, residual)
         for variant in range(len(get_kernel("dense_depthwise").variants)):
-            got = run_layer("dense_depthwise", w, b, x, meta, 2, r, variant=variant)
+            got = run_layer("dense_depthwise", w, b, x, meta, 2, r, variant=variant, isa=isa)
             assert_close(got, conv_reference(w, b, x, meta, 2, r))
 
 
 @pytest.mark.parametrize("name", [k for k in list_kernels() if get_kernel(k).scheme == "dense"])
-def test_every_dense_kernel_in_the_table_is_correct(name):
+def test_every_dense_kernel_in_the_table_is_correct(isa, name):
     spec = get_kernel(name)
     candidates = [ConvMeta(8, 8, 9, 9, 3, 3, 1, 1, 1, 1, groups=8), ConvMeta(16, 24, 6, 6), ConvMeta(40, 10, 1, 1)]
     metas = [m for m in candidates if spec.supports(m)] + [ConvMeta(40, 10, 1, 1, is_linear=True)]
@@ -150,7 +171,7 @@ def test_every_dense_kernel_in_the_table_is_correct(name):
     assert metas, f"no test shape for {name}"
     for meta in metas:
         w, b, x, r = random_layer(np.random.default_rng(2), meta, 0.3, True)
-        assert_close(run_layer(spec, w, b, x, meta, 2, r), conv_reference(w, b, x, meta, 2, r))
+        assert_close(run_layer(spec, w, b, x, meta, 2, r, isa=isa), conv_reference(w, b, x, meta, 2, r))
 
 
 def test_dense_kernels_cover_every_layer_kind():
@@ -159,26 +180,31 @@ def test_dense_kernels_cover_every_layer_kind():
     assert "dense_linear" in [k.name for k in kernels_for("dense", ConvMeta(8, 4, 1, 1, is_linear=True))]
 
 
-def test_dense_pack_layout_is_k_major_panels():
+@pytest.mark.parametrize("target", list(ISAS))
+def test_dense_pack_layout_is_k_major_panels(target):
     meta = ConvMeta(3, 10, 9, 9, 3, 3, pad_h=1, pad_w=1)  # 81 output pixels: pixel-major tiles
     w = np.arange(10 * 3 * 9, dtype=np.float32).reshape(10, 3, 3, 3)
-    packed = pack_dense_conv(w, meta)
-    k = 27
-    assert packed["w"].shape == (2 * k * DENSE_MR,)
-    panels = packed["w"].reshape(2, k, DENSE_MR)  # (panels, K, MR)
+    packed = pack_dense_conv(w, meta, ISAS[target])
+    k, mr = 27, ISAS[target].tiles.dense_mr
+    panels_n = -(-10 // mr)
+    assert packed["w"].shape == (panels_n * k * mr,)
+    panels = packed["w"].reshape(panels_n, k, mr)  # (panels, K, MR)
     np.testing.assert_array_equal(panels[0, :, 3], w[3].ravel())
-    np.testing.assert_array_equal(panels[1, :, 1], w[9].ravel())
-    assert not panels[1, :, 2:].any()  # padding rows are zero
+    np.testing.assert_array_equal(panels[9 // mr, :, 9 % mr], w[9].ravel())
+    assert not panels[-1, :, 10 % mr or mr :].any()  # padding rows are zero
     assert packed["off"].shape == (k,) and not is_direct(meta)
     assert is_direct(ConvMeta(3, 10, 4, 4)) and not is_direct(ConvMeta(3, 10, 3, 3))
     assert not uses_channel_major(meta)
 
 
-def test_small_kxk_outputs_pack_channel_major_panels():
+@pytest.mark.parametrize("target", list(ISAS))
+def test_small_kxk_outputs_pack_channel_major_panels(target):
     meta = ConvMeta(2, 40, 7, 7, 3, 3, pad_h=1, pad_w=1)  # 49 output pixels
     assert uses_channel_major(meta) and not uses_channel_major(ConvMeta(2, 40, 7, 7))
     w = np.arange(40 * 18, dtype=np.float32).reshape(40, 2, 3, 3)
-    panels = pack_dense_conv(w, meta)["w"].reshape(2, 18, DENSE_CM)  # (panels, K, CM)
+    cm = ISAS[target].tiles.cm_channels
+    n = -(-40 // cm)
+    panels = pack_dense_conv(w, meta, ISAS[target])["w"].reshape(n, 18, cm)  # (panels, K, CM)
     np.testing.assert_array_equal(panels[0, :, 5], w[5].ravel())
-    np.testing.assert_array_equal(panels[1, :, 7], w[39].ravel())
-    assert not panels[1, :, 8:].any()  # channels 40..63 are padding
+    np.testing.assert_array_equal(panels[39 // cm, :, 39 % cm], w[39].ravel())
+    assert not panels[-1, :, 40 % cm or cm :].any()  # channels past 40 are padding

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine.isa import host_isa
 from latprune.engine.kernels import ConvMeta, get_kernel, kernels_for, list_kernels
 from latprune.engine.kernels.npas import (
     CONV_VARIANTS,
@@ -115,7 +116,7 @@ def test_unpack_inverts_pack(meta, sparsity, structured, seed):
         if not spec.supports(meta):
             continue
         w = masked_weight(rng, name, meta, sparsity, structured)
-        packed = spec.pack(w, meta)
+        packed = spec.pack(w, meta, host_isa())
         assert all(a.dtype in (np.float32, np.int32) for a in packed.values())
         np.testing.assert_array_equal(UNPACKERS[name](packed, meta), w)
 
@@ -125,7 +126,7 @@ def test_block_punched_pack_stores_one_entry_per_kept_block_position():
     meta = ConvMeta(8, 12, 6, 6, 3, 3, 1, 1, 1, 1)
     mask = structured_mask(rng, "block_punched", (12, 8, 3, 3), 0.6)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
-    packed = pack_block_punched(w, meta)
+    packed = pack_block_punched(w, meta, host_isa())
     kept_blocks = int(mask[::4, ::4].sum())  # one (block, position) per 4x4 block corner
     assert packed["ptr"][-1] == kept_blocks
     assert packed["val"].size == max(1, kept_blocks * 16)
@@ -142,7 +143,7 @@ def test_pattern_pack_groups_kernels_by_pattern_and_keeps_odd_kernels_full():
     w[1, 1, [4]] = 4.0  # centre only: covered by the first pattern
     w = w.reshape(2, 3, 3, 3)
     np.testing.assert_array_equal(kernel_patterns(w), [[5, 2, FULL_PATTERN], [-1, 0, -1]])
-    packed = pack_pattern(w, meta)
+    packed = pack_pattern(w, meta, host_isa())
     off = packed["off"]
     # Output channel 0: pattern 2 (ci 1), pattern 5 (ci 0), full (ci 2); channel 1: pattern 0 (ci 1).
     assert list(packed["ci"]) == [1, 0, 2, 1]
@@ -160,7 +161,7 @@ def test_pattern_column_pack_groups_filters_by_input_column():
         w[co, 2, list(PATTERNS_3x3[6])] = co
     w[5, 0, [0, 8]] = 2.0  # not a pattern: kept full
     w = w.reshape(40, 3, 3, 3)
-    packed = pack_pattern_columns(w, meta)
+    packed = pack_pattern_columns(w, meta, host_isa())
     qc = int(packed["qc"][0])
     assert qc == column_chunk(40) == 20
     # Chunk 0 (filters 0..19): column (channel 0, full) with filter 5, column (channel 2, pattern 6) with 1 and 7.
@@ -177,7 +178,7 @@ def test_block_fc_pack_shares_columns_per_four_rows():
     meta = ConvMeta(10, 6, 1, 1, is_linear=True)
     mask = structured_mask(rng, "block_fc", (6, 10, 1, 1), 0.5)
     w = rng.standard_normal(mask.shape).astype(np.float32) * mask
-    packed = pack_block_fc(w, meta)
+    packed = pack_block_fc(w, meta, host_isa())
     np.testing.assert_array_equal(np.diff(packed["ptr"]), [mask[0].sum(), mask[4].sum()])
     np.testing.assert_array_equal(packed["cols"][: packed["ptr"][1]], np.nonzero(mask[0, :, 0, 0])[0])
     np.testing.assert_array_equal(UNPACKERS["npas_block_fc"](packed, meta), w)
@@ -186,7 +187,7 @@ def test_block_fc_pack_shares_columns_per_four_rows():
 def test_pack_rejects_a_weight_of_the_wrong_shape():
     meta = ConvMeta(4, 4, 5, 5, 3, 3)
     with pytest.raises(EngineError, match=r"npas_pattern3x3.*shape"):
-        pack_pattern(np.zeros((4, 4, 1, 1), np.float32), meta)
+        pack_pattern(np.zeros((4, 4, 1, 1), np.float32), meta, host_isa())
 
 
 # ------------------------------------------------------------------ kernels against the reference
@@ -204,7 +205,7 @@ def test_pack_rejects_a_weight_of_the_wrong_shape():
     nthreads=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, residual, variant, nthreads, seed):
+def test_conv_kernels_match_reference(isa, meta, kernel, sparsity, structured, act, residual, variant, nthreads, seed):
     spec = get_kernel(kernel)
     if not spec.supports(meta):
         meta = ConvMeta(meta.c_in, meta.c_out, max(meta.h, 3), max(meta.w, 3), 3, 3, meta.stride_h, meta.stride_w, 1, 1)
@@ -214,7 +215,7 @@ def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, r
     x = rng.standard_normal((meta.c_in, meta.h, meta.w)).astype(np.float32)
     res = rng.standard_normal((meta.c_out, meta.h_out, meta.w_out)).astype(np.float32) if residual else None
     variant %= len(spec.variants)
-    got = run_layer(kernel, w, b, x, meta, act=act, residual=res, variant=variant, nthreads=nthreads)
+    got = run_layer(kernel, w, b, x, meta, act=act, residual=res, variant=variant, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, res))
 
 
@@ -229,14 +230,14 @@ def test_conv_kernels_match_reference(meta, kernel, sparsity, structured, act, r
     nthreads=st.integers(1, 2),
     seed=st.integers(0, 2**16),
 )
-def test_block_fc_matches_reference(c_in, c_out, sparsity, structured, act, residual, nthreads, seed):
+def test_block_fc_matches_reference(isa, c_in, c_out, sparsity, structured, act, residual, nthreads, seed):
     meta = ConvMeta(c_in, c_out, 1, 1, is_linear=True)
     rng = np.random.default_rng(seed)
     w = masked_weight(rng, "npas_block_fc", meta, sparsity, structured)
     b = rng.standard_normal(c_out).astype(np.float32)
     x = rng.standard_normal((2, c_in)).astype(np.float32)  # a batch of 2 feature vectors
     res = rng.standard_normal((2, c_out)).astype(np.float32) if residual else None
-    got = run_layer("npas_block_fc", w, b, x, meta, act=act, residual=res, nthreads=nthreads)
+    got = run_layer("npas_block_fc", w, b, x, meta, act=act, residual=res, nthreads=nthreads, isa=isa)
     assert_close(got, conv_reference(w, b, x, meta, act, res))
 
 
@@ -253,7 +254,7 @@ MODEL_SHAPES = (
     "kernel", ("npas_block_punched", "npas_pattern3x3", "npas_pattern3x3_cols", "npas_unstructured")
 )
 @pytest.mark.parametrize("meta", MODEL_SHAPES, ids=lambda m: f"{m.c_in}x{m.c_out}k{m.kh}s{m.stride_h}")
-def test_model_shapes_at_80_percent(kernel, meta):
+def test_model_shapes_at_80_percent(isa, kernel, meta):
     spec = get_kernel(kernel)
     if not spec.supports(meta):
         pytest.skip(f"{kernel} does not handle {meta.kh}x{meta.kw} kernels")
@@ -262,10 +263,11 @@ def test_model_shapes_at_80_percent(kernel, meta):
     b = rng.standard_normal(meta.c_out).astype(np.float32)
     x = rng.standard_normal((2, meta.c_in, meta.h, meta.w)).astype(np.float32)  # batch of 2
     for variant in {0, len(spec.variants) - 2}:
-        assert_close(run_layer(kernel, w, b, x, meta, act=1, variant=variant), conv_reference(w, b, x, meta, 1))
+        got = run_layer(kernel, w, b, x, meta, act=1, variant=variant, isa=isa)
+        assert_close(got, conv_reference(w, b, x, meta, 1))
 
 
-def test_all_zero_and_dense_weights():
+def test_all_zero_and_dense_weights(isa):
     """Edge cases of the formats: nothing kept (only bias survives), and everything kept."""
     meta = ConvMeta(5, 6, 7, 7, 3, 3, 1, 1, 1, 1)
     rng = np.random.default_rng(4)
@@ -273,12 +275,12 @@ def test_all_zero_and_dense_weights():
     x = rng.standard_normal((5, 7, 7)).astype(np.float32)
     for w in (np.zeros((6, 5, 3, 3), np.float32), rng.standard_normal((6, 5, 3, 3)).astype(np.float32)):
         for kernel in ("npas_block_punched", "npas_pattern3x3", "npas_pattern3x3_cols", "npas_unstructured"):
-            assert_close(run_layer(kernel, w, b, x, meta, act=2), conv_reference(w, b, x, meta, 2))
+            assert_close(run_layer(kernel, w, b, x, meta, act=2, isa=isa), conv_reference(w, b, x, meta, 2))
 
 
 @pytest.mark.parametrize("kernel", (*CONV_KERNELS[:-1], "npas_block_fc"))
 @pytest.mark.parametrize("variant", range(6))
-def test_kernels_stay_inside_their_buffers(kernel, variant):
+def test_kernels_stay_inside_their_buffers(isa, kernel, variant):
     """Writes past ``scratch_floats`` or past the output would corrupt the compiled model's arena: canaries."""
     spec = get_kernel(kernel)
     if variant >= len(spec.variants):
@@ -290,7 +292,7 @@ def test_kernels_stay_inside_their_buffers(kernel, variant):
         if not spec.supports(meta):
             continue
         w = masked_weight(rng, kernel, meta, 0.5, structured=True)
-        layer = bind_layer(spec, w, None, meta, act=1, variant=variant)
+        layer = bind_layer(spec, w, None, meta, act=1, variant=variant, isa=isa)
         n = layer.scratch.size
         layer.scratch = np.full(n + 256, np.nan, dtype=np.float32)  # stale NaNs must not leak into the result
         layer.scratch[n:] = 7.0

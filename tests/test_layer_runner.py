@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from latprune.engine import autotune
 from latprune.engine.build import CSRC_DIR
-from latprune.engine.isa import host_isa, native_isa, runnable_isas
+from latprune.engine.isa import ISAS, host_isa, native_isa, runnable_isas, using_isa
 from latprune.engine.kernels import ConvMeta, get_kernel
 from latprune.engine.layer import ConvShape, bind_layer, conv_shape, kernel_source, run_layer, time_layer
 from latprune.engine.reference import conv_reference
@@ -172,3 +173,27 @@ def test_isa_override_selects_a_runnable_target(monkeypatch):
         host_isa()
     monkeypatch.delenv("LATPRUNE_ISA")
     assert host_isa() == native_isa()
+
+
+def test_using_isa_sets_the_target_for_a_block_and_restores_it(monkeypatch):
+    monkeypatch.delenv("LATPRUNE_ISA", raising=False)
+    with using_isa("generic") as isa:
+        assert isa.name == "generic" and host_isa().name == "generic"
+    assert host_isa() == native_isa() and "LATPRUNE_ISA" not in os.environ
+    with pytest.raises(EngineError, match="--isa='neon9'"), using_isa("neon9"):
+        pass
+
+
+@pytest.mark.parametrize("name", list(ISAS))
+def test_tile_shapes_fit_each_isas_registers(name):
+    """Accumulators + input vectors + one broadcast fit the register file (else the tile spills every step), and the
+    generated source's #defines carry the same numbers the packers use."""
+    isa = ISAS[name]
+    t = isa.tiles
+    assert t.dense_mr * t.dense_nv + t.dense_nv + 1 <= isa.registers
+    cm_nv = t.cm_channels // isa.lanes
+    assert t.cm_channels % isa.lanes == 0 and cm_nv * t.cm_pixels + cm_nv + 1 <= isa.registers
+    defines = isa.c_defines()
+    for macro, value in (("LP_LANES", isa.lanes), ("LP_DENSE_MR", t.dense_mr), ("LP_CM", t.cm_channels)):
+        assert f"#define {macro} {value}\n" in defines
+    assert (ISAS["avx2"].tiles.dense_mr, ISAS["avx512"].tiles.dense_mr) == (4, 8)

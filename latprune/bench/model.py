@@ -13,6 +13,7 @@ from latprune._busy import busy_warning, worst
 from latprune._limits import check_memory, check_seed, check_threads
 from latprune.bench.runtimes import DEFAULT_BASELINES, get_runtime, time_runtimes
 from latprune.bench.timing import Timing
+from latprune.engine.isa import cpu_model, using_isa
 from latprune.engine.runtime import compile
 from latprune.errors import EngineError
 from latprune.models import ModelSpec
@@ -38,6 +39,7 @@ class BenchConfig:
     seed: int = 0
     autotune: bool = False
     baselines: tuple[str, ...] = DEFAULT_BASELINES  # runtimes timed beside the engine (latprune.bench.list_runtimes)
+    isa: str | None = None  # the engine's compile target (avx512, avx2, generic); None: $LATPRUNE_ISA or the CPU's best
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -67,6 +69,8 @@ class BenchResult:
     sparse_layers: int
     kernels: dict[str, int]  # kernel name -> number of layers using it
     load_warning: str | None = None  # one sentence when the machine looked busy while timing (latprune._busy)
+    isa: str = ""  # the ISA the engine ran (its generated code's target)
+    cpu: str = ""  # the CPU model it ran on
 
     @property
     def engine_ms(self) -> float:
@@ -158,7 +162,13 @@ def _check_batch_fits(model: nn.Module, cfg: BenchConfig) -> None:
 
 
 def benchmark_model(cfg: BenchConfig) -> BenchResult:
-    """Build the zoo model with random weights, sparsify it, compile it, and time the engine and its baselines."""
+    """Build the zoo model with random weights, sparsify it, compile it for ``cfg.isa``, and time the engine and
+    its baselines."""
+    with using_isa(cfg.isa):
+        return _benchmark_model(cfg)
+
+
+def _benchmark_model(cfg: BenchConfig) -> BenchResult:
     spec = ModelSpec(cfg.model, cfg.num_classes, 3, cfg.input_size, cfg.width_mult)
     model = spec.build(seed=cfg.seed)  # random weights, the same ones for the same seed
     model.eval()
@@ -182,7 +192,7 @@ def benchmark_model(cfg: BenchConfig) -> BenchResult:
     for layer in cm.spec.layers:
         kernels[layer.kernel] = kernels.get(layer.kernel, 0) + 1
     warning = busy_warning(worst(t.load for t in timings.values()), "This benchmark")
-    return BenchResult(cfg, timings, compile_s, err, n_sparse, kernels, warning)
+    return BenchResult(cfg, timings, compile_s, err, n_sparse, kernels, warning, isa=cm.spec.isa, cpu=cpu_model())
 
 
 def format_result(r: BenchResult) -> str:
@@ -190,7 +200,7 @@ def format_result(r: BenchResult) -> str:
     c = r.config
     lines = [
         f"{c.model} @ {c.input_size}px, batch {c.batch}, {c.threads} thread(s), {c.scheme} sparsity {c.sparsity:.0%} "
-        f"on {r.sparse_layers} convs (median of {c.runs} runs)",
+        f"on {r.sparse_layers} convs (median of {c.runs} runs), engine compiled for {r.isa} on {r.cpu}",
         f"  latprune engine  {r.engine_ms:9.3f} ms   (compiled in {r.compile_s:.1f} s, "
         f"max rel error {r.max_rel_error:.1e})",
     ]

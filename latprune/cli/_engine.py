@@ -82,6 +82,7 @@ def _bench(args: argparse.Namespace) -> int:
         seed=args.seed,
         autotune=args.autotune,
         baselines=_baselines(args),
+        isa=args.isa,
     )
     result = benchmark_model(cfg)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_result(result))
@@ -185,6 +186,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-onnxruntime", action="store_true", help="Skip the ONNX Runtime baseline.")
     p.add_argument("--no-torch", action="store_true", help="Skip the PyTorch eager baseline.")
+    p.add_argument(
+        "--isa",
+        help="Compile the engine for this ISA (avx512, avx2, generic: any this CPU runs) instead of its best one, "
+        "e.g. to measure the AVX2 path on an AVX-512 machine (same as LATPRUNE_ISA).",
+    )
     p.add_argument("--json", action="store_true", help="Print the result as JSON instead of a table.")
     p.set_defaults(func=_bench)
 

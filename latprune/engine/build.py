@@ -59,7 +59,7 @@ def cflags(isa: Isa | None = None) -> list[str]:
 
 
 _KERNEL_INCLUDE = re.compile(r'^#include "(lp_\w+\.c)"\s*$', re.MULTILINE)
-_LANES = re.compile(r"^#define LP_LANES (\d+)\s*$", re.MULTILINE)
+_ISA_DEFINE = re.compile(r"^#define LP_[A-Z0-9_]+ \d+\s*$", re.MULTILINE)
 _ENTRY = re.compile(r"^((?:void|int) lp_\w+\([^;{]*\))\s*\{", re.MULTILINE)
 
 
@@ -74,20 +74,28 @@ def _compile(cc: list[str], args: list[str], source: str, key: str, what: str) -
         raise EngineError(f"The C compiler '{cc[0]}' failed to build {what} (kept at {keep}): {first_error}")
 
 
-def kernel_object(names: tuple[str, ...], lanes: int, cc: list[str], flags: list[str]) -> Path:
-    """The kernel sources ``names`` (files of CSRC_DIR) compiled once into a cached position-independent object.
+def isa_prelude(source: str) -> str:
+    """The ``#define LP_... <number>`` lines before ``#include "lp_common.h"`` in ``source``: the ISA's lane count
+    and tile shapes (``Isa.c_defines``), which the kernels compiled apart from the source must see too."""
+    head = source.partition('#include "lp_common.h"')[0]
+    return "".join(m.group(0).strip() + "\n" for m in _ISA_DEFINE.finditer(head))
+
+
+def kernel_object(names: tuple[str, ...], prelude: str, cc: list[str], flags: list[str]) -> Path:
+    """The kernel sources ``names`` (files of CSRC_DIR) compiled once, after ``prelude`` (the ISA's #defines), into a
+    cached position-independent object.
 
     Every model links the same object instead of compiling the kernels again inside its own source: the kernels
     are most of the C a model compiles (about 7 s of gcc per model, against well under a second for the rest).
     """
     texts = [(CSRC_DIR / n).read_text() for n in names]
-    header = (CSRC_DIR / "lp_common.h").read_text()
+    headers = [f.read_text() for f in sorted(CSRC_DIR.glob("*.h"))]  # every header a kernel may include
     cache = cache_dir()
-    key = cache_key(cache, [*names, *texts, header, str(lanes), *cc, compiler_version(), *flags, __version__])
+    key = cache_key(cache, [*names, *texts, *headers, prelude, *cc, compiler_version(), *flags, __version__])
     obj = lookup(cache, f"lpk_{key}", ".o")
     if obj is not None:
         return obj
-    source = "\n".join([f"#define LP_LANES {lanes}", '#include "lp_common.h"', *(f'#include "{n}"' for n in names)])
+    source = "\n".join([prelude.rstrip("\n"), '#include "lp_common.h"', *(f'#include "{n}"' for n in names)])
     with tempfile.TemporaryDirectory(prefix="latprune-build-") as tmp:
         src, out = Path(tmp) / "kernels.c", Path(tmp) / "kernels.o"
         src.write_text(source + "\n")
@@ -129,10 +137,10 @@ def build_shared_library(source: str, isa: Isa | None = None) -> Path:
     if lib is not None:
         return lib
     glue, names = split_kernels(source)
-    lanes = _LANES.search(source)
+    prelude = isa_prelude(source)
     objects = []
-    if names and lanes:
-        objects = [str(kernel_object(names, int(lanes.group(1)), cc, [f for f in flags if f != "-shared"]))]
+    if names and prelude:
+        objects = [str(kernel_object(names, prelude, cc, [f for f in flags if f != "-shared"]))]
     else:
         glue = source
     with tempfile.TemporaryDirectory(prefix="latprune-build-") as tmp:

@@ -64,8 +64,8 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start : start + nbytes]
 
 
-def pack_blob(graph: Graph) -> tuple[np.ndarray, dict[int, list[tuple[int, str]]]]:
-    """Pack every conv's bias and packed weight arrays into one aligned blob.
+def pack_blob(graph: Graph, isa: Isa) -> tuple[np.ndarray, dict[int, list[tuple[int, str]]]]:
+    """Pack every conv's bias and packed weight arrays, laid out for ``isa``'s tiles, into one aligned blob.
 
     Returns the blob and, per conv op (by id), its arrays as (table index, C element type) in call order:
     the bias first, then the kernel's arrays in the order its ``pack`` returns them; LayerNorm ops get their
@@ -76,7 +76,7 @@ def pack_blob(graph: Graph) -> tuple[np.ndarray, dict[int, list[tuple[int, str]]
     for op in graph.ops:
         if isinstance(op, ConvOp):
             spec_name = get_kernel(op.kernel).name
-            items = [("bias", op.bias), *get_kernel(op.kernel).pack(op.weight, op.meta).items()]
+            items = [("bias", op.bias), *get_kernel(op.kernel).pack(op.weight, op.meta, isa).items()]
         elif isinstance(op, LayerNormOp):
             spec_name, items = "layernorm", [("weight", op.weight), ("bias", op.bias)]
         else:
@@ -218,7 +218,7 @@ def lower(graph: Graph, isa: Isa) -> Lowered:
     specs = {op.kernel: get_kernel(op.kernel) for op in graph.conv_ops()}
     scratch = {i: specs[op.kernel].scratch_floats(op.meta) for i, op in enumerate(graph.ops) if isinstance(op, ConvOp)}
     plan = plan_arena(graph, scratch)
-    blob, arrays = pack_blob(graph)
+    blob, arrays = pack_blob(graph, isa)
     em = _Emitter(graph, plan, arrays)
     body = [
         f"        /* {i}: {c_comment_text(op.name)}: {c_comment_text(describe(op))} */\n        {em.statement(i, op)}\n"
@@ -233,7 +233,7 @@ def lower(graph: Graph, isa: Isa) -> Lowered:
             f"{c_comment_text(graph.name)}:",
             f" * {len(graph.ops)} ops, arena {plan.total_floats} floats per image, target {isa.name}.",
             " * Do not edit: recompile the model with latprune.engine.compile() or `latprune export`. */",
-            f"#define LP_LANES {isa.lanes}",
+            isa.c_defines().rstrip("\n"),
             "#include <time.h>",
             '#include "lp_common.h"',
             *(f'#include "{src}"' for src in sources),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latprune.engine.isa import host_isa
+from latprune.engine.isa import Isa, host_isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, kernels_for
 from latprune.engine.kernels.npas import is_fc_layer
 from latprune.errors import EngineError
@@ -154,22 +154,24 @@ def dense_kernel(meta: ConvMeta) -> KernelSpec:
 _TILES = {0: (4, 1.0), 1: (2, 0.88), 2: (1, 0.6)}
 
 
-def _tile_waste(meta: ConvMeta, variant: int) -> float:
-    """Computed pixels per useful output pixel of an NPAS conv variant (row padding plus the last, partial tile)."""
-    lanes = host_isa().lanes
+def _tile_waste(meta: ConvMeta, variant: int, lanes: int) -> float:
+    """Computed pixels per useful output pixel of an NPAS conv variant (row padding plus the last, partial tile) with
+    vectors of ``lanes`` floats."""
     tile = _TILES[variant % 3][0] * lanes
     wide = meta.h_out * -(-(meta.w + 2 * meta.pad_w) // meta.stride_w)  # pixels incl. the garbage columns
     return -(-wide // tile) * tile / (meta.h_out * meta.w_out)
 
 
-def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1) -> int:
+def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1, isa: Isa | None = None) -> int:
     """A sensible variant without measuring (autotune measures): for the NPAS conv kernels, the tile width that
     wastes least of the last pixel tile, weighing narrower tiles' lower throughput; index 0 for other kernels.
     Pixel-outer order (variants 0..2) keeps the input tile in cache across filters; every variant splits its
-    (filter, tile) work items evenly over ``nthreads``, so the count does not change the pick."""
+    (filter, tile) work items evenly over ``nthreads``, so the count does not change the pick. ``isa``: the target
+    whose vector width sets the tiles (default: the host's)."""
     if spec.source != "lp_npas.c" or len(spec.variants) != 6:
         return 0
-    cost = {v: _tile_waste(meta, v) / rel for v, (_, rel) in _TILES.items()}
+    lanes = (isa or host_isa()).lanes
+    cost = {v: _tile_waste(meta, v, lanes) / rel for v, (_, rel) in _TILES.items()}
     return min(cost, key=cost.__getitem__)
 
 
@@ -192,7 +194,7 @@ def _candidates(weight: np.ndarray, meta: ConvMeta, declared: str | None) -> lis
 
 
 def choose_kernel(
-    weight: np.ndarray, meta: ConvMeta, declared_scheme: str | None = None, nthreads: int = 1
+    weight: np.ndarray, meta: ConvMeta, declared_scheme: str | None = None, nthreads: int = 1, isa: Isa | None = None
 ) -> tuple[KernelSpec, int]:
     """Pick the kernel expected to be fastest for this layer's weight, and its variant.
 
@@ -200,7 +202,7 @@ def choose_kernel(
     (block-punched zeros are group4 zeros), or dense when the weight is too dense for them to pay off, and raises
     EngineError when the zeros violate its structure. A scheme that is not defined
     for the layer (pattern on a 1x1 conv, any scheme on a depthwise conv) is ignored: depthwise convs run dense,
-    other layers are chosen from their zeros.
+    other layers are chosen from their zeros. ``isa``: the code's target (default: the host's).
     """
     if declared_scheme is not None:
         _scheme(declared_scheme)  # unknown names fail with the list of valid ones
@@ -208,7 +210,7 @@ def choose_kernel(
     candidates = _candidates(w, meta, declared_scheme)
     costs = [estimated_cost(spec, w, meta) for spec in candidates]
     best = candidates[int(np.argmin(costs))]  # ties keep the earlier candidate: dense first
-    return best, default_variant(best, meta, nthreads)
+    return best, default_variant(best, meta, nthreads, isa)
 
 
 __all__ = [

@@ -141,7 +141,7 @@ def export_c(
     """
     isa = target_isa(target)
     graph = capture(model, example_input)
-    choose_kernels(graph, schemes, 1, autotune=False)
+    choose_kernels(graph, schemes, 1, autotune=False, isa=isa)
     lowered = lower(graph, isa)
     out = Path(out_dir)
     cross = TARGETS[target][1]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +14,66 @@ from latprune.errors import EngineError
 
 
 @dataclass(frozen=True)
+class TileShape:
+    """Register-tile shapes of the dense kernels on one ISA, derived from its lane and register counts.
+
+    The C kernels read them as #defines (``Isa.c_defines``) and the Python packers lay weights out for them, so
+    both sides follow these numbers and nothing else.
+    """
+
+    dense_mr: int  # output channels per weight panel = rows of a pixel-major accumulator tile (LP_DENSE_MR)
+    dense_nv: int  # vectors of pixels per pixel-major tile, the widest variant (LP_DENSE_NV)
+    cm_channels: int  # output channels per panel of the channel-major tiles, in the lanes (LP_CM)
+    cm_pixels: int  # most pixels per channel-major tile, one broadcast each (LP_CM_NP)
+
+    @property
+    def pk_columns_vectors(self) -> int:
+        """Vectors of pixels per packed 1x1 input panel (the widest pixel-major tile)."""
+        return self.dense_nv
+
+
+def tile_shape(lanes: int, registers: int) -> TileShape:
+    """The accumulator tiles that fit ``registers`` vector registers of ``lanes`` floats.
+
+    Pixel-major tile: 3 vectors of pixels (3 loads per weight step) and as many rows as keep every accumulator, the
+    3 input vectors and one weight broadcast in registers: 8 rows (28 of 32 registers) or 4 (16 of 16). A tile that
+    does not fit spills accumulators to the stack on every step: 8 x 3 on AVX2's 16 registers ran at half the
+    FMA rate of 4 x 3 (ENGINE_NOTES.md). Channel-major tile: 2 vectors of output channels and up to 12 pixels,
+    likewise bounded by the registers (6 pixels with 16 registers).
+    """
+    nv = 3
+    mr = 8 if 8 * nv + nv + 1 <= registers else 4
+    cm_nv = 2
+    cm_pixels = min(12, (registers - cm_nv - 1) // cm_nv)
+    return TileShape(dense_mr=mr, dense_nv=nv, cm_channels=cm_nv * lanes, cm_pixels=cm_pixels)
+
+
+@dataclass(frozen=True)
 class Isa:
-    """A code-generation target: name, float lanes per vector register, and compiler flags."""
+    """A code-generation target: name, float lanes per vector register, compiler flags and register count."""
 
     name: str  # "avx512", "avx2", "neon" or "generic"
     lanes: int  # float32 lanes of one vector register
     cflags: tuple[str, ...]
     registers: int  # architectural vector registers (bounds the accumulator tile)
+
+    @property
+    def tiles(self) -> TileShape:
+        """The dense kernels' tile shapes on this ISA."""
+        return tile_shape(self.lanes, self.registers)
+
+    def c_defines(self) -> str:
+        """The lines that open every generated C source for this ISA (before lp_common.h): lane count and tiles."""
+        t = self.tiles
+        facts = {
+            "LP_LANES": self.lanes,
+            "LP_REGISTERS": self.registers,
+            "LP_DENSE_MR": t.dense_mr,
+            "LP_DENSE_NV": t.dense_nv,
+            "LP_CM": t.cm_channels,
+            "LP_CM_NP": t.cm_pixels,
+        }
+        return "".join(f"#define {k} {v}\n" for k, v in facts.items())
 
 
 ISAS: dict[str, Isa] = {
@@ -86,6 +141,26 @@ def resolve_isa(name: str, source: str = "--isa") -> Isa:
             f"{source}={name!r} cannot run on this {native_isa().name} CPU; use one of {', '.join(runnable_isas())}."
         )
     return ISAS[name]
+
+
+@contextlib.contextmanager
+def using_isa(name: str | None, source: str = "--isa") -> Iterator[Isa]:
+    """Within the block the engine compiles, tunes and fingerprints for ``name`` (None: leave the target as it is),
+    by setting ``$LATPRUNE_ISA``, which everything that asks ``host_isa()`` reads; restored on exit. An unknown or
+    unrunnable name fails before the block with one sentence naming ``source``."""
+    if not name:
+        yield host_isa()
+        return
+    isa = resolve_isa(name.strip().lower(), source)
+    old = os.environ.get("LATPRUNE_ISA")
+    os.environ["LATPRUNE_ISA"] = isa.name
+    try:
+        yield isa
+    finally:
+        if old is None:
+            os.environ.pop("LATPRUNE_ISA", None)
+        else:
+            os.environ["LATPRUNE_ISA"] = old
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from latprune.engine.capture import capture
 from latprune.engine.codegen import aligned_empty, describe, lower
 from latprune.engine.detect import choose_kernel
 from latprune.engine.ir import Graph
-from latprune.engine.isa import host_isa, runnable_isas
+from latprune.engine.isa import Isa, host_isa, runnable_isas
 from latprune.engine.torch_backend import TorchGraphRunner
 from latprune.engine.trust import check_private, read_verified, verify_library, write_private
 from latprune.errors import EngineError
@@ -64,8 +64,11 @@ class CompiledSpec:
     version: str = __version__
 
 
-def choose_kernels(graph: Graph, schemes: Mapping[str, str] | None, threads: int, autotune: bool) -> None:
-    """Fill in ``kernel``/``variant`` of every conv op: detect.choose_kernel, then autotune's fastest variant.
+def choose_kernels(
+    graph: Graph, schemes: Mapping[str, str] | None, threads: int, autotune: bool, isa: Isa | None = None
+) -> None:
+    """Fill in ``kernel``/``variant`` of every conv op for the target ``isa`` (default: the host's):
+    detect.choose_kernel, then autotune's fastest variant (measured here, so only for the host).
 
     ``schemes`` maps conv/linear module names to a declared sparsity scheme (else it is detected from the zeros).
     """
@@ -81,7 +84,9 @@ def choose_kernels(graph: Graph, schemes: Mapping[str, str] | None, threads: int
     if bad:
         raise EngineError(f"Unknown sparsity scheme in {', '.join(bad)}; choose one of {', '.join(list_schemes())}.")
     for op in graph.conv_ops():
-        spec, variant = choose_kernel(op.weight, op.meta, declared_scheme=schemes.get(op.name), nthreads=threads)
+        spec, variant = choose_kernel(
+            op.weight, op.meta, declared_scheme=schemes.get(op.name), nthreads=threads, isa=isa
+        )
         if autotune and len(spec.variants) > 1:
             variant = best_variant(spec, op.meta, op.weight, threads)
         op.kernel, op.variant = spec.name, variant
@@ -419,7 +424,7 @@ def compile(
         ops = tuple(f"{op.name}: {describe(op)}" for op in graph.ops)
         spec = CompiledSpec(graph.name, in_shape, out_shape, 0, threads, "torch", layer_choices(graph), ops)
         return CompiledModel(spec, None, None, None, TorchGraphRunner(graph))
-    choose_kernels(graph, schemes, threads, autotune)
+    choose_kernels(graph, schemes, threads, autotune, isa)
     ops = tuple(f"{op.name}: {describe(op)}" for op in graph.ops)
     lowered = lower(graph, isa)
     lib = build_shared_library(lowered.source, isa)

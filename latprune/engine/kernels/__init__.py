@@ -7,9 +7,11 @@ A kernel is a C function in ``latprune/engine/csrc/<source>`` with the signature
                       <one pointer per packed array, in the order ``pack`` returns them>);
 
 computing one image in NCHW: ``out = act(conv(in, W) + bias[co] + residual)`` (``residual`` may be NULL,
-``bias`` is never NULL). ``pack`` turns the (BN-folded, masked) dense weight into the kernel's packed
-format: an ordered dict of float32 / int32 numpy arrays. ``scratch_floats`` says how much scratch the
-call needs (e.g. a padded copy of the input); the compiler gives it from the arena.
+``bias`` is never NULL). ``pack(weight, meta, isa)`` turns the (BN-folded, masked) dense weight into the kernel's
+packed format for the target ``isa``: an ordered dict of float32 / int32 numpy arrays. The ISA's tile shapes
+(``Isa.tiles``, e.g. the rows of a dense weight panel) reach the C code as the #defines that open every generated
+source (``Isa.c_defines``), so packer and kernel read the same numbers. ``scratch_floats`` says how much scratch
+the call needs (e.g. a padded copy of the input, sized for the widest ISA); the compiler gives it from the arena.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latprune.engine.isa import Isa
 from latprune.errors import EngineError
 from latprune.schemes import list_schemes
 
@@ -59,7 +62,8 @@ class ConvMeta:
         return self.c_out * self.h_out * self.w_out * (self.c_in // self.groups) * self.kh * self.kw
 
 
-PackFn = Callable[[np.ndarray, ConvMeta], dict[str, np.ndarray]]
+#: (weight, meta, target ISA) -> packed arrays in the order the C function takes them.
+PackFn = Callable[[np.ndarray, ConvMeta, Isa], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from latprune.engine.isa import Isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, register_kernel
 from latprune.errors import EngineError
 
-#: Output rows per packed weight panel; must equal LP_DENSE_MR in csrc/lp_dense.c.
-DENSE_MR = 8
-#: Output channels per panel of the channel-major tiles (small outputs); must equal LP_CM in csrc/lp_dense.c.
-DENSE_CM = 32
+# Rows per weight panel and channels per channel-major panel are the ISA's (Isa.tiles: dense_mr, cm_channels), the
+# same numbers the C code gets as LP_DENSE_MR and LP_CM.
 #: Floats of zeroed slack after the grid planes (LP_MAXNV * 16 lanes read past the end, plus a grid row).
 _SLACK = 512
 
@@ -77,38 +76,38 @@ def uses_channel_major(meta: ConvMeta) -> bool:
     return meta.groups == 1 and meta.kh * meta.kw > 1 and meta.h_out * meta.w_out <= 64
 
 
-def pack_dense_conv(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
-    """Weights in k-major panels of DENSE_MR rows per group (zero rows pad the last panel), plus tap offsets.
-
-    Small outputs (see ``uses_channel_major``) get panels of DENSE_CM channels instead, the lanes of their tiles.
-    """
+def pack_dense_conv(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
+    """Weights in k-major panels of ``isa.tiles.dense_mr`` rows per group (zero rows pad the last panel), plus tap
+    offsets. Small outputs (see ``uses_channel_major``) get panels of ``isa.tiles.cm_channels`` channels instead,
+    the lanes of their tiles."""
+    mr, cm = isa.tiles.dense_mr, isa.tiles.cm_channels
     if uses_channel_major(meta):
         k = meta.c_in * meta.kh * meta.kw
-        panels = -(-meta.c_out // DENSE_CM)
-        padded = np.zeros((panels * DENSE_CM, k), dtype=np.float32)
+        panels = -(-meta.c_out // cm)
+        padded = np.zeros((panels * cm, k), dtype=np.float32)
         padded[: meta.c_out] = np.asarray(weight, dtype=np.float32).reshape(meta.c_out, k)  # (c_out, K)
-        packed = padded.reshape(panels, DENSE_CM, k).transpose(0, 2, 1)  # (panels, K, CM)
+        packed = padded.reshape(panels, cm, k).transpose(0, 2, 1)  # (panels, K, CM)
         return {"w": np.ascontiguousarray(packed).ravel(), "off": group_tap_offsets(meta).ravel()}
     mg = meta.c_out // meta.groups
     k = (meta.c_in // meta.groups) * meta.kh * meta.kw
-    panels = -(-mg // DENSE_MR)
+    panels = -(-mg // mr)
     w = np.asarray(weight, dtype=np.float32).reshape(meta.groups, mg, k)  # (groups, Mg, K)
-    padded = np.zeros((meta.groups, panels * DENSE_MR, k), dtype=np.float32)
+    padded = np.zeros((meta.groups, panels * mr, k), dtype=np.float32)
     padded[:, :mg] = w
-    packed = padded.reshape(meta.groups, panels, DENSE_MR, k).transpose(0, 1, 3, 2)  # (groups, panels, K, MR)
+    packed = padded.reshape(meta.groups, panels, mr, k).transpose(0, 1, 3, 2)  # (groups, panels, K, MR)
     return {"w": np.ascontiguousarray(packed).ravel(), "off": group_tap_offsets(meta).ravel()}
 
 
-def pack_depthwise(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
-    """Per-channel taps (C, kh*kw) and the tap offsets within one channel's grid planes."""
+def pack_depthwise(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
+    """Per-channel taps (C, kh*kw) and the tap offsets within one channel's grid planes (the same on every ISA)."""
     ky, kx = np.meshgrid(np.arange(meta.kh), np.arange(meta.kw), indexing="ij")
     off = grid_offsets(meta, np.zeros(ky.size, dtype=np.int64), ky.ravel(), kx.ravel())  # (kh*kw,)
     w = np.asarray(weight, dtype=np.float32).reshape(meta.c_out, meta.kh * meta.kw)  # (C, kh*kw)
     return {"w": np.ascontiguousarray(w).ravel(), "off": off}
 
 
-def pack_linear(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
-    """The (c_out, c_in) weight, row-major."""
+def pack_linear(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
+    """The (c_out, c_in) weight, row-major (the same on every ISA)."""
     w = np.asarray(weight, dtype=np.float32).reshape(meta.c_out, meta.c_in)  # (c_out, c_in)
     return {"w": np.ascontiguousarray(w).ravel()}
 
@@ -127,8 +126,9 @@ DENSE_CONV = register_kernel(
         pack=pack_dense_conv,
         scratch_floats=grid_scratch_floats,
         variants=("w3", "w2", "w1", "w3_cols", "w2_cols", "w1_cols"),
-        description="Any convolution (kernel, stride, padding, groups): 8-row x w*LANES register tiles over the "
-        "input grid; 1x1 layers read the input directly (variant 0: through packed 48-column input panels).",
+        description="Any convolution (kernel, stride, padding, groups): MR-row x w*LANES register tiles over the "
+        "input grid (MR from the ISA's registers); 1x1 layers read the input directly (variant 0: through packed "
+        "input panels); small k x k outputs use channel-major tiles.",
     )
 )
 
@@ -141,9 +141,10 @@ DENSE_DEPTHWISE = register_kernel(
         supports=lambda meta: meta.is_depthwise,
         pack=pack_depthwise,
         scratch_floats=grid_scratch_floats,
-        variants=("masked3x3_w4", "w2", "w1", "w3"),
+        variants=("3x3_w4", "w2", "w1", "w3"),
         description="Depthwise convolution, any kernel/stride/padding: per channel, shifted vector loads of its "
-        "padded phase planes; variant 0 reads 3x3 pad-1 stride-1/2 layers in place with masked loads (AVX-512).",
+        "padded phase planes; variant 0 reads 3x3 pad-1 stride-1/2 layers in place (masked loads on AVX-512, lane "
+        "shuffles per output row on the narrower ISAs).",
     )
 )
 
@@ -162,11 +163,9 @@ DENSE_LINEAR = register_kernel(
 )
 
 __all__ = [
-    "DENSE_CM",
     "DENSE_CONV",
     "DENSE_DEPTHWISE",
     "DENSE_LINEAR",
-    "DENSE_MR",
     "grid_channel_floats",
     "grid_offsets",
     "grid_scratch_floats",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from latprune.engine.isa import Isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, register_kernel
 from latprune.engine.kernels.dense import grid_scratch_floats, group_tap_offsets, is_direct
 
@@ -61,7 +62,7 @@ def group4_density(weight: np.ndarray, meta: ConvMeta) -> float:
     return float(mask.mean()) if mask.size else 0.0
 
 
-def pack_group4(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_group4(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """CSR over groups of 4 output channels: the union of their nonzero positions, 4 values per position.
 
     Zeros inside a group's union are stored explicitly, so any weight packs correctly; the format only pays

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from latprune.engine.isa import Isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, register_kernel
 from latprune.errors import EngineError
 from latprune.schemes import BLOCK_IN, BLOCK_OUT, FULL_PATTERN, PATTERNS_3x3, kernel_patterns
@@ -118,7 +119,7 @@ def _decode_offsets(off: np.ndarray, meta: ConvMeta) -> tuple[np.ndarray, np.nda
     return ci, kpos
 
 
-def pack_block_punched(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_block_punched(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """Pack per 4 x 4 (filter x channel) block the kept kernel positions and the dense 4 x 4 values at each."""
     w = _check_weight(weight, meta, "npas_block_punched")
     g = _geometry(meta)
@@ -160,7 +161,7 @@ def unpack_block_punched(packed: dict[str, np.ndarray], meta: ConvMeta) -> np.nd
 # ----------------------------------------------------------------------------------------------- pattern 3x3
 
 
-def pack_pattern(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_pattern(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """Pack per output channel its kept kernels grouped by pattern (PatDNN's filter-kernel reorder), 4 or 9 values
     each; a kernel whose nonzeros no pattern covers is kept full (pattern id 8)."""
     w = _check_weight(weight, meta, "npas_pattern3x3")
@@ -210,7 +211,7 @@ def column_chunk(c_out: int) -> int:
     return max(16, min(128, c_out // 2))
 
 
-def pack_pattern_columns(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_pattern_columns(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """Pack the kept kernels per chunk of filters and per (input channel, pattern) column, so a pixel tile loads a
     column's 4 input rows once for every filter of the chunk that uses them."""
     w = _check_weight(weight, meta, "npas_pattern3x3_cols")
@@ -272,7 +273,7 @@ def pattern_columns_scratch_floats(meta: ConvMeta) -> int:
 # ----------------------------------------------------------------------------------------------- unstructured
 
 
-def pack_unstructured(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_unstructured(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """CSR over (ci, kh, kw) per output channel; each nonzero stores its tap's offset in the padded image and its
     row in the tile buffer."""
     w = _check_weight(weight, meta, "npas_unstructured")
@@ -304,7 +305,7 @@ def unpack_unstructured(packed: dict[str, np.ndarray], meta: ConvMeta) -> np.nda
 # ----------------------------------------------------------------------------------------------- block-sparse linear
 
 
-def pack_block_fc(weight: np.ndarray, meta: ConvMeta) -> dict[str, np.ndarray]:
+def pack_block_fc(weight: np.ndarray, meta: ConvMeta, isa: Isa) -> dict[str, np.ndarray]:
     """Per block of 4 rows: the kept columns and the block's 4 rows over them (row-major)."""
     w = _check_weight(weight, meta, "npas_block_fc").reshape(meta.c_out, meta.c_in)
     nrb = -(-meta.c_out // BLOCK_OUT)

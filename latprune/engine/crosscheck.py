@@ -1,0 +1,173 @@
+"""Run kernels of the table as one stand-alone C program built for any ISA, e.g. NEON under qemu on an x86 machine.
+
+The in-process path (``latprune.engine.layer``) can only load code this CPU executes; this one writes a C program
+with the ISA's #defines, the kernel sources and one call per case, packs every case's weights for that ISA into a
+binary file, and lets a cross compiler and an emulator (``qemu-aarch64``) run it. Tests compare the outputs with
+``conv_reference``: correctness only, an emulator's timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latprune.engine.build import CSRC_DIR
+from latprune.engine.codegen import BLOB_ALIGN
+from latprune.engine.isa import Isa
+from latprune.engine.kernels import ConvMeta, get_kernel
+from latprune.errors import EngineError
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One kernel call: the layer, its (dense, masked) weight, bias, one input image and the call's options."""
+
+    kernel: str
+    meta: ConvMeta
+    weight: np.ndarray  # (c_out, c_in / groups, kh, kw)
+    bias: np.ndarray  # (c_out,)
+    x: np.ndarray  # (c_in, h, w)
+    residual: np.ndarray | None = None  # (c_out, h_out, w_out)
+    act: int = 0
+    variant: int = 0
+    nthreads: int = 1
+
+
+_MAIN = r"""
+static char *read_all(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fprintf(stderr, "cannot open %s\n", path); exit(2); }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = aligned_alloc(64, ((size_t)n + 63) / 64 * 64 + 64);
+    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
+    fclose(f);
+    return buf;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: %s cases.bin outputs.bin\n", argv[0]); return 2; }
+    const char *blob = read_all(argv[1]);
+    FILE *out = fopen(argv[2], "wb");
+    if (!out) return 2;
+    for (int i = 0; i < LP_NCASES; i++) {
+        float *y = aligned_alloc(64, ((size_t)lp_out_floats[i] * sizeof(float) + 63) / 64 * 64);
+        float *scratch = calloc((size_t)lp_scratch_floats[i] + 16, sizeof(float));
+        lp_run_case(i, blob, y, scratch);
+        if (fwrite(y, sizeof(float), (size_t)lp_out_floats[i], out) != (size_t)lp_out_floats[i]) return 2;
+        free(y);
+        free(scratch);
+    }
+    fclose(out);
+    return 0;
+}
+"""
+
+
+def _blob(arrays: Sequence[np.ndarray]) -> bytes:
+    """An int64 offset table, then every array on a 64-byte boundary (the compiled model's blob layout)."""
+    header = -(-8 * max(len(arrays), 1) // BLOB_ALIGN) * BLOB_ALIGN
+    offsets, pos = [], header
+    for arr in arrays:
+        offsets.append(pos)
+        pos += -(-arr.nbytes // BLOB_ALIGN) * BLOB_ALIGN
+    buf = bytearray(pos)
+    buf[: 8 * len(offsets)] = np.asarray(offsets, dtype="<i8").tobytes()
+    for off, arr in zip(offsets, arrays, strict=True):
+        buf[off : off + arr.nbytes] = np.ascontiguousarray(arr).tobytes()
+    return bytes(buf)
+
+
+def write_program(cases: Sequence[KernelCase], isa: Isa, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``cases.c`` (the program for ``isa``) and ``cases.bin`` (every case's packed arrays) into ``out_dir``."""
+    arrays: list[np.ndarray] = []
+    calls, shapes, out_floats, scratch_floats = [], [], [], []
+    sources = sorted({get_kernel(c.kernel).source for c in cases})
+    for i, c in enumerate(cases):
+        spec, m = get_kernel(c.kernel), c.meta
+        first = len(arrays)
+        arrays += [np.ascontiguousarray(c.x, np.float32), np.ascontiguousarray(c.bias, np.float32)]
+        if c.residual is not None:
+            arrays.append(np.ascontiguousarray(c.residual, np.float32))
+        packed = list(spec.pack(np.asarray(c.weight, np.float32), m, isa).values())
+        arrays += [a if a.size else np.zeros(1, a.dtype) for a in packed]
+        fields = (m.c_in, m.h, m.w, m.c_out, m.h_out, m.w_out, m.kh, m.kw, m.stride_h, m.stride_w, m.pad_h, m.pad_w)
+        shapes.append(f"    {{{', '.join(map(str, (*fields, m.groups)))}}},")
+        res = f"A(float, {first + 2})" if c.residual is not None else "NULL"
+        k0 = first + 2 + (c.residual is not None)
+        ctype = {np.dtype(np.float32): "float", np.dtype(np.int32): "int32_t"}
+        args = ", ".join(f"A({ctype[a.dtype]}, {k0 + j})" for j, a in enumerate(packed))
+        calls.append(
+            f"    case {i}: {spec.c_function}(A(float, {first}), y, A(float, {first + 1}), {res}, scratch, "
+            f"&lp_shapes[{i}], {c.act}, {c.variant}, {c.nthreads}, {args}); break;"
+        )
+        out_floats.append(str(m.c_out * m.h_out * m.w_out))
+        scratch_floats.append(str(max(1, spec.scratch_floats(m))))
+    source = "\n".join(
+        [
+            f"/* Generated by latprune.engine.crosscheck: {len(cases)} kernel calls for ISA {isa.name}. */",
+            isa.c_defines().rstrip("\n"),
+            "#include <stdio.h>",
+            "#include <stdlib.h>",
+            '#include "lp_common.h"',
+            *(f'#include "{s}"' for s in sources),
+            "#define A(T, k) ((const T *)(const void *)(blob + ((const int64_t *)(const void *)blob)[k]))",
+            f"#define LP_NCASES {len(cases)}",
+            "static const lp_conv_shape lp_shapes[] = {",
+            *shapes,
+            "};",
+            f"static const long lp_out_floats[] = {{{', '.join(out_floats)}}};",
+            f"static const long lp_scratch_floats[] = {{{', '.join(scratch_floats)}}};",
+            "static void lp_run_case(int i, const char *blob, float *y, float *scratch) {",
+            "    switch (i) {",
+            *calls,
+            "    default: break;",
+            "    }",
+            "}",
+            _MAIN,
+        ]
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src, bin_path = out_dir / "cases.c", out_dir / "cases.bin"
+    src.write_text(source)
+    bin_path.write_bytes(_blob(arrays))
+    return src, bin_path
+
+
+def run_cases(
+    cases: Sequence[KernelCase], isa: Isa, cc: Sequence[str], runner: Sequence[str], work_dir: Path
+) -> list[np.ndarray]:
+    """Build the program with ``cc`` (e.g. ``["aarch64-linux-gnu-gcc"]``), run it under ``runner`` (e.g.
+    ``["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]``, or nothing on the host) and return each case's output,
+    shaped (c_out, h_out, w_out). A failed build or run raises one EngineError quoting the first error line."""
+    src, bin_path = write_program(cases, isa, work_dir)
+    exe = work_dir / "cases"
+    flags = ["-O2", "-std=gnu11", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", *isa.cflags]
+    build = subprocess.run([*cc, *flags, f"-I{CSRC_DIR}", str(src), "-o", str(exe), "-lm"], capture_output=True)
+    if build.returncode != 0:
+        err = build.stderr.decode(errors="replace").strip().splitlines()
+        first = next((ln for ln in err if "error" in ln), err[0] if err else "no message")
+        raise EngineError(f"Building the {isa.name} kernel cases with '{cc[0]}' failed ({src}): {first}")
+    outputs = work_dir / "outputs.bin"
+    run = subprocess.run([*runner, str(exe), str(bin_path), str(outputs)], capture_output=True)
+    if run.returncode != 0:
+        err = run.stderr.decode(errors="replace").strip()
+        raise EngineError(f"The {isa.name} kernel cases exited with {run.returncode} under {runner}: {err[-500:]}")
+    flat = np.fromfile(outputs, np.float32)
+    results, pos = [], 0
+    for c in cases:
+        m = c.meta
+        n = m.c_out * m.h_out * m.w_out
+        results.append(flat[pos : pos + n].reshape(m.c_out, m.h_out, m.w_out))
+        pos += n
+    if pos != flat.size:
+        raise EngineError(f"The {isa.name} kernel cases wrote {flat.size} floats, expected {pos}.")
+    return results
+
+
+__all__ = ["KernelCase", "run_cases", "write_program"]
