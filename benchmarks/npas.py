@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ import numpy as np
 from latprune._io import atomic_write_json, atomic_write_text, read_json
 from latprune.engine.isa import cpu_model, host_isa
 from latprune.errors import LatpruneError
+from latprune.search import search_cost
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,20 +120,7 @@ def search_step(args: argparse.Namespace, work: Path, name: str, algorithm: str,
     )  # fmt: skip
     outcome = search_checkpoint(job)
     print(outcome.table)
-    return {"dir": str(out), "cost": cost_split(out), "calls": outcome.result.generations + 1}
-
-
-def cost_split(run_dir: Path) -> dict[str, float]:
-    """Wall seconds of a search summed over its generations: the super-net's phases, prediction and the algorithm."""
-    total: dict[str, float] = {}
-    for path in sorted(run_dir.glob("gen_*.json")):
-        timing = json.loads(path.read_text())["timing_s"]
-        for key in ("evolution", "predictor", "estimator"):
-            total[key] = total.get(key, 0.0) + float(timing[key])
-        for key, value in timing.get("estimator_phases", {}).items():
-            if key.endswith("_s"):
-                total[key] = total.get(key, 0.0) + float(value)
-    return total
+    return {"dir": str(out), "cost": search_cost(out), "calls": outcome.result.generations + 1}
 
 
 def reachable(args: argparse.Namespace, profile: str, scheme: str, budget: float) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import shutil
 import sys
 import time
@@ -35,7 +34,7 @@ from latprune._io import atomic_write_json
 from latprune.cli._search import add_supernet_arguments, supernet_from_args
 from latprune.errors import LatpruneError
 from latprune.report import plot_latency_histograms, plot_search
-from latprune.search import MODES, SearchConfig, run_search
+from latprune.search import MODES, SearchConfig, run_search, search_cost
 from latprune.search.synthetic import SyntheticProblem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,7 +111,7 @@ def table3(make_inputs: Any, base: SearchConfig, dense_ms: float, true_error: An
         result = run_search(space, predictor, estimator, dataclasses.replace(base, mode=mode), run_dir, progress=True)
         wall = time.perf_counter() - t0
         plot_search(run_dir, result=result, title=f"{label}: {mode}")
-        rows[mode] = {"wall_s": wall, "front_size": len(result.front), "budgets": [], "cost": cost_split(run_dir)}
+        rows[mode] = {"wall_s": wall, "front_size": len(result.front), "budgets": [], "cost": search_cost(run_dir)}
         for frac, budget in zip(BUDGET_FRACTIONS, budgets, strict=True):
             fits = [c for c in result.population if c.latency_ms <= budget]
             best = min(fits, key=lambda c: c.error) if fits else None
@@ -136,19 +135,6 @@ def table3(make_inputs: Any, base: SearchConfig, dense_ms: float, true_error: An
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["cost"].items())
         print(f"{mode:<14} total {r['wall_s']:.1f}: {parts}")
     return {"dense_ms": dense_ms, "error_column": err_key, "rows": rows}
-
-
-def cost_split(run_dir: Path) -> dict[str, float]:
-    """Wall seconds of a search, summed over its generations: estimator phases, prediction, evolution."""
-    total: dict[str, float] = {}
-    for path in sorted(run_dir.glob("gen_*.json")):
-        timing = json.loads(path.read_text())["timing_s"]
-        for key in ("evolution", "predictor", "estimator"):
-            total[key] = total.get(key, 0.0) + float(timing[key])
-        for key, value in timing.get("estimator_phases", {}).items():
-            if key.endswith("_s"):
-                total[key] = total.get(key, 0.0) + float(value)
-    return total
 
 
 def synthetic(args: argparse.Namespace) -> dict:

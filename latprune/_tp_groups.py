@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from latprune.errors import ModelError
-from latprune.graph import ChannelGroup, Member, is_depthwise
+from latprune.graph import ChannelGroup, Member, cannot_run, is_depthwise
 
 _UNTRUSTED = (tp.ops._SplitOp, tp.ops._SliceOp, tp.ops._UnbindOp)
 
@@ -59,11 +59,7 @@ def tp_groups(
     except ModelError:
         raise
     except Exception as exc:
-        shape = "x".join(str(d) for d in example.shape[1:])
-        raise ModelError(
-            f"The model cannot run on a {shape} input ({type(exc).__name__}: {exc}); "
-            "check --input-size and --in-channels."
-        ) from None
+        raise cannot_run(exc, example) from None
     finally:
         for h in handles:
             h.remove()

@@ -153,11 +153,15 @@ def _trace(gm: torch.fx.GraphModule, model: nn.Module, example: torch.Tensor) ->
     except ModelError:
         raise
     except Exception as exc:
-        shape = "x".join(str(d) for d in example.shape[1:])
-        raise ModelError(
-            f"The model cannot run on a {shape} input ({type(exc).__name__}: {exc}); "
-            "check --input-size and --in-channels."
-        ) from None
+        raise cannot_run(exc, example) from None
+
+
+def cannot_run(exc: Exception, example: torch.Tensor) -> ModelError:
+    """The sentence for a model that fails on the example input (a wrong --input-size or --in-channels, mostly)."""
+    shape = "x".join(str(d) for d in example.shape[1:])
+    return ModelError(
+        f"The model cannot run on a {shape} input ({type(exc).__name__}: {exc}); check --input-size and --in-channels."
+    )
 
 
 def _flow_groups(flow: Flow) -> tuple[ChannelGroup, ...]:

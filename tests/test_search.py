@@ -28,6 +28,7 @@ from latprune.search import (
     pareto_front,
     register_algorithm,
     run_search,
+    search_cost,
     uniform_nondominated_select,
 )
 from latprune.search.algorithms import _ALGORITHMS
@@ -180,6 +181,9 @@ def test_generation_files_record_population_and_evaluations(tmp_path: Path) -> N
         not (o.latency_ms <= c.latency_ms and o.error < c.error) for c in result.front for o in result.population
     )
     assert SearchResult.load(tmp_path).front == result.front
+    cost = search_cost(tmp_path)  # the generations' timings, summed
+    assert cost["estimator"] == pytest.approx(sum(json.loads(f.read_text())["timing_s"]["estimator"] for f in files))
+    assert set(cost) >= {"evolution", "predictor", "estimator"}
 
 
 @pytest.mark.parametrize("mode", ["weight-only", "channel-only"])

@@ -10,7 +10,7 @@ from latprune.search.algorithms import (
     register_algorithm,
 )
 from latprune.search.config import MODES, PRESETS, SearchConfig, SearchPreset, get_preset
-from latprune.search.driver import run_search
+from latprune.search.driver import run_search, search_cost
 from latprune.search.interfaces import (
     AccuracyEstimator,
     LatencyPredictor,
@@ -44,5 +44,6 @@ __all__ = [
     "pareto_front",
     "register_algorithm",
     "run_search",
+    "search_cost",
     "uniform_nondominated_select",
 ]
