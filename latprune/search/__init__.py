@@ -10,7 +10,7 @@ from latprune.search.algorithms import (
     register_algorithm,
 )
 from latprune.search.config import MODES, PRESETS, SearchConfig, SearchPreset, get_preset
-from latprune.search.driver import run_search, search_cost
+from latprune.search.driver import run_search
 from latprune.search.interfaces import (
     AccuracyEstimator,
     LatencyPredictor,
@@ -18,7 +18,7 @@ from latprune.search.interfaces import (
     SpaceLike,
     TimedEstimator,
 )
-from latprune.search.results import Candidate, SearchResult, pareto_front
+from latprune.search.results import Candidate, SearchResult, pareto_front, search_cost
 from latprune.search.selection import SELECTIONS, UniformNondominatedSurvival, uniform_nondominated_select
 
 __all__ = [

@@ -69,20 +69,6 @@ def gen_path(out_dir: Path, gen: int) -> Path:
     return out_dir / f"gen_{gen:04d}.json"
 
 
-def search_cost(out_dir: str | Path) -> dict[str, float]:
-    """Wall seconds of a finished or running search, summed over its generation files: the algorithm
-    (``evolution``), the predictor, the estimator, and the estimator's phases (``supernet_train_s``, ...)."""
-    total: dict[str, float] = {}
-    for path in sorted(Path(out_dir).glob("gen_*.json")):
-        timing = read_json(path, what="search generation")["timing_s"]
-        for key in ("evolution", "predictor", "estimator"):
-            total[key] = total.get(key, 0.0) + float(timing[key])
-        for key, value in timing.get("estimator_phases", {}).items():
-            if key.endswith("_s"):
-                total[key] = total.get(key, 0.0) + float(value)
-    return total
-
-
 def pick_width_choices(
     X: np.ndarray, latency: np.ndarray, error: np.ndarray, width_idx: np.ndarray, k: int
 ) -> np.ndarray:
