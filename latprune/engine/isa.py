@@ -15,7 +15,7 @@ from latprune.errors import EngineError
 
 @dataclass(frozen=True)
 class TileShape:
-    """Register-tile shapes of the dense kernels on one ISA, derived from its lane and register counts.
+    """Register-tile shapes of the dense and group-of-4 kernels on one ISA, derived from its lane and register counts.
 
     The C kernels read them as #defines (``Isa.c_defines``) and the Python packers lay weights out for them, so
     both sides follow these numbers and nothing else.
@@ -25,6 +25,8 @@ class TileShape:
     dense_nv: int  # vectors of pixels per pixel-major tile, the widest variant (LP_DENSE_NV)
     cm_channels: int  # output channels per panel of the channel-major tiles, in the lanes (LP_CM)
     cm_pixels: int  # most pixels per channel-major tile, one broadcast each (LP_CM_NP)
+    g4_widths: tuple[int, int, int]  # vectors per group4 tile of width variants 0, 1, 2 (LP_G4_NV0..2)
+    g4_max_nv: int  # widest group4 tile: a row's remainder vectors widen its last tile up to this (LP_G4_MAXNV)
 
     @property
     def pk_columns_vectors(self) -> int:
@@ -39,13 +41,25 @@ def tile_shape(lanes: int, registers: int) -> TileShape:
     3 input vectors and one weight broadcast in registers: 8 rows (28 of 32 registers) or 4 (16 of 16). A tile that
     does not fit spills accumulators to the stack on every step: 8 x 3 on AVX2's 16 registers ran at half the
     FMA rate of 4 x 3 (ENGINE_NOTES.md). Channel-major tile: 2 vectors of output channels and up to 12 pixels,
-    likewise bounded by the registers (6 pixels with 16 registers).
+    likewise bounded by the registers (6 pixels with 16 registers). Group-of-4 sparse tile: 4 rows x nv vectors, nv
+    accumulators per row + nv inputs + 1 broadcast: up to 5 vectors with 32 registers (widths 4, 3, 2), 3 with 16
+    (widths 3, 2, 1): the 4 x 4 tile on AVX2's 16 registers spilled and ran 1.4x slower than 4 x 3 (ResNet18 3x3
+    layers at 80 %, ENGINE_NOTES.md).
     """
     nv = 3
     mr = 8 if 8 * nv + nv + 1 <= registers else 4
     cm_nv = 2
     cm_pixels = min(12, (registers - cm_nv - 1) // cm_nv)
-    return TileShape(dense_mr=mr, dense_nv=nv, cm_channels=cm_nv * lanes, cm_pixels=cm_pixels)
+    g4_max = min(5, (registers - 1) // (4 + 1))
+    g4_wide = min(4, g4_max)
+    return TileShape(
+        dense_mr=mr,
+        dense_nv=nv,
+        cm_channels=cm_nv * lanes,
+        cm_pixels=cm_pixels,
+        g4_widths=(g4_wide, g4_wide - 1, g4_wide - 2),
+        g4_max_nv=g4_max,
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,10 @@ class Isa:
             "LP_DENSE_NV": t.dense_nv,
             "LP_CM": t.cm_channels,
             "LP_CM_NP": t.cm_pixels,
+            "LP_G4_NV0": t.g4_widths[0],
+            "LP_G4_NV1": t.g4_widths[1],
+            "LP_G4_NV2": t.g4_widths[2],
+            "LP_G4_MAXNV": t.g4_max_nv,
         }
         return "".join(f"#define {k} {v}\n" for k, v in facts.items())
 
