@@ -241,3 +241,13 @@ def test_default_variant_fits_the_image():
     row = ConvMeta(8, 8, 14, 14, 3, 3, 1, 1, 1, 1)
     assert default_variant(spec, row, isa=ISAS["neon"]) == 0
     assert default_variant(spec, row, isa=ISAS["avx512"]) == 1
+
+
+def test_block_punched_default_variant_uses_the_isas_widest_tile():
+    """24 output pixels: one AVX2 block-punched tile of 3 vectors (8 lanes) fits exactly; AVX-512's widest (4 x 16)
+    wastes 40 of 64 columns, so its 2-vector tile wins."""
+    meta = ConvMeta(16, 16, 4, 6)
+    spec = get_kernel("npas_block_punched")
+    assert ISAS["avx2"].tiles.bp_nv * ISAS["avx2"].lanes == 24
+    assert default_variant(spec, meta, isa=ISAS["avx2"]) == 0
+    assert default_variant(spec, meta, isa=ISAS["avx512"]) == 1

@@ -150,14 +150,15 @@ def dense_kernel(meta: ConvMeta) -> KernelSpec:
     return (special or specs)[0]
 
 
-#: NPAS conv variants 0..2: (vectors per pixel tile, throughput relative to the widest tile).
+#: NPAS conv variants 0..2: (vectors per pixel tile, throughput relative to the widest tile). Block-punched's widest
+#: tile is the ISA's ``TileShape.bp_nv`` vectors instead of 4.
 _TILES = {0: (4, 1.0), 1: (2, 0.88), 2: (1, 0.6)}
 
 
-def _tile_waste(meta: ConvMeta, variant: int, lanes: int) -> float:
-    """Computed pixels per useful output pixel of an NPAS conv variant (row padding plus the last, partial tile) with
-    vectors of ``lanes`` floats."""
-    tile = _TILES[variant % 3][0] * lanes
+def _tile_waste(meta: ConvMeta, vectors: int, lanes: int) -> float:
+    """Computed pixels per useful output pixel of a pixel tile of ``vectors`` vectors of ``lanes`` floats (row padding
+    plus the last, partial tile)."""
+    tile = vectors * lanes
     wide = meta.h_out * -(-(meta.w + 2 * meta.pad_w) // meta.stride_w)  # pixels incl. the garbage columns
     return -(-wide // tile) * tile / (meta.h_out * meta.w_out)
 
@@ -170,8 +171,10 @@ def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1, isa: Is
     whose vector width sets the tiles (default: the host's)."""
     if spec.source != "lp_npas.c" or len(spec.variants) != 6:
         return 0
-    lanes = (isa or host_isa()).lanes
-    cost = {v: _tile_waste(meta, v, lanes) / rel for v, (_, rel) in _TILES.items()}
+    isa = isa or host_isa()
+    widest = isa.tiles.bp_nv if spec.scheme == "block_punched" else _TILES[0][0]
+    vectors = {v: widest if v == 0 else n for v, (n, _) in _TILES.items()}
+    cost = {v: _tile_waste(meta, vectors[v], isa.lanes) / rel for v, (_, rel) in _TILES.items()}
     return min(cost, key=cost.__getitem__)
 
 

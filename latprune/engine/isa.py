@@ -27,6 +27,7 @@ class TileShape:
     cm_pixels: int  # most pixels per channel-major tile, one broadcast each (LP_CM_NP)
     g4_widths: tuple[int, int, int]  # vectors per group4 tile of width variants 0, 1, 2 (LP_G4_NV0..2)
     g4_max_nv: int  # widest group4 tile: a row's remainder vectors widen its last tile up to this (LP_G4_MAXNV)
+    bp_nv: int  # vectors per block-punched tile of its widest variants (LP_NPAS_BP_NV; the others use 2 and 1)
 
     @property
     def pk_columns_vectors(self) -> int:
@@ -44,7 +45,7 @@ def tile_shape(lanes: int, registers: int) -> TileShape:
     likewise bounded by the registers (6 pixels with 16 registers). Group-of-4 sparse tile: 4 rows x nv vectors, nv
     accumulators per row + nv inputs + 1 broadcast: up to 5 vectors with 32 registers (widths 4, 3, 2), 3 with 16
     (widths 3, 2, 1): the 4 x 4 tile on AVX2's 16 registers spilled and ran 1.4x slower than 4 x 3 (ResNet18 3x3
-    layers at 80 %, ENGINE_NOTES.md).
+    layers at 80 %, ENGINE_NOTES.md). The NPAS block-punched tile (4 rows x V, the same register budget): 4 or 3.
     """
     nv = 3
     mr = 8 if 8 * nv + nv + 1 <= registers else 4
@@ -59,6 +60,7 @@ def tile_shape(lanes: int, registers: int) -> TileShape:
         cm_pixels=cm_pixels,
         g4_widths=(g4_wide, g4_wide - 1, g4_wide - 2),
         g4_max_nv=g4_max,
+        bp_nv=min(4, g4_max),
     )
 
 
@@ -90,6 +92,7 @@ class Isa:
             "LP_G4_NV1": t.g4_widths[1],
             "LP_G4_NV2": t.g4_widths[2],
             "LP_G4_MAXNV": t.g4_max_nv,
+            "LP_NPAS_BP_NV": t.bp_nv,
         }
         return "".join(f"#define {k} {v}\n" for k, v in facts.items())
 
