@@ -6,9 +6,10 @@ import contextlib
 import functools
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from latprune.errors import EngineError
 
@@ -65,6 +66,81 @@ def tile_shape(lanes: int, registers: int) -> TileShape:
 
 
 @dataclass(frozen=True)
+class KernelCosts:
+    """The cost model with which detect.choose_kernel picks a layer's kernel without measuring, on one ISA: a sparse
+    kernel's time relative to the dense kernel is ``sparse_overhead + effective_density / efficiency``.
+
+    Fitted per ISA by benchmarks/engine_costs.py (default variants, 1 thread, MobileNetV1 1x1 and ResNet18 3x3
+    shapes at 50 / 80 / 90 % sparsity): the ratios differ between ISAs because the sparse kernels' tiles do (16
+    registers hold narrower tiles than 32) and so does how close each kernel gets to the dense kernel's FMA rate.
+    """
+
+    efficiency: Mapping[str, float]  # conv layers: kernel name -> useful-MAC rate relative to the dense kernel
+    fc_efficiency: Mapping[str, float]  # the same on linear layers (batch-1 matrix-vector products)
+    sparse_overhead: float  # fixed cost of a sparse conv kernel, as a fraction of the dense layer's time
+    source: str  # where the numbers were measured
+
+
+def _costs(efficiency: dict[str, float], fc: dict[str, float], overhead: float, source: str) -> KernelCosts:
+    return KernelCosts(MappingProxyType(efficiency), MappingProxyType(fc), overhead, source)
+
+
+_AVX512_COSTS = _costs(
+    {
+        "group4_conv": 1.07,
+        "npas_block_punched": 0.98,
+        "npas_pattern3x3": 0.43,
+        "npas_pattern3x3_cols": 0.83,
+        "npas_unstructured": 0.44,
+        "npas_nm24": 0.44,
+    },
+    {"npas_block_fc": 0.42, "group4_conv": 0.13, "npas_unstructured": 0.08, "npas_nm24": 0.07},
+    0.063,
+    "AMD EPYC (Zen 4), 2026-12-04",
+)
+#: Per ISA (benchmarks/engine_costs.py -> benchmarks/results/engine_costs.md). The line is rough: group4 and
+#: block-punched sit within ~0.1-0.3 of it, the load-bound unstructured kernels are off by up to 0.9 (AVX-512) / 1.5
+#: (AVX2) of the dense time on dense weights, where they never win anyway. NEON is not measured (no device):
+#: AVX-512's numbers, the ISA with the same 32-register tile shapes.
+KERNEL_COSTS: dict[str, KernelCosts] = {
+    "avx512": _AVX512_COSTS,
+    "avx2": _costs(
+        {
+            "group4_conv": 0.98,
+            "npas_block_punched": 0.91,
+            "npas_pattern3x3": 0.46,
+            "npas_pattern3x3_cols": 0.76,
+            "npas_unstructured": 0.47,
+            "npas_nm24": 0.46,
+        },
+        {"npas_block_fc": 0.51, "group4_conv": 0.18, "npas_unstructured": 0.12, "npas_nm24": 0.11},
+        0.135,
+        "AMD EPYC (Zen 4), 2026-12-04",
+    ),
+    # Scalar-ish code: every kernel is far from the FMA peak, so the load-bound sparse kernels lose little.
+    "generic": _costs(
+        {
+            "group4_conv": 1.03,
+            "npas_block_punched": 0.96,
+            "npas_pattern3x3": 0.97,
+            "npas_pattern3x3_cols": 1.00,
+            "npas_unstructured": 1.00,
+            "npas_nm24": 0.99,
+        },
+        {"npas_block_fc": 0.65, "group4_conv": 0.25, "npas_unstructured": 0.20, "npas_nm24": 0.20},
+        0.059,
+        "AMD EPYC (Zen 4), 2026-12-04",
+    ),
+    "neon": _costs(
+        dict(_AVX512_COSTS.efficiency),
+        dict(_AVX512_COSTS.fc_efficiency),
+        _AVX512_COSTS.sparse_overhead,
+        "not measured: AVX-512's numbers",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class Isa:
     """A code-generation target: name, float lanes per vector register, compiler flags and register count."""
 
@@ -75,8 +151,13 @@ class Isa:
 
     @property
     def tiles(self) -> TileShape:
-        """The dense kernels' tile shapes on this ISA."""
+        """The dense and sparse kernels' tile shapes on this ISA."""
         return tile_shape(self.lanes, self.registers)
+
+    @property
+    def costs(self) -> KernelCosts:
+        """The kernel-choice cost model measured for this ISA."""
+        return KERNEL_COSTS[self.name]
 
     def c_defines(self) -> str:
         """The lines that open every generated C source for this ISA (before lp_common.h): lane count and tiles."""
