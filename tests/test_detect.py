@@ -7,18 +7,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latprune.engine import isa as isa_module
 from latprune.engine.detect import (
     choose_kernel,
     default_variant,
     dense_kernel,
     detect_scheme,
     effective_density,
+    estimated_cost,
     fits_scheme,
     scheme_applies,
     scheme_mask,
 )
-from latprune.engine.isa import ISAS, host_isa
-from latprune.engine.kernels import ConvMeta, get_kernel
+from latprune.engine.isa import ISAS, host_isa, using_isa
+from latprune.engine.kernels import ConvMeta, get_kernel, list_kernels
 from latprune.engine.layer import run_layer
 from latprune.engine.reference import conv_reference
 from latprune.errors import EngineError
@@ -241,3 +243,55 @@ def test_default_variant_fits_the_image():
     row = ConvMeta(8, 8, 14, 14, 3, 3, 1, 1, 1, 1)
     assert default_variant(spec, row, isa=ISAS["neon"]) == 0
     assert default_variant(spec, row, isa=ISAS["avx512"]) == 1
+
+
+def test_block_punched_default_variant_uses_the_isas_widest_tile():
+    """24 output pixels: one AVX2 block-punched tile of 3 vectors (8 lanes) fits exactly; AVX-512's widest (4 x 16)
+    wastes 40 of 64 columns, so its 2-vector tile wins."""
+    meta = ConvMeta(16, 16, 4, 6)
+    spec = get_kernel("npas_block_punched")
+    assert ISAS["avx2"].tiles.bp_nv * ISAS["avx2"].lanes == 24
+    assert default_variant(spec, meta, isa=ISAS["avx2"]) == 0
+    assert default_variant(spec, meta, isa=ISAS["avx512"]) == 1
+
+
+# ------------------------------------------------------------------ the per-ISA cost model
+
+
+@pytest.mark.parametrize("name", list(ISAS))
+def test_every_isa_has_a_cost_for_every_sparse_kernel(name):
+    """A kernel added to the table without being measured on an ISA (benchmarks/engine_costs.py) fails here."""
+    costs = ISAS[name].costs
+    for kernel in list_kernels():
+        spec = get_kernel(kernel)
+        if spec.scheme == "dense":
+            continue
+        assert kernel in costs.efficiency or kernel in costs.fc_efficiency, (name, kernel)
+    assert all(0 < e <= 2 for e in (*costs.efficiency.values(), *costs.fc_efficiency.values()))
+    assert 0 <= costs.sparse_overhead < 0.5 and costs.source
+
+
+def test_estimated_cost_uses_the_target_isas_constants():
+    rng = np.random.default_rng(7)
+    w = weight(rng, CONV3, group4_mask(rng, shape_of(CONV3), 0.8))
+    spec = get_kernel("group4_conv")
+    density = effective_density(spec, w, CONV3)
+    for name in ("avx2", "avx512"):
+        c = ISAS[name].costs
+        expected = c.sparse_overhead + density / c.efficiency["group4_conv"]
+        assert estimated_cost(spec, w, CONV3, ISAS[name]) == pytest.approx(expected)
+    assert estimated_cost(spec, w, CONV3, ISAS["avx2"]) != estimated_cost(spec, w, CONV3, ISAS["avx512"])
+
+
+def test_the_choice_follows_the_target_isas_cost_model(monkeypatch):
+    """The same weight runs sparse for a target whose group4 kernel is fast and dense for one where it is (made) slow,
+    whether the target is passed or is the host's (LATPRUNE_ISA / --isa through using_isa)."""
+    rng = np.random.default_rng(8)
+    w = weight(rng, CONV1, group4_mask(rng, shape_of(CONV1), 0.6))
+    slow = isa_module.KernelCosts({"group4_conv": 0.2}, {}, 0.1, "test")
+    monkeypatch.setitem(isa_module.KERNEL_COSTS, "avx2", slow)
+    monkeypatch.setitem(isa_module.KERNEL_COSTS, "generic", slow)
+    assert choose_kernel(w, CONV1, "group4", isa=ISAS["avx512"])[0].name == "group4_conv"
+    assert choose_kernel(w, CONV1, "group4", isa=ISAS["avx2"])[0].scheme == "dense"
+    with using_isa("generic"):
+        assert choose_kernel(w, CONV1, "group4")[0].scheme == "dense"

@@ -149,9 +149,10 @@ def test_padded_copy_only_where_channels_are_not_whole_cache_lines(meta, stride)
 
 
 def test_variant_names_follow_the_c_decoding():
-    """lp_group4_conv reads width = (4, 3, 2)[i % 3], order = i // 3 % 3, pad = i // 9."""
+    """lp_group4_conv reads width = the ISA's g4_widths[i % 3], order = i // 3 % 3, pad = i // 9."""
     assert len(VARIANTS) == 18 == len(set(VARIANTS))
-    assert VARIANTS[0] == "w4" and VARIANTS[4] == "w3_pf" and VARIANTS[8] == "w2_cols" and VARIANTS[9] == "w4_pad"
+    assert VARIANTS[0] == "wide" and VARIANTS[4] == "mid_pf" and VARIANTS[8] == "narrow_cols"
+    assert VARIANTS[9] == "wide_pad"
 
 
 def test_group4_kernel_is_listed_for_its_scheme():

@@ -193,7 +193,16 @@ def test_tile_shapes_fit_each_isas_registers(name):
     assert t.dense_mr * t.dense_nv + t.dense_nv + 1 <= isa.registers
     cm_nv = t.cm_channels // isa.lanes
     assert t.cm_channels % isa.lanes == 0 and cm_nv * t.cm_pixels + cm_nv + 1 <= isa.registers
+    assert 4 * t.g4_max_nv + t.g4_max_nv + 1 <= isa.registers  # group4: 4 rows x nv, nv inputs, 1 broadcast
+    assert t.g4_max_nv >= t.g4_widths[0] > t.g4_widths[1] > t.g4_widths[2] >= 1
+    assert 4 * t.bp_nv + t.bp_nv + 1 <= isa.registers and 2 < t.bp_nv <= 4  # block-punched: 4 rows x bp_nv
     defines = isa.c_defines()
-    for macro, value in (("LP_LANES", isa.lanes), ("LP_DENSE_MR", t.dense_mr), ("LP_CM", t.cm_channels)):
+    facts = [("LP_LANES", isa.lanes), ("LP_DENSE_MR", t.dense_mr), ("LP_CM", t.cm_channels)]
+    facts += [(f"LP_G4_NV{i}", w) for i, w in enumerate(t.g4_widths)] + [
+        ("LP_G4_MAXNV", t.g4_max_nv),
+        ("LP_NPAS_BP_NV", t.bp_nv),
+    ]
+    for macro, value in facts:
         assert f"#define {macro} {value}\n" in defines
     assert (ISAS["avx2"].tiles.dense_mr, ISAS["avx512"].tiles.dense_mr) == (4, 8)
+    assert (ISAS["avx2"].tiles.g4_widths, ISAS["avx512"].tiles.g4_widths) == ((3, 2, 1), (4, 3, 2))

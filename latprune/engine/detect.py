@@ -3,9 +3,10 @@
 Every packer in the kernel table is exact for any weight (a zero the format cannot skip is stored and multiplied),
 so the choice is only about speed: each candidate kernel's cost is estimated from the work its packed format
 really does (its *effective density*: the union of the structure over the zeros, padding included) and from how
-fast it does that work relative to the dense kernel. The constants below come from ``time_layer`` runs on
-MobileNetV1 / ResNet18 layer shapes at 50-90 % sparsity (AVX-512, 1 thread, on a busy machine); they are rough,
-which is fine: autotune and the latency profiler measure, this only has to avoid bad choices without measuring.
+fast it does that work relative to the dense kernel on the target ISA (``Isa.costs``, measured per ISA by
+benchmarks/engine_costs.py on MobileNetV1 / ResNet18 layer shapes at 50-90 % sparsity, 1 thread). The numbers are
+rough, which is fine: autotune and the latency profiler measure, this only has to avoid bad choices without
+measuring.
 """
 
 from __future__ import annotations
@@ -22,32 +23,9 @@ from latprune.schemes import Scheme, SchemeLayer, detection_order, get_scheme, l
 #: fraction of all its zeros (trained weights are almost never exactly zero by chance, random zeros are).
 STRUCTURE_TOLERANCE = 0.02
 
-#: Useful-MAC throughput of each sparse kernel relative to the dense kernel: 1 / slope of (time / dense time) against
-#: effective density, fitted over MobileNetV1 1x1 and ResNet18 3x3 layer shapes (stride 1 and 2) at 50 / 80 / 90 %
-#: sparsity, best variant each, 1 thread, AVX-512 (time_layer; the fit's worst residual is ~0.25 of the dense time).
-#: group4 and block-punched reuse every loaded input vector for 4 filters; pattern (filter-major) and unstructured load
-#: one vector per multiply-add (load bound); the column-ordered pattern kernel shares each loaded kernel's inputs
-#: between the filters that keep it; block_fc gathers its inputs once per block of 4 rows.
-EFFICIENCY: dict[str, float] = {
-    "group4_conv": 0.86,
-    "npas_block_punched": 0.8,
-    "npas_pattern3x3": 0.43,
-    "npas_pattern3x3_cols": 0.5,  # ~25 % faster than npas_pattern3x3 from 256 filters up, equal on narrow layers
-    "npas_unstructured": 0.31,
-    "npas_nm24": 0.31,
-}
-#: The same on linear layers (batch-1 matrix-vector products): the conv kernels' pixel tiles hold one pixel there.
-FC_EFFICIENCY: dict[str, float] = {
-    "npas_block_fc": 0.6,
-    "group4_conv": 0.3,
-    "npas_unstructured": 0.08,
-    "npas_nm24": 0.08,
-}
-#: Efficiency assumed for a sparse kernel not in EFFICIENCY (a kernel family added later): conservative.
+#: Efficiency assumed for a sparse kernel the target ISA's KernelCosts do not list (a kernel family added later, not
+#: yet measured by benchmarks/engine_costs.py): conservative.
 DEFAULT_EFFICIENCY = 0.25
-#: Fixed cost of a sparse conv kernel as a fraction of the dense layer's time (padding copy, epilogue, indices);
-#: the same fit gives 0.06-0.14 depending on the kernel.
-SPARSE_OVERHEAD = 0.08
 
 
 def _scheme(name: str) -> Scheme:
@@ -129,14 +107,16 @@ def effective_density(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> f
     return float(get_scheme(spec.scheme).work(w != 0)) / w.size
 
 
-def estimated_cost(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta) -> float:
-    """Estimated time of ``spec`` on this layer relative to the dense kernel (1.0)."""
+def estimated_cost(spec: KernelSpec, weight: np.ndarray, meta: ConvMeta, isa: Isa | None = None) -> float:
+    """Estimated time of ``spec`` on this layer relative to the dense kernel (1.0), with the cost model measured for
+    ``isa`` (default: the host's target, ``host_isa``)."""
     if not get_scheme(spec.scheme).prunes:
         return 1.0
     # Relative to the dense kernel, which tiles pixels too, so small images do not change the ratio much
     # (measured: the 7x7 ResNet18 layers gave the sparse kernels their best ratios).
-    efficiency = (FC_EFFICIENCY if is_fc_layer(meta) else EFFICIENCY).get(spec.name, DEFAULT_EFFICIENCY)
-    return SPARSE_OVERHEAD + effective_density(spec, weight, meta) / efficiency
+    costs = (isa or host_isa()).costs
+    efficiency = (costs.fc_efficiency if is_fc_layer(meta) else costs.efficiency).get(spec.name, DEFAULT_EFFICIENCY)
+    return costs.sparse_overhead + effective_density(spec, weight, meta) / efficiency
 
 
 def dense_kernel(meta: ConvMeta) -> KernelSpec:
@@ -150,14 +130,15 @@ def dense_kernel(meta: ConvMeta) -> KernelSpec:
     return (special or specs)[0]
 
 
-#: NPAS conv variants 0..2: (vectors per pixel tile, throughput relative to the widest tile).
+#: NPAS conv variants 0..2: (vectors per pixel tile, throughput relative to the widest tile). Block-punched's widest
+#: tile is the ISA's ``TileShape.bp_nv`` vectors instead of 4.
 _TILES = {0: (4, 1.0), 1: (2, 0.88), 2: (1, 0.6)}
 
 
-def _tile_waste(meta: ConvMeta, variant: int, lanes: int) -> float:
-    """Computed pixels per useful output pixel of an NPAS conv variant (row padding plus the last, partial tile) with
-    vectors of ``lanes`` floats."""
-    tile = _TILES[variant % 3][0] * lanes
+def _tile_waste(meta: ConvMeta, vectors: int, lanes: int) -> float:
+    """Computed pixels per useful output pixel of a pixel tile of ``vectors`` vectors of ``lanes`` floats (row padding
+    plus the last, partial tile)."""
+    tile = vectors * lanes
     wide = meta.h_out * -(-(meta.w + 2 * meta.pad_w) // meta.stride_w)  # pixels incl. the garbage columns
     return -(-wide // tile) * tile / (meta.h_out * meta.w_out)
 
@@ -170,14 +151,18 @@ def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1, isa: Is
     whose vector width sets the tiles (default: the host's)."""
     if spec.source != "lp_npas.c" or len(spec.variants) != 6:
         return 0
-    lanes = (isa or host_isa()).lanes
-    cost = {v: _tile_waste(meta, v, lanes) / rel for v, (_, rel) in _TILES.items()}
+    isa = isa or host_isa()
+    widest = isa.tiles.bp_nv if spec.scheme == "block_punched" else _TILES[0][0]
+    vectors = {v: widest if v == 0 else n for v, (n, _) in _TILES.items()}
+    cost = {v: _tile_waste(meta, vectors[v], isa.lanes) / rel for v, (_, rel) in _TILES.items()}
     return min(cost, key=cost.__getitem__)
 
 
 def _candidates(weight: np.ndarray, meta: ConvMeta, declared: str | None) -> list[KernelSpec]:
     dense = dense_kernel(meta)
     if meta.is_depthwise or (declared is not None and not get_scheme(declared).prunes):
+        return [dense]
+    if np.count_nonzero(weight) == weight.size:  # nothing to skip (group4 at density 1 ties dense on AVX-512)
         return [dense]
     if declared is not None and scheme_applies(declared, meta) and kernels_for(declared, meta):
         violation = structure_violation(weight, meta, declared)
@@ -202,22 +187,20 @@ def choose_kernel(
     (block-punched zeros are group4 zeros), or dense when the weight is too dense for them to pay off, and raises
     EngineError when the zeros violate its structure. A scheme that is not defined
     for the layer (pattern on a 1x1 conv, any scheme on a depthwise conv) is ignored: depthwise convs run dense,
-    other layers are chosen from their zeros. ``isa``: the code's target (default: the host's).
+    other layers are chosen from their zeros. ``isa``: the code's target, whose cost model and tiles decide (default:
+    the host's).
     """
     if declared_scheme is not None:
         _scheme(declared_scheme)  # unknown names fail with the list of valid ones
     w = _check(weight, meta)
     candidates = _candidates(w, meta, declared_scheme)
-    costs = [estimated_cost(spec, w, meta) for spec in candidates]
+    costs = [estimated_cost(spec, w, meta, isa) for spec in candidates]
     best = candidates[int(np.argmin(costs))]  # ties keep the earlier candidate: dense first
     return best, default_variant(best, meta, nthreads, isa)
 
 
 __all__ = [
     "DEFAULT_EFFICIENCY",
-    "EFFICIENCY",
-    "FC_EFFICIENCY",
-    "SPARSE_OVERHEAD",
     "STRUCTURE_TOLERANCE",
     "choose_kernel",
     "default_variant",

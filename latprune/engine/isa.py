@@ -6,16 +6,17 @@ import contextlib
 import functools
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from latprune.errors import EngineError
 
 
 @dataclass(frozen=True)
 class TileShape:
-    """Register-tile shapes of the dense kernels on one ISA, derived from its lane and register counts.
+    """Register-tile shapes of the dense and group-of-4 kernels on one ISA, derived from its lane and register counts.
 
     The C kernels read them as #defines (``Isa.c_defines``) and the Python packers lay weights out for them, so
     both sides follow these numbers and nothing else.
@@ -25,6 +26,9 @@ class TileShape:
     dense_nv: int  # vectors of pixels per pixel-major tile, the widest variant (LP_DENSE_NV)
     cm_channels: int  # output channels per panel of the channel-major tiles, in the lanes (LP_CM)
     cm_pixels: int  # most pixels per channel-major tile, one broadcast each (LP_CM_NP)
+    g4_widths: tuple[int, int, int]  # vectors per group4 tile of width variants 0, 1, 2 (LP_G4_NV0..2)
+    g4_max_nv: int  # widest group4 tile: a row's remainder vectors widen its last tile up to this (LP_G4_MAXNV)
+    bp_nv: int  # vectors per block-punched tile of its widest variants (LP_NPAS_BP_NV; the others use 2 and 1)
 
     @property
     def pk_columns_vectors(self) -> int:
@@ -39,13 +43,101 @@ def tile_shape(lanes: int, registers: int) -> TileShape:
     3 input vectors and one weight broadcast in registers: 8 rows (28 of 32 registers) or 4 (16 of 16). A tile that
     does not fit spills accumulators to the stack on every step: 8 x 3 on AVX2's 16 registers ran at half the
     FMA rate of 4 x 3 (ENGINE_NOTES.md). Channel-major tile: 2 vectors of output channels and up to 12 pixels,
-    likewise bounded by the registers (6 pixels with 16 registers).
+    likewise bounded by the registers (6 pixels with 16 registers). Group-of-4 sparse tile: 4 rows x nv vectors, nv
+    accumulators per row + nv inputs + 1 broadcast: up to 5 vectors with 32 registers (widths 4, 3, 2), 3 with 16
+    (widths 3, 2, 1): the 4 x 4 tile on AVX2's 16 registers spilled and ran 1.4x slower than 4 x 3 (ResNet18 3x3
+    layers at 80 %, ENGINE_NOTES.md). The NPAS block-punched tile (4 rows x V, the same register budget): 4 or 3.
     """
     nv = 3
     mr = 8 if 8 * nv + nv + 1 <= registers else 4
     cm_nv = 2
     cm_pixels = min(12, (registers - cm_nv - 1) // cm_nv)
-    return TileShape(dense_mr=mr, dense_nv=nv, cm_channels=cm_nv * lanes, cm_pixels=cm_pixels)
+    g4_max = min(5, (registers - 1) // (4 + 1))
+    g4_wide = min(4, g4_max)
+    return TileShape(
+        dense_mr=mr,
+        dense_nv=nv,
+        cm_channels=cm_nv * lanes,
+        cm_pixels=cm_pixels,
+        g4_widths=(g4_wide, g4_wide - 1, g4_wide - 2),
+        g4_max_nv=g4_max,
+        bp_nv=min(4, g4_max),
+    )
+
+
+@dataclass(frozen=True)
+class KernelCosts:
+    """The cost model with which detect.choose_kernel picks a layer's kernel without measuring, on one ISA: a sparse
+    kernel's time relative to the dense kernel is ``sparse_overhead + effective_density / efficiency``.
+
+    Fitted per ISA by benchmarks/engine_costs.py (default variants, 1 thread, MobileNetV1 1x1 and ResNet18 3x3
+    shapes at 50 / 80 / 90 % sparsity): the ratios differ between ISAs because the sparse kernels' tiles do (16
+    registers hold narrower tiles than 32) and so does how close each kernel gets to the dense kernel's FMA rate.
+    """
+
+    efficiency: Mapping[str, float]  # conv layers: kernel name -> useful-MAC rate relative to the dense kernel
+    fc_efficiency: Mapping[str, float]  # the same on linear layers (batch-1 matrix-vector products)
+    sparse_overhead: float  # fixed cost of a sparse conv kernel, as a fraction of the dense layer's time
+    source: str  # where the numbers were measured
+
+
+def _costs(efficiency: dict[str, float], fc: dict[str, float], overhead: float, source: str) -> KernelCosts:
+    return KernelCosts(MappingProxyType(efficiency), MappingProxyType(fc), overhead, source)
+
+
+_AVX512_COSTS = _costs(
+    {
+        "group4_conv": 1.07,
+        "npas_block_punched": 0.98,
+        "npas_pattern3x3": 0.43,
+        "npas_pattern3x3_cols": 0.83,
+        "npas_unstructured": 0.44,
+        "npas_nm24": 0.44,
+    },
+    {"npas_block_fc": 0.42, "group4_conv": 0.13, "npas_unstructured": 0.08, "npas_nm24": 0.07},
+    0.063,
+    "AMD EPYC (Zen 4), 2026-12-04",
+)
+#: Per ISA (benchmarks/engine_costs.py -> benchmarks/results/engine_costs.md). The line is rough: group4 and
+#: block-punched sit within ~0.1-0.3 of it, the load-bound unstructured kernels are off by up to 0.9 (AVX-512) / 1.5
+#: (AVX2) of the dense time on dense weights, where they never win anyway. NEON is not measured (no device):
+#: AVX-512's numbers, the ISA with the same 32-register tile shapes.
+KERNEL_COSTS: dict[str, KernelCosts] = {
+    "avx512": _AVX512_COSTS,
+    "avx2": _costs(
+        {
+            "group4_conv": 0.98,
+            "npas_block_punched": 0.91,
+            "npas_pattern3x3": 0.46,
+            "npas_pattern3x3_cols": 0.76,
+            "npas_unstructured": 0.47,
+            "npas_nm24": 0.46,
+        },
+        {"npas_block_fc": 0.51, "group4_conv": 0.18, "npas_unstructured": 0.12, "npas_nm24": 0.11},
+        0.135,
+        "AMD EPYC (Zen 4), 2026-12-04",
+    ),
+    # Scalar-ish code: every kernel is far from the FMA peak, so the load-bound sparse kernels lose little.
+    "generic": _costs(
+        {
+            "group4_conv": 1.03,
+            "npas_block_punched": 0.96,
+            "npas_pattern3x3": 0.97,
+            "npas_pattern3x3_cols": 1.00,
+            "npas_unstructured": 1.00,
+            "npas_nm24": 0.99,
+        },
+        {"npas_block_fc": 0.65, "group4_conv": 0.25, "npas_unstructured": 0.20, "npas_nm24": 0.20},
+        0.059,
+        "AMD EPYC (Zen 4), 2026-12-04",
+    ),
+    "neon": _costs(
+        dict(_AVX512_COSTS.efficiency),
+        dict(_AVX512_COSTS.fc_efficiency),
+        _AVX512_COSTS.sparse_overhead,
+        "not measured: AVX-512's numbers",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +151,13 @@ class Isa:
 
     @property
     def tiles(self) -> TileShape:
-        """The dense kernels' tile shapes on this ISA."""
+        """The dense and sparse kernels' tile shapes on this ISA."""
         return tile_shape(self.lanes, self.registers)
+
+    @property
+    def costs(self) -> KernelCosts:
+        """The kernel-choice cost model measured for this ISA."""
+        return KERNEL_COSTS[self.name]
 
     def c_defines(self) -> str:
         """The lines that open every generated C source for this ISA (before lp_common.h): lane count and tiles."""
@@ -72,6 +169,11 @@ class Isa:
             "LP_DENSE_NV": t.dense_nv,
             "LP_CM": t.cm_channels,
             "LP_CM_NP": t.cm_pixels,
+            "LP_G4_NV0": t.g4_widths[0],
+            "LP_G4_NV1": t.g4_widths[1],
+            "LP_G4_NV2": t.g4_widths[2],
+            "LP_G4_MAXNV": t.g4_max_nv,
+            "LP_NPAS_BP_NV": t.bp_nv,
         }
         return "".join(f"#define {k} {v}\n" for k, v in facts.items())
 

@@ -29,16 +29,6 @@
 #define LP_DYN_CHUNK(n, threads) \
     ((threads) == 1 ? (int)(n) : (n) / (8 * (threads)) > 1 ? (int)((n) / (8 * (threads))) : 1)
 
-/* Keep a vector live in a register. After the last FMA that reads an input vector, GCC likes to overwrite the input
- * instead of the accumulator (vfmadd132ps) and then copies the result back at the loop edge: 4-5 extra register
- * moves per 16 FMAs, on the FMA ports. Marking the inputs as still used forces the accumulator form. */
-#if defined(__x86_64__) || defined(__i386__)
-#define LP_KEEP(x) __asm__ volatile("" ::"v"(x))
-#elif defined(__aarch64__)
-#define LP_KEEP(x) __asm__ volatile("" ::"w"(x))
-#else
-#define LP_KEEP(x) ((void)(x))
-#endif
 
 typedef struct {
     const float *src; /* tap offsets are relative to this */

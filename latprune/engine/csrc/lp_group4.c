@@ -4,8 +4,8 @@
  * Four adjacent output channels share one list of nonzero input positions (ci, ky, kx). Each position is a tap
  * offset into the input grid of lp_dense.c (the input itself for 1x1 layers, padded phase planes otherwise), so a
  * tile of 4 rows x nv*LP_LANES grid columns is accumulated in registers across the whole sparse reduction
- * (4 x 64 floats = 16 zmm on AVX-512; up to 4 x 80 for the last tile of a row), then finished (bias, residual,
- * activation) and stored once.
+ * (4 x 64 floats = 16 zmm on AVX-512, up to 4 x 80 for the last tile of a row; 4 x 24 = 12 ymm on AVX2, whose 16
+ * registers do not hold a 4 x 4 tile), then finished (bias, residual, activation) and stored once.
  * Packed arrays: values (nnz x 4 floats: the group's 4 weights per position), group_ptr (groups + 1 int32: where
  * each group's positions start), offsets (nnz int32 tap offsets into the grid), pad_offsets (the same positions
  * in the padded copy below; empty when the layer has none).
@@ -27,7 +27,15 @@
 /* Fully unroll a loop over the accumulator tile before scalar replacement runs, so the tile lives in registers
  * (without it GCC kept the tile on the stack between loops: 16 zeroing stores and 16 spills per tile). */
 #define LP_UNROLL _Pragma("GCC unroll 16")
-#define LP_G4_MAXNV 5 /* 20 accumulators + 5 inputs + 1 broadcast: 26 of 32 zmm */
+/* Tile widths in vectors, from the ISA's register count (isa.py: tile_shape; these defaults are AVX-512's): variant
+ * widths LP_G4_NV0..2, and the widest tile LP_G4_MAXNV (5: 20 accumulators + 5 inputs + 1 broadcast = 26 of 32
+ * zmm; AVX2: 3, 12 + 3 + 1 = 16 of 16 ymm). */
+#ifndef LP_G4_MAXNV
+#define LP_G4_NV0 4
+#define LP_G4_NV1 3
+#define LP_G4_NV2 2
+#define LP_G4_MAXNV 5
+#endif
 #define LP_G4_PAD 16  /* the padded copy's channel stride is a multiple of this many floats (64 bytes) */
 
 /* The padded copy's channel stride, or 0 where the layer reads its input in place (must match
@@ -102,8 +110,8 @@ LP_INLINE void lp_g4_tile(const lp_grid *g, const float *LP_RESTRICT vals, const
     const float *src = g->src + j;
     const int npf = nx.n < nnz ? nx.n : nnz;
     int i = 0;
-    /* Not unrolled: 16 accumulators + 4 input vectors + 1 broadcast fit the registers (an unroll by two measured
-     * ~3% slower: the second set of inputs forces register shuffles). The first npf steps also prefetch the rows
+    /* Not unrolled: 4 x nv accumulators + nv input vectors + 1 broadcast fit the registers (an unroll by two
+     * measured ~3% slower on AVX-512: the second set of inputs forces register shuffles). The first npf steps also prefetch the rows
      * the next tile reads. */
 #define LP_G4_STEP(PF)                                                                                            \
     do {                                                                                                           \
@@ -164,8 +172,12 @@ LP_INLINE void lp_g4_tile(const lp_grid *g, const float *LP_RESTRICT vals, const
 LP_G4_TILES_NV(1)
 LP_G4_TILES_NV(2)
 LP_G4_TILES_NV(3)
+#if LP_G4_MAXNV >= 4 /* wider tiles than the registers hold are never instantiated */
 LP_G4_TILES_NV(4)
+#endif
+#if LP_G4_MAXNV >= 5
 LP_G4_TILES_NV(5)
+#endif
 #undef LP_G4_TILES_NV
 
 /* Column tail (direct mode, 1-3 columns): the group's 4 rows in the lanes of one 4-float vector per column. */
@@ -204,8 +216,12 @@ LP_INLINE void lp_g4_tiles_any(const lp_grid *g, const float *vals, const int32_
                                 int limit, int valid0, int rows, const float *bias, const float *residual, float *out,
                                 int act, int nv, int pf) {
     switch (nv) {
+#if LP_G4_MAXNV >= 5
     case 5: lp_g4_tiles_nv5(g, vals, off, nnz, j0, count, limit, valid0, rows, bias, residual, out, act, pf); break;
+#endif
+#if LP_G4_MAXNV >= 4
     case 4: lp_g4_tiles_nv4(g, vals, off, nnz, j0, count, limit, valid0, rows, bias, residual, out, act, pf); break;
+#endif
     case 3: lp_g4_tiles_nv3(g, vals, off, nnz, j0, count, limit, valid0, rows, bias, residual, out, act, pf); break;
     case 2: lp_g4_tiles_nv2(g, vals, off, nnz, j0, count, limit, valid0, rows, bias, residual, out, act, pf); break;
     case 1: lp_g4_tiles_nv1(g, vals, off, nnz, j0, count, limit, valid0, rows, bias, residual, out, act, pf); break;
@@ -285,7 +301,8 @@ LP_INLINE void lp_g4_group_tiles(const lp_grid *g, const lp_g4_tiling *tl, int g
     }
 }
 
-/* variant (the product that kernels/group4.py names): tile width 4, 3 or 2 vectors (variant % 3); order
+/* variant (the product that kernels/group4.py names): tile width LP_G4_NV0, 1 or 2 vectors (variant % 3; 4, 3, 2 on
+ * AVX-512, 3, 2, 1 on AVX2); order
  * (variant / 3 % 3): 0 the group outermost (its values stay in L1 while the thread sweeps the columns), 1 the same
  * plus a prefetch of the next tile's input rows, 2 the column tile outermost; the padded copy where the layer has
  * one (variant / 9 % 2). Each thread takes one contiguous range of (group, tile) items and walks it in runs of
@@ -293,7 +310,7 @@ LP_INLINE void lp_g4_group_tiles(const lp_grid *g, const lp_g4_tiling *tl, int g
 void lp_group4_conv(const float *in, float *out, const float *bias, const float *residual, float *scratch,
                     const lp_conv_shape *s, int act, int variant, int nthreads, const float *values,
                     const int32_t *group_ptr, const int32_t *offsets, const int32_t *pad_offsets) {
-    static const int widths[3] = {4, 3, 2};
+    static const int widths[3] = {LP_G4_NV0, LP_G4_NV1, LP_G4_NV2};
     const int nv = widths[variant % 3], pf = variant / 3 % 3 == 1, col_outer = variant / 3 % 3 == 2;
     const int stride = variant / 9 % 2 ? lp_g4_pad_stride(s) : 0;
     lp_grid g = lp_grid_make(in, scratch, s);

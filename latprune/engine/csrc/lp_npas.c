@@ -14,6 +14,11 @@
 #define LP_NPAS_BO 4 /* filters per block-punched row block */
 #define LP_NPAS_BI 4 /* input channels per block-punched channel block */
 #define LP_NPAS_MAXV 4 /* vectors per pixel tile (variants use 4, 2 or 1) */
+/* Widest block-punched tile, from the ISA's registers (isa.py: tile_shape): 4 rows x V accumulators + V inputs + 1
+ * broadcast: 4 with 32 registers, 3 with AVX2's 16 (4 x 4 spilled there). */
+#ifndef LP_NPAS_BP_NV
+#define LP_NPAS_BP_NV 4
+#endif
 #define LP_NPAS_NPAT 8 /* four-entry 3x3 patterns; pattern id 8 is the full kernel */
 
 /* Geometry of the padded, phase-split scratch image (mirrored by _geometry() in kernels/npas.py). */
@@ -189,16 +194,35 @@ LP_INLINE void lp_bp_tile(int V, const float *LP_RESTRICT src, const int *LP_RES
     for (int j = j0; j < j1; ++j) {
         const float *x = src + ci[j] * PL + tapoff[pos[j]];
         const float *w = val + (long)j * 16;
+        if (4 * V + 4 + 1 <= LP_REGISTERS) { /* the 4 weights held across the vectors: one load per 4 FMAs */
 #pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c, x += PL) {
-            const float w0 = w[4 * c], w1 = w[4 * c + 1], w2 = w[4 * c + 2], w3 = w[4 * c + 3];
+            for (int c = 0; c < 4; ++c, x += PL) {
+                const float w0 = w[4 * c], w1 = w[4 * c + 1], w2 = w[4 * c + 2], w3 = w[4 * c + 3];
 #pragma GCC unroll 4
-            for (int v = 0; v < V; ++v) {
-                const lp_vf xv = lp_vload(x + v * LP_LANES);
-                acc[0][v] += w0 * xv;
-                acc[1][v] += w1 * xv;
-                acc[2][v] += w2 * xv;
-                acc[3][v] += w3 * xv;
+                for (int v = 0; v < V; ++v) {
+                    const lp_vf xv = lp_vload(x + v * LP_LANES);
+                    acc[0][v] += w0 * xv;
+                    acc[1][v] += w1 * xv;
+                    acc[2][v] += w2 * xv;
+                    acc[3][v] += w3 * xv;
+                }
+            }
+        } else { /* V inputs, then one broadcast per row: 4V + V + 1 registers (V = 3 on AVX2's 16); not unrolled (the
+                  * unrolled c loop spilled an accumulator on AVX2) */
+#pragma GCC unroll 1
+            for (int c = 0; c < 4; ++c, x += PL) {
+                lp_vf xv[LP_NPAS_MAXV];
+#pragma GCC unroll 4
+                for (int v = 0; v < V; ++v) xv[v] = lp_vload(x + v * LP_LANES);
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; ++r) {
+                    const lp_vf a = lp_vsplat(w[4 * c + r]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < V; ++v) acc[r][v] += a * xv[v];
+                    LP_KEEP(a);
+                }
+#pragma GCC unroll 4
+                for (int v = 0; v < V; ++v) LP_KEEP(xv[v]);
             }
         }
     }
@@ -251,7 +275,7 @@ void lp_npas_block_punched(const float *in, float *out, const float *bias, const
     lp_npas_geom g = lp_npas_geometry(s);
     int tapoff[s->kh * s->kw];
     lp_npas_tap_offsets(s, &g, tapoff);
-    const int co = (variant / 3) & 1, V = variant % 3 == 0 ? 4 : variant % 3 == 1 ? 2 : 1;
+    const int co = (variant / 3) & 1, V = variant % 3 == 0 ? LP_NPAS_BP_NV : variant % 3 == 1 ? 2 : 1;
     const long nrb = (long)(g.opg + 3) / 4 * s->groups, T = (long)V * LP_LANES, nt = (g.Pw + T - 1) / T, n = nrb * nt;
     const int direct = s->kh == 1 && s->kw == 1 && s->stride_h == 1 && s->stride_w == 1 && s->pad_h == 0 &&
                        s->pad_w == 0 && g.cpg % 4 == 0;
@@ -274,7 +298,7 @@ void lp_npas_block_punched(const float *in, float *out, const float *bias, const
 #define LP_BP_ITEM(VV)                                                                                                \
     lp_bp_item(VV, it, co, nt, nrb, &src, out, bias, residual, s, &g, tapoff, act, rows, ptr, ci, pos, val)
     switch (V) {
-    case 4: LP_NPAS_PARFOR(n, LP_BP_ITEM(4)) break;
+    case LP_NPAS_BP_NV: LP_NPAS_PARFOR(n, LP_BP_ITEM(LP_NPAS_BP_NV)) break; /* 4 or 3 */
     case 2: LP_NPAS_PARFOR(n, LP_BP_ITEM(2)) break;
     default: LP_NPAS_PARFOR(n, LP_BP_ITEM(1)) break;
     }

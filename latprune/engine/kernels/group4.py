@@ -30,11 +30,13 @@ def group4_scratch_floats(meta: ConvMeta) -> int:
 
 
 def _variant_names() -> tuple[str, ...]:
-    """Variant index -> name, in the order lp_group4_conv decodes it: tile width 4/3/2 vectors (index % 3), order
-    (index // 3 % 3: the group outermost, the same with a prefetch of the next tile's rows, the column tile
-    outermost), the padded input copy (index // 9)."""
+    """Variant index -> name, in the order lp_group4_conv decodes it: tile width (index % 3: the ISA's
+    ``TileShape.g4_widths``, wide / mid / narrow = 4 / 3 / 2 vectors on AVX-512 and NEON, 3 / 2 / 1 on AVX2 and
+    generic), order (index // 3 % 3: the group outermost, the same with a prefetch of the next tile's rows, the column
+    tile outermost), the padded input copy (index // 9)."""
     orders = ("", "_pf", "_cols")
-    return tuple(f"w{w}{o}{'_pad' if pad else ''}" for pad in (0, 1) for o in orders for w in (4, 3, 2))
+    widths = ("wide", "mid", "narrow")
+    return tuple(f"{w}{o}{'_pad' if pad else ''}" for pad in (0, 1) for o in orders for w in widths)
 
 
 #: Every variant's name; the index is what the C function receives.

@@ -33,12 +33,13 @@ TILEBUF_VARIANTS = (
     "2vec_direct",
     "1vec_direct",
 )
-#: Block-punched variants: vectors per pixel tile and loop order (autotune picks the fastest per layer).
+#: Block-punched variants: vectors per pixel tile and loop order (autotune picks the fastest per layer). "wide" is
+#: the ISA's ``TileShape.bp_nv`` vectors (4 on AVX-512 and NEON, 3 on AVX2 and generic: 16 registers).
 CONV_VARIANTS = (
-    "4vec_pixel_outer",
+    "wide_pixel_outer",
     "2vec_pixel_outer",
     "1vec_pixel_outer",
-    "4vec_channel_outer",
+    "wide_channel_outer",
     "2vec_channel_outer",
     "1vec_channel_outer",
 )
