@@ -61,3 +61,18 @@ def test_public_api_resolves():
 
     for name in latprune.__all__:
         assert getattr(latprune, name) is not None, name
+
+
+def test_latprune_warnings_print_as_one_line_and_others_keep_their_format() -> None:
+    import warnings
+
+    import latprune.latency.jobs
+    from latprune.cli import _warnings_as_lines
+
+    ours = latprune.latency.jobs.__file__
+    with _warnings_as_lines("profile"):
+        line = warnings.formatwarning("the tables disagree", UserWarning, ours, 375, "return x")
+        other = warnings.formatwarning("old API", DeprecationWarning, "/elsewhere/lib.py", 7, "f()")
+    assert line == "latprune profile: warning: the tables disagree\n"
+    assert other.startswith("/elsewhere/lib.py:7: DeprecationWarning: old API")
+    assert warnings.formatwarning("w", UserWarning, ours, 1, "").startswith(ours)  # restored on exit

@@ -8,9 +8,12 @@ parsed ``argparse.Namespace`` and returning an exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from latprune._version import __version__
@@ -52,6 +55,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """Print latprune's own warnings (a busy machine, a profile that disagrees with whole-model timings) as one line
+    like its errors, not with a source path and line; other libraries' warnings keep Python's format."""
+    default = warnings.formatwarning
+
+    def one_line(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None
+    ) -> str:
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(_PACKAGE):
+            return f"latprune {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = default
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. User errors print one sentence and exit 2; bugs keep their traceback."""
     parser = build_parser()
@@ -60,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with _warnings_as_lines(args.command):
+            return int(args.func(args) or 0)
     except LatpruneError as exc:
         print(f"latprune {args.command}: error: {exc}", file=sys.stderr)
         return 2
