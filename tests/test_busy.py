@@ -121,7 +121,7 @@ def test_the_thread_count_is_part_of_what_a_profile_is_checked_against(tmp_path)
 
 
 def test_the_run_report_warns_when_latency_was_measured_under_load():
-    warning = busy_warning(LoadCheck(0.5, None), "The measured latency")
+    warning = busy_warning(LoadCheck(0.5, None), "The measure stage")
     report = RunReport("resnet20", "fashion-mnist", "cpu", 1, "quick", (), {}, warning)
-    assert report.table().splitlines()[-1] == f"WARNING: {warning}"
-    assert "WARNING" not in dataclasses.replace(report, load_warning=None).table()
+    assert report.table().splitlines()[-1] == f"warning: {warning}"
+    assert "warning" not in dataclasses.replace(report, load_warning=None).table()

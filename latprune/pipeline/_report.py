@@ -175,7 +175,7 @@ class RunReport:
         if self.budget_line():
             lines.append(self.budget_line())  # type: ignore[arg-type]
         if self.load_warning:
-            lines.append(f"WARNING: {self.load_warning}")
+            lines.append(f"warning: {self.load_warning}")
         return "\n".join(lines)
 
 

@@ -287,7 +287,7 @@ def _measure(cfg: RunConfig, out: Path, parent: Path, names: list[str]) -> dict[
         speedup = rows["dense"]["latency_ms"][ref] / ms
         print(f"{name}: engine {ms:.3f} ms ({speedup:.2f}x {runtime_info(ref).label} on the dense model)")
     load = worst(LoadCheck.from_json(row.get("load")) for row in rows.values())
-    warning = busy_warning(load, "The latency table")
+    warning = busy_warning(load, "The measure stage")
     if warning:
         print(f"warning: {warning}")
     record = {"cpu": cpu_model(), "threads": cfg.threads, "models": rows, "load": load.to_json()}
@@ -328,7 +328,7 @@ def _report(cfg: RunConfig, out: Path, sel: dict[str, Any]) -> dict[str, Any]:
         preset=cfg.preset,
         rows=tuple(rows),
         stage_seconds={k: float(v.get("seconds", 0.0)) for k, v in status.items()},
-        load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measured latency"),
+        load_warning=busy_warning(LoadCheck.from_json(timing.get("load")), "The measure stage"),
         latency_budget_ms=cfg.latency_budget_ms,
         search=cfg.search,
     )
