@@ -81,7 +81,10 @@ def measure_layer(name: str, meta: ConvMeta, isa: str, rounds: int, rng: np.rand
     x = aligned_copy(rng.standard_normal((meta.c_in, meta.h, meta.w), dtype=np.float32))
     out = aligned_empty((meta.c_out, meta.h_out, meta.w_out))
     fns: dict[str, Callable[[], object]] = {}
-    dense = bind_layer(dense_kernel(meta), dense_w, None, meta, act=1, isa=isa)
+    dense_spec = dense_kernel(meta)
+    dense = bind_layer(
+        dense_spec, dense_w, None, meta, act=1, variant=default_variant(dense_spec, meta, 1, ISAS[isa]), isa=isa
+    )
     fns["dense"] = lambda: dense.call(x, out)
     points = {}
     torch_w = torch.from_numpy(dense_w.reshape(meta.c_out, meta.c_in) if meta.is_linear else dense_w)

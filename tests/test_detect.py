@@ -295,3 +295,17 @@ def test_the_choice_follows_the_target_isas_cost_model(monkeypatch):
     assert choose_kernel(w, CONV1, "group4", isa=ISAS["avx2"])[0].scheme == "dense"
     with using_isa("generic"):
         assert choose_kernel(w, CONV1, "group4")[0].scheme == "dense"
+
+
+def test_dense_1x1_variant_follows_the_isas_tiles():
+    """8-row tiles (32 registers) read projections in place (variant 3), packing pays for expansions, for the fused
+    column tail of 7x7 maps, and always with AVX2's 4-row tiles."""
+    dense = get_kernel("dense_conv")
+    projection, expansion = ConvMeta(144, 24, 56, 56), ConvMeta(24, 144, 56, 56)
+    assert default_variant(dense, projection, isa=ISAS["avx512"]) == 3
+    assert dense.variants[3] == "w3_cols"
+    assert default_variant(dense, ConvMeta(512, 512, 14, 14), isa=ISAS["neon"]) == 3
+    assert default_variant(dense, expansion, isa=ISAS["avx512"]) == 0
+    assert default_variant(dense, ConvMeta(1024, 1024, 7, 7), isa=ISAS["avx512"]) == 0  # 49 = 48 + fused column
+    assert default_variant(dense, projection, isa=ISAS["avx2"]) == 0
+    assert default_variant(dense, ConvMeta(64, 32, 28, 28, 3, 3, 1, 1, 1, 1), isa=ISAS["avx512"]) == 0

@@ -15,6 +15,7 @@ import numpy as np
 
 from latprune.engine.isa import Isa, host_isa
 from latprune.engine.kernels import ConvMeta, KernelSpec, kernels_for
+from latprune.engine.kernels.dense import is_direct
 from latprune.engine.kernels.npas import is_fc_layer
 from latprune.errors import EngineError
 from latprune.schemes import Scheme, SchemeLayer, detection_order, get_scheme, list_schemes
@@ -143,15 +144,36 @@ def _tile_waste(meta: ConvMeta, vectors: int, lanes: int) -> float:
     return -(-wide // tile) * tile / (meta.h_out * meta.w_out)
 
 
+#: Columns of one packed 1x1 input panel (LP_PK_COLS in csrc/lp_dense.c); 1-3 leftover columns are its column tail.
+_PK_COLS = 48
+
+
+def _dense_1x1_in_place(meta: ConvMeta, isa: Isa) -> bool:
+    """Whether a direct 1x1 layer runs faster from the input in place (dense_conv variant 3: column tile outermost)
+    than through packed input panels (variant 0). Packing copies K x 48 input floats per column tile and reuses
+    them over c_out / MR weight panels: with 8-row tiles (32 registers), whose in-place loop loads only 3 vectors
+    per 24 FMAs, the copy does not pay where there are no more outputs than inputs. Measured on AVX-512 (Zen 4,
+    in-place / packed): MobileNetV2 projections 144->24 @56 0.82, 192->32 @28 0.88, 384->64 @14 0.90, 576->96 @14
+    0.92; MobileNetV1 512->512 @14 0.95, 256->256 @28 0.97, 128->128 @56 1.01; expansions 24->144 @56 1.14,
+    32->192 @28 1.06, 64->128 @56 1.05. Packing keeps the fused column tail of 7x7 maps (1024 -> 1024 in place 1.06)
+    and always pays with 4-row tiles (AVX2 in place 1.05-1.2). NEON has the same 8-row tiles (not measured)."""
+    hw = meta.h * meta.w
+    tail = 0 < hw % _PK_COLS <= 3
+    return isa.tiles.dense_mr >= 8 and is_direct(meta) and meta.groups == 1 and not tail and meta.c_out <= meta.c_in
+
+
 def default_variant(spec: KernelSpec, meta: ConvMeta, nthreads: int = 1, isa: Isa | None = None) -> int:
     """A sensible variant without measuring (autotune measures): for the NPAS conv kernels, the tile width that
-    wastes least of the last pixel tile, weighing narrower tiles' lower throughput; index 0 for other kernels.
-    Pixel-outer order (variants 0..2) keeps the input tile in cache across filters; every variant splits its
-    (filter, tile) work items evenly over ``nthreads``, so the count does not change the pick. ``isa``: the target
-    whose vector width sets the tiles (default: the host's)."""
+    wastes least of the last pixel tile, weighing narrower tiles' lower throughput; for dense 1x1 layers, packed
+    input panels or the input in place (``_dense_1x1_in_place``); index 0 for other kernels. Pixel-outer order
+    (variants 0..2) keeps the input tile in cache across filters; every variant splits its (filter, tile) work items
+    evenly over ``nthreads``, so the count does not change the pick. ``isa``: the target whose vector width and
+    register count set the tiles (default: the host's)."""
+    isa = isa or host_isa()
+    if spec.name == "dense_conv":
+        return 3 if _dense_1x1_in_place(meta, isa) else 0
     if spec.source != "lp_npas.c" or len(spec.variants) != 6:
         return 0
-    isa = isa or host_isa()
     widest = isa.tiles.bp_nv if spec.scheme == "block_punched" else _TILES[0][0]
     vectors = {v: widest if v == 0 else n for v, (n, _) in _TILES.items()}
     cost = {v: _tile_waste(meta, vectors[v], isa.lanes) / rel for v, (_, rel) in _TILES.items()}

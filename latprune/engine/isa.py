@@ -87,48 +87,48 @@ def _costs(efficiency: dict[str, float], fc: dict[str, float], overhead: float, 
 
 _AVX512_COSTS = _costs(
     {
-        "group4_conv": 1.07,
+        "group4_conv": 1.06,
         "npas_block_punched": 0.98,
-        "npas_pattern3x3": 0.43,
-        "npas_pattern3x3_cols": 0.83,
-        "npas_unstructured": 0.44,
+        "npas_pattern3x3": 0.44,
+        "npas_pattern3x3_cols": 0.87,
+        "npas_unstructured": 0.45,
         "npas_nm24": 0.44,
     },
-    {"npas_block_fc": 0.42, "group4_conv": 0.13, "npas_unstructured": 0.08, "npas_nm24": 0.07},
-    0.063,
+    {"npas_block_fc": 0.35, "group4_conv": 0.14, "npas_unstructured": 0.06, "npas_nm24": 0.08},
+    0.071,
     "AMD EPYC (Zen 4), 2026-12-04",
 )
 #: Per ISA (benchmarks/engine_costs.py -> benchmarks/results/engine_costs.md). The line is rough: group4 and
-#: block-punched sit within ~0.1-0.3 of it, the load-bound unstructured kernels are off by up to 0.9 (AVX-512) / 1.5
+#: block-punched sit within ~0.1-0.3 of it, the load-bound unstructured kernels are off by up to 0.85 (AVX-512) / 1.24
 #: (AVX2) of the dense time on dense weights, where they never win anyway. NEON is not measured (no device):
 #: AVX-512's numbers, the ISA with the same 32-register tile shapes.
 KERNEL_COSTS: dict[str, KernelCosts] = {
     "avx512": _AVX512_COSTS,
     "avx2": _costs(
         {
-            "group4_conv": 0.98,
-            "npas_block_punched": 0.91,
-            "npas_pattern3x3": 0.46,
-            "npas_pattern3x3_cols": 0.76,
-            "npas_unstructured": 0.47,
-            "npas_nm24": 0.46,
+            "group4_conv": 0.90,
+            "npas_block_punched": 0.87,
+            "npas_pattern3x3": 0.47,
+            "npas_pattern3x3_cols": 0.78,
+            "npas_unstructured": 0.48,
+            "npas_nm24": 0.47,
         },
-        {"npas_block_fc": 0.51, "group4_conv": 0.18, "npas_unstructured": 0.12, "npas_nm24": 0.11},
-        0.135,
+        {"npas_block_fc": 0.52, "group4_conv": 0.17, "npas_unstructured": 0.12, "npas_nm24": 0.12},
+        0.141,
         "AMD EPYC (Zen 4), 2026-12-04",
     ),
     # Scalar-ish code: every kernel is far from the FMA peak, so the load-bound sparse kernels lose little.
     "generic": _costs(
         {
-            "group4_conv": 1.03,
-            "npas_block_punched": 0.96,
-            "npas_pattern3x3": 0.97,
+            "group4_conv": 1.00,
+            "npas_block_punched": 0.90,
+            "npas_pattern3x3": 0.94,
             "npas_pattern3x3_cols": 1.00,
-            "npas_unstructured": 1.00,
-            "npas_nm24": 0.99,
+            "npas_unstructured": 0.91,
+            "npas_nm24": 0.98,
         },
-        {"npas_block_fc": 0.65, "group4_conv": 0.25, "npas_unstructured": 0.20, "npas_nm24": 0.20},
-        0.059,
+        {"npas_block_fc": 0.65, "group4_conv": 0.27, "npas_unstructured": 0.22, "npas_nm24": 0.22},
+        0.052,
         "AMD EPYC (Zen 4), 2026-12-04",
     ),
     "neon": _costs(
