@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from engine_isa_layers import LAYERS, best_of_rounds
 
+from latprune.engine.activations import get_activation
 from latprune.engine.build import build_shared_library, load_library
 from latprune.engine.detect import dense_kernel
 from latprune.engine.isa import cpu_model, host_isa, using_isa
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=list(LAYERS), help="Layer names of engine_isa_layers.py.")
     parser.add_argument("--threads", type=int, default=1, help="Threads per kernel call.")
     parser.add_argument("--rounds", type=int, default=9, help="Interleaved rounds (fastest kept).")
+    parser.add_argument("--act", default="relu", help="Fused activation (latprune.engine.list_activations()).")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with using_isa(args.isa) as isa:
@@ -66,7 +68,7 @@ def main() -> None:
             spec = dense_kernel(meta)
             w = rng.standard_normal((meta.c_out, meta.c_in // meta.groups, meta.kh, meta.kw), dtype=np.float32)
             x = aligned_copy(rng.standard_normal((meta.c_in, meta.h, meta.w), dtype=np.float32))
-            layer = bind_layer(spec, w, None, meta, act=1, nthreads=args.threads)
+            layer = bind_layer(spec, w, None, meta, act=get_activation(args.act).code, nthreads=args.threads)
             outs = {k: aligned_empty((meta.c_out, meta.h_out, meta.w_out)) for k in ("new", "old")}
             fns = {"new": layer.fn, "old": function_from(args.old, spec, len(layer.packed))}
 

@@ -7,9 +7,10 @@ model's multiply-adds. The engine dense, the engine sparse and ONNX Runtime dens
 interleaved in 10 rounds of >= 5 runs after warm-up, each keeping its fastest round's median; at 1 thread also
 the median CPU time of the calling thread, which preemption on a busy machine does not inflate. Compile time is
 the dense model's, once with an empty build cache (kernels included) and once with the kernels already built
-(the model's own C only). Writes benchmarks/results/zoo.json and zoo.md.
+(the model's own C only). Writes benchmarks/results/zoo.json and zoo.md (zoo_<isa>.* with --isa).
 
     .venv/bin/python benchmarks/zoo.py                          # every zoo model (~6 min on a quiet 2-core machine)
+    .venv/bin/python benchmarks/zoo.py --isa avx2               # the engine's AVX2 code (on an AVX-512 CPU too)
     .venv/bin/python benchmarks/zoo.py --models mobilenet_v3_small --runs 20    # one model, a smoke test
 """
 
@@ -34,7 +35,7 @@ from latprune._version import __version__
 from latprune.bench import calibrate_batchnorm, measure_interleaved, onnxruntime_session, sparsify_model
 from latprune.engine import compile
 from latprune.engine.build import compiler_version
-from latprune.engine.isa import cpu_model, host_isa
+from latprune.engine.isa import cpu_model, host_isa, using_isa
 from latprune.models import create_model, list_models, model_info
 
 RESULTS = Path(__file__).parent / "results"
@@ -178,15 +179,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(list_models()), choices=list_models())
     parser.add_argument("--runs", type=int, default=50, help="Timed runs per runtime (median of the best round).")
+    parser.add_argument(
+        "--isa", help="Compile the engine for this ISA (avx512, avx2, generic; default: the CPU's best): zoo_<isa>.*"
+    )
     args = parser.parse_args()
     cfg = ZooBenchConfig(models=tuple(args.models), runs=args.runs)
-    device = {"cpu": cpu_model(), "isa": host_isa().name, "compiler": compiler_version(), "machine": platform.node()}
-    date = time.strftime("%Y-%m-%d")
-    rows = []
-    for name in tqdm(cfg.models, desc="zoo benchmark"):
-        rows.append(measure_model(name, cfg))
+    with using_isa(args.isa):
+        isa = host_isa().name
+        device = {"cpu": cpu_model(), "isa": isa, "compiler": compiler_version(), "machine": platform.node()}
+        date = time.strftime("%Y-%m-%d")
+        rows = [measure_model(name, cfg) for name in tqdm(cfg.models, desc="zoo benchmark")]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if cfg.models == tuple(list_models()) else "_partial"
+    suffix = (f"_{args.isa}" if args.isa else "") + ("" if cfg.models == tuple(list_models()) else "_partial")
     atomic_write_json(
         RESULTS / f"zoo{suffix}.json",
         {"latprune_version": __version__, "device": device, "date": date, "config": cfg.__dict__,
