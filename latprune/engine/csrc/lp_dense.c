@@ -344,8 +344,8 @@ LP_INLINE void lp_tile_at(const lp_grid *g, int nv, int t, int *j, int *tnv) {
  * Packed arrays: w (groups * panels * K * MR floats), off (groups * K int32 tap offsets into the grid). */
 /* The first npf steps each prefetch one cache line of pf (the next panel's weights) into L2. */
 LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K,
-                             int j, int rows, const float *bias, const float *residual, float *out, int act,
-                             const int nv, const float *pf, int npf) {
+                             int j, ptrdiff_t o, int rows, const float *bias, const float *residual, float *out,
+                             int act, const int nv, const float *pf, int npf) {
     lp_vf acc[LP_DENSE_MR][LP_MAXNV];
     for (int r = 0; r < LP_DENSE_MR; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = lp_vsplat(0.f);
@@ -369,7 +369,18 @@ LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, c
     for (; k < npf; k++) LP_DENSE_STEP(1);
     for (; k < K; k++) LP_DENSE_STEP(0);
 #undef LP_DENSE_STEP
-    if (rows == LP_DENSE_MR) /* constant row count: the finish is unrolled and acc never leaves the registers */
+    if (o >= 0 && rows == LP_DENSE_MR) { /* a row tile: whole vectors of output pixels o, o + 1, ... */
+        const size_t hw = (size_t)g->hw_out;
+        for (int r = 0; r < LP_DENSE_MR; r++) {
+            const lp_vf b = lp_vsplat(bias[r]);
+            for (int v = 0; v < nv; v++) {
+                const size_t i = r * hw + (size_t)o + v * LP_LANES;
+                lp_vf x = acc[r][v] + b;
+                if (residual) x += lp_vload(residual + i);
+                lp_vstore(out + i, lp_vact(x, act));
+            }
+        }
+    } else if (rows == LP_DENSE_MR) /* constant row count: the finish is unrolled and acc never leaves the registers */
         lp_tile_finish(acc, LP_DENSE_MR, nv, j, g, bias, residual, out, act);
     else
         lp_tile_finish(acc, rows, nv, j, g, bias, residual, out, act);
@@ -379,19 +390,22 @@ LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, c
  * say), GCC spilled two of AVX2's 12 accumulators to the stack in the tap loop, and a 3x3 layer ran 1.9x slower. */
 #define LP_NOINLINE __attribute__((noinline))
 LP_NOINLINE
-static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 1, pf, npf);
+static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 1, pf, npf);
 }
 LP_NOINLINE
-static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 2, pf, npf);
+static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 2, pf, npf);
 }
 LP_NOINLINE
-static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 3, pf, npf);
+static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 3, pf, npf);
 }
 
 /* Column tail (direct mode, 1-3 columns): the panel's LP_DENSE_MR rows in the lanes of one vector per column. */
@@ -421,17 +435,17 @@ static void lp_dense_cols(const lp_grid *g, const int32_t *LP_RESTRICT off, cons
     }
 }
 
-LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                                  const float *bias, const float *residual, float *out, int act, int nv,
+LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                                  int rows, const float *bias, const float *residual, float *out, int act, int nv,
                                   const float *pf, int npf) {
     if (nv == 0)
         lp_dense_cols(g, off, w, K, j, rows, bias, residual, out, act);
     else if (nv >= 3)
-        lp_dense_tile_nv3(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv3(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
     else if (nv == 2)
-        lp_dense_tile_nv2(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv2(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
     else
-        lp_dense_tile_nv1(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv1(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -822,6 +836,7 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
     return 1;
 }
 
+#define LP_ROW_MAXT 64      /* row tiles per output row (below): up to 512 columns at 8 lanes */
 #define LP_GP_MAX_COUT 512 /* output channels whose partial sums fit the stack buffer of the grid-packed path */
 
 /* Small k x k outputs (<= 64 pixels, groups == 1) use the channel-major tiles above. Otherwise
@@ -839,7 +854,22 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
     const int groups = s->groups, mg = s->c_out / groups;
     const int K = (s->c_in / groups) * s->kh * s->kw;
     const int panels = (mg + LP_DENSE_MR - 1) / LP_DENSE_MR;
-    const int tiles = lp_tile_count(&g, nv);
+    /* Row tiles: where the output rows are whole vectors (w_out % LP_LANES == 0, e.g. the 112-wide stems of the
+     * MobileNets and ResNet18), a k x k layer's tiles stay inside one output row: no junk grid columns computed and
+     * plain vector stores (a tile crossing a grid row stores through lp_vruns). A row of rv vectors is tiles of nv
+     * with the remainder kept off 1 vector where it can (7 = 3 + 2 + 2: a 1-vector tile is FMA latency bound). */
+    int rt_start[LP_ROW_MAXT], rt_nv[LP_ROW_MAXT], tpr = 0;
+    if (!g.direct && s->w_out % LP_LANES == 0 && s->w_out >= 2 * LP_LANES && s->w_out / LP_LANES <= LP_ROW_MAXT) {
+        const int rv = s->w_out / LP_LANES;
+        for (int c = 0; c < rv;) {
+            int w = rv - c < nv ? rv - c : nv;
+            if (rv - c == nv + 1 && nv >= 3) w = nv - 1; /* ..., 3, 1 -> ..., 2, 2 */
+            rt_start[tpr] = c * LP_LANES;
+            rt_nv[tpr++] = w;
+            c += w;
+        }
+    }
+    const int tiles = tpr ? s->h_out * tpr : lp_tile_count(&g, nv);
     /* variant 0 on a direct 1x1 layer: packed input panels (above) */
     if (variant == 0 && g.direct && groups == 1 &&
         lp_dense_conv_packed(&g, w, off, K, s->c_out, bias, residual, out, act, nthreads))
@@ -900,7 +930,14 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
             const int co = grp * mg + p * LP_DENSE_MR;
             const int rows = mg - p * LP_DENSE_MR < LP_DENSE_MR ? mg - p * LP_DENSE_MR : LP_DENSE_MR;
             int j, tnv;
-            lp_tile_at(&g, nv, t, &j, &tnv);
+            ptrdiff_t o = -1;
+            if (tpr) {
+                const int oy = t / tpr, k = t - oy * tpr;
+                j = oy * g.wq + rt_start[k];
+                o = (ptrdiff_t)oy * g.w_out + rt_start[k];
+                tnv = rt_nv[k];
+            } else
+                lp_tile_at(&g, nv, t, &j, &tnv);
             const float *wp = w + (size_t)(grp * panels + p) * K * LP_DENSE_MR;
             const float *res = residual ? residual + (size_t)co * g.hw_out : NULL;
             /* weight panel outermost: the tiles share out the next panel's cache lines to prefetch. Measured with
@@ -908,7 +945,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
              * us (warm: 1366), 64 x 64 at 56x56 1479 -> 1386 us. */
             const int l0 = col_outer || gp + 1 >= gp_count ? pf_lines : t * pf_share;
             const int npf = l0 < pf_lines ? (pf_lines - l0 < pf_share ? pf_lines - l0 : pf_share) : 0;
-            lp_dense_tile_any(&g, off + (size_t)grp * K, wp, K, j, rows, bias + co, res,
+            lp_dense_tile_any(&g, off + (size_t)grp * K, wp, K, j, o, rows, bias + co, res,
                               out + (size_t)co * g.hw_out, act, tnv, wp + (size_t)K * LP_DENSE_MR + (size_t)l0 * 16,
                               npf);
         }
