@@ -581,6 +581,9 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
     const int blocked = variant < 3 && K > LP_CM_KB && panels >= 2 * nthreads;
     const long items = (long)panels * segs;
     const size_t hw = (size_t)g.hw_out;
+    lp_grid pg = g; /* output pixels as grid columns, for the finish of the grid-packed tiles */
+    pg.wq = g.w_out;
+    pg.n = g.hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
@@ -883,9 +886,12 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
      * 128 -> 256 stride 2 0.80; loses below K = 512 (16 -> 16 at 28x28: 1.10) and on AVX-512's 8-row tiles (1.05-1.2).
      * Partial sums over the K blocks stay in a per-tile buffer on the stack (up to 512 output channels); the column
      * tiles are the parallel work, so few of them against the threads keep the in-place order. */
-    const int ct = (g.n + LP_PK_COLS - 1) / LP_PK_COLS;
+    const int ct = (g.hw_out + LP_PK_COLS - 1) / LP_PK_COLS; /* grid-packed panels hold output pixels, no junk */
     const int grid_packed = LP_DENSE_MR < 8 && variant == 0 && !g.direct && groups == 1 && s->c_out <= LP_GP_MAX_COUT &&
                             K >= 512 && (nthreads == 1 || ct >= 4 * nthreads);
+    lp_grid pg = g; /* output pixels as grid columns, for the finish of the grid-packed tiles */
+    pg.wq = g.w_out;
+    pg.n = g.hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
@@ -897,15 +903,34 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
         if (grid_packed) {
 #pragma omp for schedule(dynamic, 1)
             for (int t = 0; t < ct; t++) {
-                float bp[LP_PK_KB * LP_PK_COLS] __attribute__((aligned(64)));
+                float bp[LP_PK_KB * LP_PK_COLS + LP_LANES] __attribute__((aligned(64)));
                 float part[(LP_GP_MAX_COUT + LP_DENSE_MR) * LP_PK_COLS] __attribute__((aligned(64)));
-                const int j = t * LP_PK_COLS, cols = g.n - j < LP_PK_COLS ? g.n - j : LP_PK_COLS;
+                /* Panel t holds output pixels j .. j + cols - 1: runs of each output row's pixels, copied from
+                 * their grid columns (the grid's junk columns are not packed: 256 x 256 3x3 at 14x14 is 25 vectors
+                 * of pixels, not 30 of grid columns). The finish sees pixel indices (grid pg: wq == w_out). */
+                const int j = t * LP_PK_COLS, cols = g.hw_out - j < LP_PK_COLS ? g.hw_out - j : LP_PK_COLS;
+                int run_c[LP_PK_COLS], run_g[LP_PK_COLS], run_n[LP_PK_COLS], nruns = 0;
+                for (int c = 0; c < cols;) {
+                    const int p = j + c, oy = p / g.w_out, ox = p - oy * g.w_out;
+                    const int len = g.w_out - ox < cols - c ? g.w_out - ox : cols - c;
+                    run_c[nruns] = c;
+                    run_g[nruns] = oy * g.wq + ox;
+                    run_n[nruns++] = len;
+                    c += len;
+                }
+                const int pad = (cols + LP_LANES - 1) / LP_LANES * LP_LANES; /* columns the tiles read */
                 for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
                     const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
                     for (int k = 0; k < kb; k++) {
-                        const float *src = g.src + off[k0 + k] + j;
-                        for (int v = 0; v < LP_PK_COLS / LP_LANES; v++)
-                            lp_vstore(bp + k * LP_PK_COLS + v * LP_LANES, lp_vload(src + v * LP_LANES));
+                        const float *src = g.src + off[k0 + k];
+                        float *dst = bp + k * LP_PK_COLS;
+                        /* whole vectors: a run's last one spills into the next run's place (written after it),
+                         * the zero padding or the next row of bp (packed after it; bp has a vector of slack), and
+                         * reads at most a vector past the run in the grid (zeroed slack after the last plane) */
+                        for (int r = 0; r < nruns; r++)
+                            for (int i = 0; i < run_n[r]; i += LP_LANES)
+                                lp_vstore(dst + run_c[r] + i, lp_vload(src + run_g[r] + i));
+                        if (cols < pad) lp_zero_floats(dst + cols, pad - cols);
                     }
                     for (int p = 0; p < panels; p++) {
                         const int co = p * LP_DENSE_MR;
@@ -913,7 +938,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
                         const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
                         for (int c0 = 0; c0 < cols; c0 += LP_PK_SUB) {
                             const int sc = cols - c0 < LP_PK_SUB ? cols - c0 : LP_PK_SUB;
-                            lp_pk_tile_any(bp + c0, bp, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, &g,
+                            lp_pk_tile_any(bp + c0, bp, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, &pg,
                                            bias + co, residual ? residual + (size_t)co * g.hw_out : NULL,
                                            out + (size_t)co * g.hw_out, part + (size_t)co * LP_PK_COLS + c0,
                                            LP_PK_COLS, act, (sc + LP_LANES - 1) / LP_LANES, 0);
