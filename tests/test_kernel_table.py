@@ -26,6 +26,8 @@ SHAPES = (
     ConvMeta(8, 12, 13, 11, 3, 3, 2, 2, 1, 1),
     ConvMeta(64, 12, 20, 20, 3, 3, 1, 1, 1, 1),
     ConvMeta(3, 8, 20, 20, 7, 7, 2, 2, 3, 3),
+    ConvMeta(6, 10, 12, 56, 3, 3, 1, 1, 1, 1),  # output rows of whole vectors: row tiles (lp_dense_conv)
+    ConvMeta(3, 10, 18, 64, 3, 3, 2, 2, 1, 1),  # 32-wide output rows: row tiles with 16 lanes too
     ConvMeta(8, 8, 12, 12, 3, 3, 1, 1, 1, 1, groups=2),
     ConvMeta(5, 5, 9, 23, 3, 3, 1, 1, 1, 1, groups=5),
     ConvMeta(4, 4, 14, 13, 3, 3, 2, 2, 1, 1, groups=4),

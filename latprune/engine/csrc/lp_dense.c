@@ -344,8 +344,8 @@ LP_INLINE void lp_tile_at(const lp_grid *g, int nv, int t, int *j, int *tnv) {
  * Packed arrays: w (groups * panels * K * MR floats), off (groups * K int32 tap offsets into the grid). */
 /* The first npf steps each prefetch one cache line of pf (the next panel's weights) into L2. */
 LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, const float *LP_RESTRICT w, int K,
-                             int j, int rows, const float *bias, const float *residual, float *out, int act,
-                             const int nv, const float *pf, int npf) {
+                             int j, ptrdiff_t o, int rows, const float *bias, const float *residual, float *out,
+                             int act, const int nv, const float *pf, int npf) {
     lp_vf acc[LP_DENSE_MR][LP_MAXNV];
     for (int r = 0; r < LP_DENSE_MR; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = lp_vsplat(0.f);
@@ -369,7 +369,18 @@ LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, c
     for (; k < npf; k++) LP_DENSE_STEP(1);
     for (; k < K; k++) LP_DENSE_STEP(0);
 #undef LP_DENSE_STEP
-    if (rows == LP_DENSE_MR) /* constant row count: the finish is unrolled and acc never leaves the registers */
+    if (o >= 0 && rows == LP_DENSE_MR) { /* a row tile: whole vectors of output pixels o, o + 1, ... */
+        const size_t hw = (size_t)g->hw_out;
+        for (int r = 0; r < LP_DENSE_MR; r++) {
+            const lp_vf b = lp_vsplat(bias[r]);
+            for (int v = 0; v < nv; v++) {
+                const size_t i = r * hw + (size_t)o + v * LP_LANES;
+                lp_vf x = acc[r][v] + b;
+                if (residual) x += lp_vload(residual + i);
+                lp_vstore(out + i, lp_vact(x, act));
+            }
+        }
+    } else if (rows == LP_DENSE_MR) /* constant row count: the finish is unrolled and acc never leaves the registers */
         lp_tile_finish(acc, LP_DENSE_MR, nv, j, g, bias, residual, out, act);
     else
         lp_tile_finish(acc, rows, nv, j, g, bias, residual, out, act);
@@ -379,19 +390,22 @@ LP_INLINE void lp_dense_tile(const lp_grid *g, const int32_t *LP_RESTRICT off, c
  * say), GCC spilled two of AVX2's 12 accumulators to the stack in the tap loop, and a 3x3 layer ran 1.9x slower. */
 #define LP_NOINLINE __attribute__((noinline))
 LP_NOINLINE
-static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 1, pf, npf);
+static void lp_dense_tile_nv1(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 1, pf, npf);
 }
 LP_NOINLINE
-static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 2, pf, npf);
+static void lp_dense_tile_nv2(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 2, pf, npf);
 }
 LP_NOINLINE
-static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                              const float *bias, const float *residual, float *out, int act, const float *pf, int npf) {
-    lp_dense_tile(g, off, w, K, j, rows, bias, residual, out, act, 3, pf, npf);
+static void lp_dense_tile_nv3(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                              int rows, const float *bias, const float *residual, float *out, int act, const float *pf,
+                              int npf) {
+    lp_dense_tile(g, off, w, K, j, o, rows, bias, residual, out, act, 3, pf, npf);
 }
 
 /* Column tail (direct mode, 1-3 columns): the panel's LP_DENSE_MR rows in the lanes of one vector per column. */
@@ -421,17 +435,17 @@ static void lp_dense_cols(const lp_grid *g, const int32_t *LP_RESTRICT off, cons
     }
 }
 
-LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const float *w, int K, int j, int rows,
-                                  const float *bias, const float *residual, float *out, int act, int nv,
+LP_INLINE void lp_dense_tile_any(const lp_grid *g, const int32_t *off, const float *w, int K, int j, ptrdiff_t o,
+                                  int rows, const float *bias, const float *residual, float *out, int act, int nv,
                                   const float *pf, int npf) {
     if (nv == 0)
         lp_dense_cols(g, off, w, K, j, rows, bias, residual, out, act);
     else if (nv >= 3)
-        lp_dense_tile_nv3(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv3(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
     else if (nv == 2)
-        lp_dense_tile_nv2(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv2(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
     else
-        lp_dense_tile_nv1(g, off, w, K, j, rows, bias, residual, out, act, pf, npf);
+        lp_dense_tile_nv1(g, off, w, K, j, o, rows, bias, residual, out, act, pf, npf);
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -567,6 +581,9 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
     const int blocked = variant < 3 && K > LP_CM_KB && panels >= 2 * nthreads;
     const long items = (long)panels * segs;
     const size_t hw = (size_t)g.hw_out;
+    lp_grid pg = g; /* output pixels as grid columns, for the finish of the grid-packed tiles */
+    pg.wq = g.w_out;
+    pg.n = g.hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
@@ -822,6 +839,7 @@ static int lp_dense_conv_packed(const lp_grid *g, const float *w, const int32_t 
     return 1;
 }
 
+#define LP_ROW_MAXT 64      /* row tiles per output row (below): up to 512 columns at 8 lanes */
 #define LP_GP_MAX_COUT 512 /* output channels whose partial sums fit the stack buffer of the grid-packed path */
 
 /* Small k x k outputs (<= 64 pixels, groups == 1) use the channel-major tiles above. Otherwise
@@ -839,7 +857,22 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
     const int groups = s->groups, mg = s->c_out / groups;
     const int K = (s->c_in / groups) * s->kh * s->kw;
     const int panels = (mg + LP_DENSE_MR - 1) / LP_DENSE_MR;
-    const int tiles = lp_tile_count(&g, nv);
+    /* Row tiles: where the output rows are whole vectors (w_out % LP_LANES == 0, e.g. the 112-wide stems of the
+     * MobileNets and ResNet18), a k x k layer's tiles stay inside one output row: no junk grid columns computed and
+     * plain vector stores (a tile crossing a grid row stores through lp_vruns). A row of rv vectors is tiles of nv
+     * with the remainder kept off 1 vector where it can (7 = 3 + 2 + 2: a 1-vector tile is FMA latency bound). */
+    int rt_start[LP_ROW_MAXT], rt_nv[LP_ROW_MAXT], tpr = 0;
+    if (!g.direct && s->w_out % LP_LANES == 0 && s->w_out >= 2 * LP_LANES && s->w_out / LP_LANES <= LP_ROW_MAXT) {
+        const int rv = s->w_out / LP_LANES;
+        for (int c = 0; c < rv;) {
+            int w = rv - c < nv ? rv - c : nv;
+            if (rv - c == nv + 1 && nv >= 3) w = nv - 1; /* ..., 3, 1 -> ..., 2, 2 */
+            rt_start[tpr] = c * LP_LANES;
+            rt_nv[tpr++] = w;
+            c += w;
+        }
+    }
+    const int tiles = tpr ? s->h_out * tpr : lp_tile_count(&g, nv);
     /* variant 0 on a direct 1x1 layer: packed input panels (above) */
     if (variant == 0 && g.direct && groups == 1 &&
         lp_dense_conv_packed(&g, w, off, K, s->c_out, bias, residual, out, act, nthreads))
@@ -853,9 +886,12 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
      * 128 -> 256 stride 2 0.80; loses below K = 512 (16 -> 16 at 28x28: 1.10) and on AVX-512's 8-row tiles (1.05-1.2).
      * Partial sums over the K blocks stay in a per-tile buffer on the stack (up to 512 output channels); the column
      * tiles are the parallel work, so few of them against the threads keep the in-place order. */
-    const int ct = (g.n + LP_PK_COLS - 1) / LP_PK_COLS;
+    const int ct = (g.hw_out + LP_PK_COLS - 1) / LP_PK_COLS; /* grid-packed panels hold output pixels, no junk */
     const int grid_packed = LP_DENSE_MR < 8 && variant == 0 && !g.direct && groups == 1 && s->c_out <= LP_GP_MAX_COUT &&
                             K >= 512 && (nthreads == 1 || ct >= 4 * nthreads);
+    lp_grid pg = g; /* output pixels as grid columns, for the finish of the grid-packed tiles */
+    pg.wq = g.w_out;
+    pg.n = g.hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
@@ -867,15 +903,34 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
         if (grid_packed) {
 #pragma omp for schedule(dynamic, 1)
             for (int t = 0; t < ct; t++) {
-                float bp[LP_PK_KB * LP_PK_COLS] __attribute__((aligned(64)));
+                float bp[LP_PK_KB * LP_PK_COLS + LP_LANES] __attribute__((aligned(64)));
                 float part[(LP_GP_MAX_COUT + LP_DENSE_MR) * LP_PK_COLS] __attribute__((aligned(64)));
-                const int j = t * LP_PK_COLS, cols = g.n - j < LP_PK_COLS ? g.n - j : LP_PK_COLS;
+                /* Panel t holds output pixels j .. j + cols - 1: runs of each output row's pixels, copied from
+                 * their grid columns (the grid's junk columns are not packed: 256 x 256 3x3 at 14x14 is 25 vectors
+                 * of pixels, not 30 of grid columns). The finish sees pixel indices (grid pg: wq == w_out). */
+                const int j = t * LP_PK_COLS, cols = g.hw_out - j < LP_PK_COLS ? g.hw_out - j : LP_PK_COLS;
+                int run_c[LP_PK_COLS], run_g[LP_PK_COLS], run_n[LP_PK_COLS], nruns = 0;
+                for (int c = 0; c < cols;) {
+                    const int p = j + c, oy = p / g.w_out, ox = p - oy * g.w_out;
+                    const int len = g.w_out - ox < cols - c ? g.w_out - ox : cols - c;
+                    run_c[nruns] = c;
+                    run_g[nruns] = oy * g.wq + ox;
+                    run_n[nruns++] = len;
+                    c += len;
+                }
+                const int pad = (cols + LP_LANES - 1) / LP_LANES * LP_LANES; /* columns the tiles read */
                 for (int k0 = 0; k0 < K; k0 += LP_PK_KB) {
                     const int kb = K - k0 < LP_PK_KB ? K - k0 : LP_PK_KB;
                     for (int k = 0; k < kb; k++) {
-                        const float *src = g.src + off[k0 + k] + j;
-                        for (int v = 0; v < LP_PK_COLS / LP_LANES; v++)
-                            lp_vstore(bp + k * LP_PK_COLS + v * LP_LANES, lp_vload(src + v * LP_LANES));
+                        const float *src = g.src + off[k0 + k];
+                        float *dst = bp + k * LP_PK_COLS;
+                        /* whole vectors: a run's last one spills into the next run's place (written after it),
+                         * the zero padding or the next row of bp (packed after it; bp has a vector of slack), and
+                         * reads at most a vector past the run in the grid (zeroed slack after the last plane) */
+                        for (int r = 0; r < nruns; r++)
+                            for (int i = 0; i < run_n[r]; i += LP_LANES)
+                                lp_vstore(dst + run_c[r] + i, lp_vload(src + run_g[r] + i));
+                        if (cols < pad) lp_zero_floats(dst + cols, pad - cols);
                     }
                     for (int p = 0; p < panels; p++) {
                         const int co = p * LP_DENSE_MR;
@@ -883,7 +938,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
                         const float *wp = w + ((size_t)p * K + k0) * LP_DENSE_MR;
                         for (int c0 = 0; c0 < cols; c0 += LP_PK_SUB) {
                             const int sc = cols - c0 < LP_PK_SUB ? cols - c0 : LP_PK_SUB;
-                            lp_pk_tile_any(bp + c0, bp, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, &g,
+                            lp_pk_tile_any(bp + c0, bp, wp, kb, k0 == 0, k0 + kb == K, j + c0, sc, rows, &pg,
                                            bias + co, residual ? residual + (size_t)co * g.hw_out : NULL,
                                            out + (size_t)co * g.hw_out, part + (size_t)co * LP_PK_COLS + c0,
                                            LP_PK_COLS, act, (sc + LP_LANES - 1) / LP_LANES, 0);
@@ -900,7 +955,14 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
             const int co = grp * mg + p * LP_DENSE_MR;
             const int rows = mg - p * LP_DENSE_MR < LP_DENSE_MR ? mg - p * LP_DENSE_MR : LP_DENSE_MR;
             int j, tnv;
-            lp_tile_at(&g, nv, t, &j, &tnv);
+            ptrdiff_t o = -1;
+            if (tpr) {
+                const int oy = t / tpr, k = t - oy * tpr;
+                j = oy * g.wq + rt_start[k];
+                o = (ptrdiff_t)oy * g.w_out + rt_start[k];
+                tnv = rt_nv[k];
+            } else
+                lp_tile_at(&g, nv, t, &j, &tnv);
             const float *wp = w + (size_t)(grp * panels + p) * K * LP_DENSE_MR;
             const float *res = residual ? residual + (size_t)co * g.hw_out : NULL;
             /* weight panel outermost: the tiles share out the next panel's cache lines to prefetch. Measured with
@@ -908,7 +970,7 @@ void lp_dense_conv(const float *in, float *out, const float *bias, const float *
              * us (warm: 1366), 64 x 64 at 56x56 1479 -> 1386 us. */
             const int l0 = col_outer || gp + 1 >= gp_count ? pf_lines : t * pf_share;
             const int npf = l0 < pf_lines ? (pf_lines - l0 < pf_share ? pf_lines - l0 : pf_share) : 0;
-            lp_dense_tile_any(&g, off + (size_t)grp * K, wp, K, j, rows, bias + co, res,
+            lp_dense_tile_any(&g, off + (size_t)grp * K, wp, K, j, o, rows, bias + co, res,
                               out + (size_t)co * g.hw_out, act, tnv, wp + (size_t)K * LP_DENSE_MR + (size_t)l0 * 16,
                               npf);
         }
