@@ -581,9 +581,6 @@ static void lp_dense_conv_cm(const float *in, float *out, const float *bias, con
     const int blocked = variant < 3 && K > LP_CM_KB && panels >= 2 * nthreads;
     const long items = (long)panels * segs;
     const size_t hw = (size_t)g.hw_out;
-    lp_grid pg = g; /* output pixels as grid columns, for the finish of the grid-packed tiles */
-    pg.wq = g.w_out;
-    pg.n = g.hw_out;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         if (!g.direct) {
