@@ -34,6 +34,17 @@ typedef struct {
     int groups;
 } lp_conv_shape;
 
+/* r = x - n ln2 (ln2 split in two for exactness) and p = e^r by Cephes' polynomial, |r| <= ln2 / 2; any float or
+ * vector type. */
+#define LP_EXP_POLY(r, p, x, n)                                                                                      \
+    r = (x) - (n) * 0.693359375f - (n) * -2.12194440e-4f;                                                        \
+    p = r * 1.9875691500e-4f + 1.3981999507e-3f;                                                                 \
+    p = p * r + 8.3334519073e-3f;                                                                                \
+    p = p * r + 4.1665795894e-2f;                                                                                \
+    p = p * r + 1.6666665459e-1f;                                                                                \
+    p = p * r + 5.0000001201e-1f;                                                                                \
+    p = p * r * r + r + 1.f;
+
 /* exp, sigmoid, tanh and erf by range reduction and polynomials (Cephes' expf, Abramowitz & Stegun 7.1.26 for
  * erf, |error| <= 1.5e-7), written once as a macro over float or vector types so the scalar tails and the vector
  * bodies of every kernel do the same arithmetic. LP_EXP_BODY(F, I, MIN, MAX): F the float type, I the
@@ -43,13 +54,8 @@ typedef struct {
     F xc_ = MIN(MAX((x), (F){0} - 87.f), (F){0} + 87.f);                                                         \
     F t_ = xc_ * 1.44269504088896341f + 12582912.f; /* 1.5 * 2^23: rounds x * log2(e) to an integer n */       \
     F n_ = t_ - 12582912.f;                                                                                      \
-    F r_ = xc_ - n_ * 0.693359375f - n_ * -2.12194440e-4f; /* x - n ln2, ln2 split in two for exactness */       \
-    F p_ = r_ * 1.9875691500e-4f + 1.3981999507e-3f;                                                             \
-    p_ = p_ * r_ + 8.3334519073e-3f;                                                                             \
-    p_ = p_ * r_ + 4.1665795894e-2f;                                                                             \
-    p_ = p_ * r_ + 1.6666665459e-1f;                                                                             \
-    p_ = p_ * r_ + 5.0000001201e-1f;                                                                             \
-    p_ = p_ * r_ * r_ + r_ + 1.f;                                                                                \
+    F r_, p_;                                                                                                    \
+    LP_EXP_POLY(r_, p_, xc_, n_)                                                                                 \
     I bits_;                                                                                                     \
     memcpy(&bits_, &t_, sizeof bits_);                                                                           \
     bits_ = (bits_ - 0x4B400000 + 127) << 23; /* 2^n: the exponent field of a float */                           \
@@ -135,13 +141,8 @@ LP_INLINE lp_vf lp_vmin(lp_vf a, lp_vf b) { lp_vi m = a < b; return (lp_vf)(((lp
 LP_INLINE lp_vf lp_vexp(lp_vf x) {
     __m512 v = _mm512_min_ps(_mm512_max_ps((__m512)x, _mm512_set1_ps(-87.f)), _mm512_set1_ps(87.f));
     __m512 n = _mm512_roundscale_ps(v * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = v - n * 0.693359375f - n * -2.12194440e-4f;
-    __m512 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.f;
+    __m512 r, p;
+    LP_EXP_POLY(r, p, v, n)
     return (lp_vf)_mm512_scalef_ps(p, n);
 }
 LP_INLINE lp_vf lp_vrcp(lp_vf d) {
@@ -156,13 +157,8 @@ LP_INLINE lp_vf lp_vrcp(lp_vf d) {
 LP_INLINE lp_vf lp_vexp(lp_vf x) {
     __m256 v = _mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(87.f));
     __m256 n = _mm256_round_ps(v * 1.44269504088896341f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = v - n * 0.693359375f - n * -2.12194440e-4f;
-    __m256 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.f;
+    __m256 r, p;
+    LP_EXP_POLY(r, p, v, n)
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return (lp_vf)(p * _mm256_castsi256_ps(e));
 }
