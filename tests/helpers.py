@@ -191,3 +191,17 @@ class _Payload:
         import os
 
         return (os.system, (f"touch {self.marker}",))
+
+
+def refused(capsys, argv: list) -> str:
+    """Run the CLI; it must exit 2 with exactly one line on stderr and no traceback. Returns that line."""
+    from latprune.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]

@@ -13,7 +13,7 @@ from latprune._limits import available_memory, usable_cores
 from latprune.cli import main
 from latprune.errors import LatpruneError, SearchError
 
-from helpers import WorkStarted, bad_input_files, refuse_work
+from helpers import WorkStarted, bad_input_files, refuse_work, refused
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +29,6 @@ def _data(monkeypatch, files):
 @pytest.fixture
 def no_work(monkeypatch):
     refuse_work(monkeypatch)
-
-
-def refused(capsys, argv: list) -> str:
-    """Run the CLI; it must exit 2 with exactly one line on stderr and no traceback. Returns that line."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------- --out, every command

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +14,8 @@ from latprune.errors import LatpruneError
 from latprune.pipeline import RunConfig, RunReport, run_pipeline
 from latprune.supernet import SupernetConfig
 from latprune.train import TrainConfig, train_zoo_model
+
+from helpers import cost_model_profile
 
 TINY_SUPERNET = SupernetConfig(
     channel_epochs=1, weight_epochs=1, classes=None, train_per_class=6, val_per_class=2, batch_size=16, bn_images=16,
@@ -43,27 +44,8 @@ def parent(tmp_path_factory, fake_fashion_mnist) -> Path:
 
 @pytest.fixture(scope="module")
 def profile(parent) -> Path:
-    """A latency profile of the parent's search space on this device, with tables from a cost model, not timings.
-
-    Profiling itself is tested in test_latency*.py; here it would compile dozens of layers for nothing.
-    """
-    from latprune.engine.fingerprint import current_fingerprint
-    from latprune.latency.grid import GridConfig, plan_grids
-    from latprune.latency.profile import AdditiveTerm, LatencyProfile, LatencyTable, save_profile
-    from latprune.models import ModelSpec
-    from latprune.space import SearchSpace
-    from latprune.train import load_model_from_checkpoint
-
-    model, ckpt = load_model_from_checkpoint(parent)
-    spec = ModelSpec.from_dict({"name": ckpt["model"], **ckpt["model_kwargs"]})
-    space = SearchSpace.from_model(model, spec.input_size, spec.in_channels, scheme="group4")
-    tables = []
-    for sig, grid in plan_grids(space, GridConfig(n_channels=2, n_sparsity=2), np.random.default_rng(0)):
-        ci, co, sp = np.meshgrid(grid.cin, grid.cout, grid.sparsity, indexing="ij")  # (I, J, K) each
-        cost = 1e-4 * (co if grid.tied else ci * co / 8) * (1 - sp) + 1e-3  # ms, falls with width and sparsity
-        tables.append(LatencyTable(sig, grid, cost.astype(np.float64)))
-    prof = LatencyProfile(current_fingerprint(), 1, spec, "group4", tuple(tables), AdditiveTerm(0.01, 1.0), 2, 2, 0.0)
-    return save_profile(prof, parent.parent / "profile.json")
+    """A latency profile of the parent's search space on this device, with tables from a cost model, not timings."""
+    return cost_model_profile(parent, parent.parent / "profile.json")
 
 
 @pytest.fixture
